@@ -1,0 +1,5 @@
+import sys
+
+from labfast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""The ``labfast`` command. Each sub-command lives in its own module, which provides
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when their
+sub-command runs, so ``labfast --help`` stays fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("labfast.demo", "the main job: evaluate (or train) LAB on the bundled real faces and write a report"),
+    "train": ("labfast.train", "train LAB with a named preset; every field overridable"),
+    "eval": ("labfast.evaluate", "evaluate a checkpoint with the data set's protocol (NME, FR, AUC, CED)"),
+    "predict": ("labfast.predict", "landmarks for images, folders or videos"),
+    "export": ("labfast.export", "export a checkpoint to ONNX or TorchScript, checked against eager"),
+    "bench": ("labfast.bench", "measure training, inference and kernel speed on this device"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labfast", description="Look at Boundary face alignment.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(module=module)
+        if len(sys.argv) > 1 and sys.argv[1] == name:  # only the chosen command's options
+            importlib.import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(importlib.import_module(args.module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
