@@ -134,8 +134,9 @@ def heatmaps(landmarks, scheme: Scheme | str, size: int = 64, sigma: float = 1.0
     """Ground-truth boundary heatmaps: ``(N, L, 2)`` landmarks -> ``(N, K, size, size)`` float32.
 
     Args:
-        landmarks: NumPy array or torch tensor, (x, y) in heatmap pixel units (for a 256×256 crop and
-            64×64 heatmaps, crop coordinates / 4 — mind the pixel-centre convention when scaling).
+        landmarks: NumPy array or torch tensor, (x, y) in heatmap pixel units. With pixel centres at
+            integer coordinates, crop coordinates map to a heatmap ``size / input_size`` times smaller
+            as ``x_heatmap = (x_crop + 0.5) * size / input_size - 0.5`` (256 -> 64: ``(x + 0.5) / 4 - 0.5``).
             Points outside the map are fine: the curve is clipped, a channel may be all zero.
         scheme: a :class:`~labfast.schemes.Scheme` or its name; K = ``scheme.num_boundaries``,
             channels in ``scheme.boundaries`` order.
