@@ -1,0 +1,441 @@
+"""``labfast train``: one training loop, readable top to bottom, single process or ``torchrun``.
+
+    labfast train --config 300w --data-root DATA/300w --out runs/300w [--epochs 60] [--set augment.rotation=20]
+    torchrun --nproc-per-node 8 -m labfast train --config wflw --data-root DATA/WFLW
+
+One step (LAB Sec. 3): crops -> estimator (K boundary heatmaps per stack) -> regressor (landmarks);
+ground-truth heatmaps are made from the crop's landmarks on the model's device
+(``labfast.ops.boundary_heatmaps``); losses = heatmap MSE over every stack + landmark loss +
+adversarial loss of the boundary effectiveness discriminator, which is updated in its own step.
+
+Run folder: ``config.json`` (the resolved configuration), ``metrics.csv`` and ``tensorboard/``
+(scalars), ``last.pt`` and ``best.pt`` (atomic writes; best by validation NME). ``--resume``
+continues from ``last.pt`` exactly: weights, optimiser states, epoch, the position inside the
+epoch and the RNG, so a killed run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from labfast import checkpoint, data, metrics, presets, schemes
+from labfast.model import LAB, config_by_name, losses
+from labfast.ops import boundary_heatmaps
+
+logger = logging.getLogger("labfast.train")
+
+DATASET_SCHEMES = {"300w": "300w", "wflw": "wflw", "cofw": "cofw", "aflw": "aflw"}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_training_faces(config: presets.TrainConfig) -> tuple[list, list]:
+    """The training faces split into (train, validation); validation is held out by seed."""
+    root = Path(config.data_root)
+    if not root.exists():
+        raise FileNotFoundError(f"--data-root {root} does not exist")
+    if config.dataset == "300w":
+        samples = data.read_300w(root, subset=config.train_subset)
+    elif config.dataset == "wflw":
+        samples = data.read_wflw(root, split=config.train_subset)
+    elif config.dataset == "cofw":
+        samples = data.read_cofw(root / "COFW_train_color.mat" if root.is_dir() else root)
+    elif config.dataset == "aflw":
+        samples = data.read_aflw(root, split=config.train_subset)
+    else:
+        raise ValueError(f"unknown dataset {config.dataset!r}; known: {', '.join(DATASET_SCHEMES)}")
+    if config.train_limit:
+        samples = samples[: config.train_limit]
+    order = np.random.default_rng(config.seed).permutation(len(samples))
+    num_val = math.ceil(len(samples) * config.val_fraction) if config.val_fraction > 0 and len(samples) > 1 else 0
+    val = [samples[i] for i in sorted(order[:num_val])]
+    train = [samples[i] for i in sorted(order[num_val:])]
+    return train, val
+
+
+def augment_config(settings: presets.AugmentSettings) -> data.AugmentConfig:
+    return data.AugmentConfig(**dataclasses.asdict(settings))
+
+
+class _ResumeSampler(Sampler[int]):
+    """The distributed sampler's order for this epoch, less the samples already trained on."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_runtime() -> Runtime:
+    """Single process, or the process group ``torchrun`` describes in the environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        use_cuda = torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        return Runtime(dist.get_rank(), dist.get_world_size(), device)
+    return Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def heatmap_coordinates(landmarks: torch.Tensor, input_size: int, heatmap_size: int) -> torch.Tensor:
+    """Crop pixel coordinates -> heatmap pixel coordinates (pixel centres map onto pixel centres)."""
+    scale = heatmap_size / input_size
+    return (landmarks + 0.5) * scale - 0.5
+
+
+def learning_rate(config: presets.TrainConfig, epoch: int, base: float) -> float:
+    """Step decay: divided by 10 at each milestone epoch already reached."""
+    return base * 0.1 ** sum(epoch >= milestone for milestone in config.lr_milestones)
+
+
+def autocast(config: presets.TrainConfig, device: torch.device):
+    if config.amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+    if dtype is None:
+        raise ValueError(f"amp={config.amp!r} is not one of none, bf16, fp16")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(config: presets.TrainConfig) -> LAB:
+    scheme = schemes.get(DATASET_SCHEMES.get(config.dataset, config.dataset))
+    boundary_scheme = schemes.get(config.boundary_dataset) if config.boundary_dataset else scheme
+    model_config = dataclasses.replace(config_by_name(config.model), **config.model_overrides)
+    model = LAB(scheme, model_config, boundary_scheme=boundary_scheme)
+    if config.estimator_checkpoint:
+        source = checkpoint.load(config.estimator_checkpoint)
+        prefix = "estimator."
+        estimator_state = {k[len(prefix):]: v.float() for k, v in source["model"].items() if k.startswith(prefix)}
+        try:
+            model.estimator.load_state_dict(estimator_state)
+        except RuntimeError as error:
+            raise checkpoint.CheckpointError(
+                f"estimator of {config.estimator_checkpoint} does not fit this model: {error}"
+            ) from error
+        model.estimator.requires_grad_(False)
+    elif boundary_scheme is not scheme:
+        raise ValueError(
+            f"training the regressor on {scheme.name} with {boundary_scheme.name} boundaries needs "
+            "estimator_checkpoint: a run trained on the boundary data set (LAB Sec. 4.3)"
+        )
+    return model
+
+
+def evaluate_nme(model: LAB, loader: DataLoader, scheme, device: torch.device, config) -> np.ndarray:
+    """Per-face NME of the model on ``loader``, computed in crop coordinates.
+
+    The crop is a similarity transform (no flip at evaluation), so the ratio of point error to
+    inter-ocular distance is the same as in the original image.
+    """
+    model.eval()
+    errors = []
+    with torch.no_grad(), autocast(config, device):
+        for batch in loader:
+            predicted = model(batch["image"].to(device)).landmarks.float().cpu()
+            errors.append(metrics.nme(predicted.numpy(), batch["landmarks"].numpy(), scheme, boxes=_crop_boxes(batch)))
+    model.train()
+    return np.concatenate(errors) if errors else np.zeros(0)
+
+
+def _crop_boxes(batch: dict[str, torch.Tensor]) -> np.ndarray | None:
+    """Face boxes in crop coordinates (for the box-normalised AFLW protocol)."""
+    if "crop_box" not in batch:
+        return None
+    return batch["crop_box"].numpy()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(config: presets.TrainConfig, out_dir: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
+    """Train LAB; returns the final summary (best validation NME, steps, run folder)."""
+    runtime = init_runtime()
+    out = Path(out_dir)
+    try:
+        return _train(config, out, resume, runtime)
+    finally:
+        if runtime.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtime) -> dict[str, Any]:
+    device = runtime.device
+    torch.manual_seed(config.seed + runtime.rank)
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(presets.to_dict(config), indent=2) + "\n")
+
+    train_faces, val_faces = read_training_faces(config)
+    if len(train_faces) < config.batch_size * runtime.world_size:
+        raise ValueError(
+            f"{len(train_faces)} training faces cannot fill one batch of {config.batch_size} on "
+            f"{runtime.world_size} process(es); lower batch_size"
+        )
+    model = build_model(config).to(device)
+    scheme, boundary_scheme = model.scheme, model.boundary_scheme
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_set = data.FaceDataset(train_faces, scheme, input_size=config.input_size, train=True,
+                                 augment=augment_config(config.augment), seed=config.seed)
+    val_set = data.FaceDataset(val_faces, scheme, input_size=config.input_size, train=False)
+
+    generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.") and p.requires_grad]
+    optimizer = torch.optim.Adam(generator_parameters, lr=config.lr, weight_decay=config.weight_decay)
+    discriminator = model.discriminator if config.adversarial_weight > 0 else None
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_lr) if discriminator is not None else None
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+
+    start_epoch, skip_batches, step, best_nme = 0, 0, 0, math.inf
+    if resume:
+        state = checkpoint.load(out / "last.pt", map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if d_optimizer is not None:
+            d_optimizer.load_state_dict(state["discriminator_optimizer"])
+        start_epoch, skip_batches, step = state["epoch"], state["batches_done"], state["step"]
+        best_nme = state.get("best_nme", math.inf)
+        set_rng_state(state["rng"], device)
+        if runtime.is_main:
+            logger.info("resumed %s at epoch %d, batch %d (step %d)", out / "last.pt", start_epoch, skip_batches, step)
+
+    forward_model: torch.nn.Module = model
+    if runtime.world_size > 1:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [name for name, _ in model.named_parameters() if name.startswith("discriminator.")]
+        )
+        frozen = not any(p.requires_grad for p in model.estimator.parameters())
+        forward_model = DistributedDataParallel(model, find_unused_parameters=frozen)
+        if discriminator is not None:
+            discriminator = DistributedDataParallel(discriminator)
+    if config.compile:
+        forward_model = torch.compile(forward_model)
+
+    sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
+                                 shuffle=True, seed=config.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // config.batch_size
+    total_steps = config.epochs * steps_per_epoch if not config.max_steps else min(config.max_steps, config.epochs * steps_per_epoch)
+    writer = _ScalarLog(out) if runtime.is_main else None
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.num_workers)
+
+    progress = tqdm(total=total_steps, initial=step, disable=not runtime.is_main, unit="step", dynamic_ncols=True)
+    finished = step >= total_steps
+    deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
+    epoch = start_epoch
+    while not finished and epoch < config.epochs:
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, drop_last=True, num_workers=config.num_workers,
+                            sampler=_ResumeSampler(sampler, skip_batches * config.batch_size),
+                            pin_memory=device.type == "cuda")
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch, config.lr)
+        batches_done = skip_batches
+        tick = time.perf_counter()
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            landmarks = batch["landmarks"].to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            terms = _train_step(config, forward_model, discriminator, optimizer, d_optimizer, scaler,
+                                images, landmarks, scheme, boundary_scheme, device)
+            step += 1
+            batches_done += 1
+            now = time.perf_counter()
+            images_per_second = config.batch_size * runtime.world_size / max(now - tick, 1e-9)
+            tick = now
+            progress.update(1)
+            progress.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+            if writer is not None and (step % config.log_every == 0 or step == total_steps):
+                writer.add(step, epoch, {**terms, "images_per_second": images_per_second,
+                                         "lr": optimizer.param_groups[0]["lr"]})
+            if step >= total_steps or time.monotonic() > deadline:
+                finished = True
+                break
+        epoch_done = batches_done >= steps_per_epoch
+        next_epoch, next_skip = (epoch + 1, 0) if epoch_done else (epoch, batches_done)
+        val_nme = math.nan
+        if runtime.is_main and epoch_done and len(val_set):
+            val_nme = float(evaluate_nme(model, val_loader, scheme, device, config).mean())
+            writer.add(step, epoch, {"val_nme": val_nme})
+            progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(val_set)} held-out faces")
+        if runtime.is_main:
+            state = {**checkpoint.model_payload(model), "optimizer": optimizer.state_dict(),
+                     "epoch": next_epoch, "batches_done": next_skip, "step": step,
+                     "best_nme": min(best_nme, val_nme) if not math.isnan(val_nme) else best_nme,
+                     "rng": rng_state(device), "train_config": presets.to_dict(config)}
+            if d_optimizer is not None:
+                state["discriminator_optimizer"] = d_optimizer.state_dict()
+            if not math.isnan(val_nme) and val_nme < best_nme:
+                best_nme = val_nme
+                checkpoint.save(out / "best.pt", {**checkpoint.model_payload(model), "epoch": epoch, "step": step,
+                                                  "metrics": {"val_nme": val_nme}, "train_config": presets.to_dict(config)})
+            checkpoint.save(out / "last.pt", state)
+        if runtime.world_size > 1:
+            dist.barrier()
+        epoch, skip_batches = next_epoch, next_skip
+    progress.close()
+    if writer is not None:
+        writer.close()
+    return {"run": str(out), "steps": step, "best_val_nme": best_nme}
+
+
+def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, scaler,
+                images, landmarks, scheme, boundary_scheme, device) -> dict[str, float]:
+    """One optimiser step of estimator + regressor, then one of the discriminator."""
+    model = forward_model.module if hasattr(forward_model, "module") else forward_model
+    model = getattr(model, "_orig_mod", model)
+    heatmaps_trained = any(p.requires_grad for p in model.estimator.parameters())
+    with autocast(config, device):
+        output = forward_model(images)
+        terms: dict[str, torch.Tensor] = {}
+        target_heatmaps = None
+        if heatmaps_trained:
+            target_heatmaps = boundary_heatmaps(
+                heatmap_coordinates(landmarks, config.input_size, config.heatmap_size).float(),
+                boundary_scheme, size=output.heatmaps[-1].shape[-1], sigma=config.sigma)
+            terms["heatmap"] = config.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
+        terms["landmark"] = config.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, scheme)
+        if discriminator is not None and heatmaps_trained:
+            terms["adversarial"] = config.adversarial_weight * losses.adversarial_loss(discriminator, output.heatmaps[-1])
+        loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss.item()} ({ {k: v.item() for k, v in terms.items()} })")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    logged = {name: value.item() for name, value in terms.items()}
+    logged["loss"] = loss.item()
+    if d_optimizer is not None and target_heatmaps is not None:
+        with autocast(config, device):
+            d_loss = losses.discriminator_loss(discriminator, output.heatmaps[-1].detach(), target_heatmaps,
+                                               output.landmarks.detach(), landmarks, scheme)
+        d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_optimizer.step()
+        logged["discriminator"] = d_loss.item()
+    return logged
+
+
+class _ScalarLog:
+    """Scalars to ``metrics.csv`` and, where the tensorboard package is installed, TensorBoard."""
+
+    def __init__(self, out: Path):
+        self.path = out / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("tensorboard is not installed: scalars go to %s only", self.path)
+            self.tensorboard = None
+        else:
+            self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+
+    def add(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
+        row = {"step": step, "epoch": epoch, **scalars}
+        new_file = not self.path.exists()
+        with self.path.open("a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(row))
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.tensorboard is not None:
+            for name, value in scalars.items():
+                self.tensorboard.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# ----------------------------------------------------------------------------- command line
+
+_SKIPPED_FLAGS = {"augment", "model_overrides"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default="300w", choices=sorted(presets.PRESETS), help="training preset")
+    parser.add_argument("--out", default=None, help="run folder (default runs/<config>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field, e.g. augment.rotation=20 or model.num_stacks=2 (repeatable)")
+    for config_field in dataclasses.fields(presets.TrainConfig):
+        if config_field.name in _SKIPPED_FLAGS:
+            continue
+        parser.add_argument("--" + config_field.name.replace("_", "-"), dest=f"field_{config_field.name}",
+                            default=None, metavar="VALUE", help=f"override {config_field.name}")
+
+
+def config_from_args(args) -> presets.TrainConfig:
+    config = presets.get(args.config)
+    assignments = [f"{name[len('field_'):]}={value}" for name, value in vars(args).items()
+                   if name.startswith("field_") and value is not None]
+    return presets.override(config, assignments + list(args.set))
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    if not config.data_root:
+        raise SystemExit("labfast train: --data-root is required (the data set's root folder)")
+    out = Path(args.out or Path("runs") / args.config)
+    if args.resume:
+        saved = presets.from_dict(json.loads((out / "config.json").read_text()))
+        if presets.to_dict(saved) != presets.to_dict(config):
+            logger.info("resuming with the configuration given now (it differs from %s)", out / "config.json")
+    summary = train(config, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
