@@ -1,0 +1,176 @@
+"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face`` for inference."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .. import schemes as schemes_module
+from .sample import Sample
+from .transforms import apply_affine, color_jitter, crop_matrix, face_centre_and_side, flip_landmarks, occlude, warp_crop
+
+#: Default crop margin: the square crop's side is ``max(w, h) * (1 + 2 * margin)`` = 1.25 x the
+#: box's longer side (the 1.25 of HRNet's face crops).
+DEFAULT_MARGIN = 0.125
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (used only when ``FaceDataset(train=True)``).
+
+    Geometric (applied through the single crop warp, landmarks carried by the same matrix):
+    rotation uniform in ``±rotation_deg``, zoom uniform in ``zoom_range``, shift uniform in
+    ``±shift`` of the crop size per axis, horizontal flip with ``flip_probability``.
+    Photometric (on the crop, landmarks untouched): brightness / contrast / saturation factors in
+    ``1 ± value``, Gaussian blur with ``blur_probability`` and sigma in ``blur_sigma`` px, one
+    random-noise occlusion rectangle with ``occlusion_probability``, sides ``occlusion_size`` of the crop.
+    """
+
+    rotation_deg: float = 30.0
+    zoom_range: tuple[float, float] = (0.75, 1.25)
+    shift: float = 0.05
+    flip_probability: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    blur_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    occlusion_probability: float = 0.3
+    occlusion_size: tuple[float, float] = (0.1, 0.4)
+
+
+def read_image_bgr(path: str) -> np.ndarray:
+    """``cv2.imread`` as 3-channel BGR uint8; a missing or unreadable file raises naming the path.
+
+    EXIF orientation is ignored: annotations refer to the stored pixel grid.
+    """
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise OSError(f"cannot read image {path} (missing, corrupt or not an image)")
+    return image
+
+
+def _bgr_to_rgb_float(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def crop_face(
+    image_bgr: np.ndarray,
+    box: Sequence[float],
+    input_size: int = 256,
+    margin: float = DEFAULT_MARGIN,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inference crop: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
+
+    Args:
+        image_bgr: ``(H, W, 3)`` uint8 BGR (as ``cv2.imread`` gives).
+        box: ``x0, y0, x1, y1`` face box.
+    Returns:
+        ``crop`` ``(input_size, input_size, 3)`` float32 RGB in [0, 1], and ``affine`` ``(2, 3)``
+        float32 mapping original image coords -> crop coords (invert with
+        ``cv2.invertAffineTransform`` to bring predictions back).
+    """
+    centre, side = face_centre_and_side(np.asarray(box, dtype=np.float64), margin)
+    matrix = crop_matrix(centre, side, input_size)
+    return _bgr_to_rgb_float(warp_crop(image_bgr, matrix, input_size)), matrix.astype(np.float32)
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Face crops for training or evaluation.
+
+    ``dataset[i]`` -> dict:
+        ``image``: ``(3, S, S)`` float32 RGB in [0, 1];
+        ``landmarks``: ``(L, 2)`` float32 in crop pixel coordinates;
+        ``affine``: ``(2, 3)`` float32 mapping original image coords -> crop coords (flip included;
+        with a flip, ``landmarks[flip_permutation[j]] = affine @ original[j]``);
+        ``index``: ``i``.
+
+    Training augmentation is drawn from a per-item generator seeded by ``(seed, epoch, index)``:
+    the same triple gives the same crop in any worker process and any order. Call
+    ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
+    iterator is created).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        scheme,
+        input_size: int = 256,
+        train: bool = False,
+        augment: AugmentConfig = AugmentConfig(),
+        seed: int = 0,
+        margin: float = DEFAULT_MARGIN,
+    ):
+        self.samples = list(samples)
+        self.scheme = schemes_module.get(scheme)
+        self.input_size = int(input_size)
+        self.train = train
+        self.augment = augment
+        self.seed = int(seed)
+        self.margin = margin
+        self.epoch = 0
+        for index, sample in enumerate(self.samples):
+            if sample.landmarks.shape != (self.scheme.num_points, 2):
+                raise ValueError(
+                    f"sample {index} ({sample.image_path}) has landmarks {sample.landmarks.shape}; "
+                    f"scheme {self.scheme.name!r} needs ({self.scheme.num_points}, 2)"
+                )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _image(self, sample: Sample) -> np.ndarray:
+        if sample.image is not None:
+            return sample.image
+        if sample.image_path is None:
+            raise ValueError("sample has neither image nor image_path")
+        return read_image_bgr(sample.image_path)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        centre, side = face_centre_and_side(sample.box, self.margin)
+        if self.train:
+            # independent streams so that switching a photometric option off leaves the geometry unchanged
+            geometric, photometric = (np.random.default_rng(child) for child in
+                                      np.random.SeedSequence([self.seed, self.epoch, index]).spawn(2))
+            config = self.augment
+            flip = bool(geometric.random() < config.flip_probability)
+            matrix = crop_matrix(
+                centre, side, self.input_size,
+                rotation_deg=geometric.uniform(-config.rotation_deg, config.rotation_deg),
+                zoom=geometric.uniform(*config.zoom_range),
+                shift=tuple(geometric.uniform(-config.shift, config.shift, size=2)),
+                flip=flip,
+            )
+        else:
+            flip = False
+            matrix = crop_matrix(centre, side, self.input_size)
+
+        crop = _bgr_to_rgb_float(warp_crop(self._image(sample), matrix, self.input_size))
+        landmarks = apply_affine(sample.landmarks, matrix)
+        if flip:
+            landmarks = flip_landmarks(landmarks, self.scheme.flip_permutation)
+        if self.train:
+            crop = self._photometric(crop, photometric)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
+            "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
+            "affine": torch.from_numpy(matrix.astype(np.float32)),
+            "index": index,
+        }
+
+    def _photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        config = self.augment
+        crop = color_jitter(crop, rng, config.brightness, config.contrast, config.saturation)
+        if rng.random() < config.blur_probability:
+            sigma = rng.uniform(*config.blur_sigma)
+            crop = cv2.GaussianBlur(crop, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        if rng.random() < config.occlusion_probability:
+            crop = occlude(crop, rng, config.occlusion_size)
+        return crop

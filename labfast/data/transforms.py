@@ -1,0 +1,134 @@
+"""Affine crop maths and the photometric augmentations.
+
+Point convention (the brief's): 0-based pixel coordinates, pixel (row i, col j) has its centre
+at (x=j, y=i). ``cv2.warpAffine(src, M, ...)`` samples ``dst(p) = src(M^-1 p)`` at integer
+``p``, i.e. it maps the source pixel centre ``q`` to ``M q`` in the destination with no
+half-pixel shift. So a landmark is carried into the crop by the very same 2x3 matrix: ``M @ [x, y, 1]``.
+
+The output crop's pixel centres are ``0 .. size-1``, so its area spans ``[-0.5, size-0.5]`` and
+its centre is at ``(size-1)/2``; the face centre is mapped there.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+#: ``cv2.warpAffine`` border: constant black. Replicated borders paint edge streaks that look like
+#: face texture (and, for rotated crops, like extra contour lines); black is plainly "no image".
+BORDER_MODE = cv2.BORDER_CONSTANT
+
+
+def face_centre_and_side(box: np.ndarray, margin: float) -> tuple[np.ndarray, float]:
+    """Square crop around a box: centre ``(2,)`` and side ``max(w, h) * (1 + 2 * margin)`` px."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width, height = x1 - x0, y1 - y0
+    if not (math.isfinite(width) and math.isfinite(height)) or width <= 0 or height <= 0:
+        raise ValueError(f"face box must have positive width and height, got {list(map(float, box))}")
+    return np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0]), max(width, height) * (1.0 + 2.0 * margin)
+
+
+def crop_matrix(
+    centre: np.ndarray,
+    side: float,
+    input_size: int,
+    rotation_deg: float = 0.0,
+    zoom: float = 1.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    flip: bool = False,
+) -> np.ndarray:
+    """The ``(2, 3)`` float64 matrix: original image coords -> crop coords.
+
+    ``M = F · T((size-1)/2 + shift·size) · R(rotation) · S(zoom·size/side) · T(-centre)``:
+    the source square of ``side`` px around ``centre`` fills the crop; ``zoom > 1`` enlarges the
+    face; ``shift`` is a fraction of the crop size; ``rotation_deg`` turns the face
+    counter-clockwise as seen on screen (y points down); ``flip`` mirrors the crop horizontally
+    (``x -> size-1-x``), last.
+    """
+    scale = zoom * input_size / side
+    angle = math.radians(rotation_deg)
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    # y points down, so a screen-counter-clockwise turn is [[cos, sin], [-sin, cos]]
+    linear = np.array([[cos, sin], [-sin, cos]])
+    centre_out = (input_size - 1) / 2.0 + np.asarray(shift, dtype=np.float64) * input_size
+    matrix = np.hstack([linear, (centre_out - linear @ np.asarray(centre, dtype=np.float64))[:, None]])
+    if flip:
+        matrix = np.array([[-1.0, 0.0, input_size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+    return matrix
+
+
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``(L, 2)`` points through a ``(2, 3)`` matrix -> ``(L, 2)`` float64."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]
+
+
+def flip_landmarks(points: np.ndarray, flip_permutation) -> np.ndarray:
+    """Relabel mirrored points: point ``i`` becomes point ``flip_permutation[i]`` (Scheme contract).
+
+    ``points`` are already mirrored in position; the result holds at row ``flip_permutation[i]``
+    the position of input row ``i`` (e.g. the mirrored left eye corner is the new right one).
+    """
+    permutation = np.asarray(flip_permutation)
+    if sorted(permutation.tolist()) != list(range(len(points))):
+        raise ValueError(f"flip_permutation is not a permutation of {len(points)} points")
+    relabelled = np.empty_like(points)
+    relabelled[permutation] = points
+    return relabelled
+
+
+def warp_crop(image: np.ndarray, matrix: np.ndarray, input_size: int) -> np.ndarray:
+    """One ``cv2.warpAffine`` of ``image`` (H, W, C) with ``matrix`` -> ``(size, size, C)``, same dtype.
+
+    Two things happen before the warp, neither a resampling: the source is sliced to the
+    region the crop can see (an integer offset folded into the matrix's translation, so large
+    photos cost little), and when the crop shrinks the face (scale ``s < 1``) that region is
+    Gaussian-smoothed with ``sigma = (1/s - 1)/2`` source px against aliasing (the rule of
+    ``skimage.transform.rescale``). Gaussian smoothing is symmetric, so it moves no point.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    sigma = max(0.0, (1.0 / scale - 1.0) / 2.0)
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[-0.5, -0.5], [input_size - 0.5, -0.5], [-0.5, input_size - 0.5],
+                        [input_size - 0.5, input_size - 0.5]])
+    seen = apply_affine(corners, inverse)
+    pad = int(math.ceil(3 * sigma)) + 2  # smoothing support + bilinear neighbours
+    height, width = image.shape[:2]
+    x_start = int(np.clip(math.floor(seen[:, 0].min()) - pad, 0, width))
+    y_start = int(np.clip(math.floor(seen[:, 1].min()) - pad, 0, height))
+    x_stop = int(np.clip(math.ceil(seen[:, 0].max()) + pad + 1, 0, width))
+    y_stop = int(np.clip(math.ceil(seen[:, 1].max()) + pad + 1, 0, height))
+    if x_stop <= x_start or y_stop <= y_start:  # the crop lies wholly outside the image
+        return np.zeros((input_size, input_size) + image.shape[2:], dtype=image.dtype)
+    region = image[y_start:y_stop, x_start:x_stop]
+    if sigma > 0.1:
+        region = cv2.GaussianBlur(region, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    shifted = matrix.copy()
+    shifted[:, 2] += matrix[:, :2] @ np.array([x_start, y_start], dtype=np.float64)
+    return cv2.warpAffine(region, shifted, (input_size, input_size), flags=cv2.INTER_LINEAR,
+                          borderMode=BORDER_MODE, borderValue=0)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
+                 saturation: float) -> np.ndarray:
+    """Random brightness, contrast and saturation factors in ``[1 - a, 1 + a]``; (H, W, 3) RGB float in [0, 1]."""
+    image = image * rng.uniform(1.0 - brightness, 1.0 + brightness)
+    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    image = (image - grey.mean()) * rng.uniform(1.0 - contrast, 1.0 + contrast) + grey.mean()
+    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    image = (image - grey[..., None]) * rng.uniform(1.0 - saturation, 1.0 + saturation) + grey[..., None]
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def occlude(image: np.ndarray, rng: np.random.Generator, size_range: tuple[float, float]) -> np.ndarray:
+    """Paint one rectangle of random grey-level noise, sides ``size_range`` of the crop, anywhere."""
+    height, width = image.shape[:2]
+    box_h = max(1, int(round(rng.uniform(*size_range) * height)))
+    box_w = max(1, int(round(rng.uniform(*size_range) * width)))
+    top = int(rng.integers(0, height - box_h + 1))
+    left = int(rng.integers(0, width - box_w + 1))
+    image = image.copy()
+    image[top:top + box_h, left:left + box_w] = rng.random((box_h, box_w, image.shape[2]), dtype=np.float32)
+    return image
