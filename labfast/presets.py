@@ -14,18 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class AugmentSettings:
-    """Random augmentation for training crops (see ``labfast.data.AugmentConfig``)."""
-
-    rotation: float = 30.0
-    scale: float = 0.15
-    translation: float = 0.05
-    flip: bool = True
-    color: float = 0.3
-    blur: float = 0.2
-    occlusion: float = 0.3
+from labfast.data import AugmentConfig
 
 
 @dataclass
@@ -52,7 +41,7 @@ class TrainConfig:
     landmark_weight: float = 1.0
     adversarial_weight: float = 0.01  # ours where the paper gives none; see labfast.model.losses
     discriminator_lr: float = 2e-4
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -80,7 +69,7 @@ PRESETS: dict[str, TrainConfig] = {
 def get(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown training preset {name!r}; known: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], augment=dataclasses.replace(PRESETS[name].augment))
+    return dataclasses.replace(PRESETS[name], model_overrides=dict(PRESETS[name].model_overrides))
 
 
 def _parse_value(text: str, current: Any) -> Any:
@@ -96,8 +85,16 @@ def _parse_value(text: str, current: Any) -> Any:
     if isinstance(current, float):
         return float(text)
     if isinstance(current, tuple):
-        return tuple(int(part) for part in text.replace(",", " ").split())
+        kind = float if any(isinstance(item, float) for item in current) else int
+        return tuple(kind(part) for part in text.replace(",", " ").split())
     return text
+
+
+def _parse(key: str, text: str, current: Any) -> Any:
+    try:
+        return _parse_value(text, current)
+    except ValueError as error:
+        raise ValueError(f"bad value for {key}: {error}") from error
 
 
 def override(config: TrainConfig, assignments: list[str]) -> TrainConfig:
@@ -112,13 +109,16 @@ def override(config: TrainConfig, assignments: list[str]) -> TrainConfig:
             except json.JSONDecodeError:
                 config.model_overrides[key[len("model."):]] = value
             continue
-        target, name = (config.augment, key[len("augment."):]) if key.startswith("augment.") else (config, key)
-        if not hasattr(target, name) or name in ("augment", "model_overrides"):
+        if key.startswith("augment."):
+            name = key[len("augment."):]
+            if not hasattr(config.augment, name):
+                raise ValueError(f"unknown augmentation field {key!r}")
+            parsed = _parse(key, value, getattr(config.augment, name))
+            config.augment = dataclasses.replace(config.augment, **{name: parsed})  # AugmentConfig is frozen
+            continue
+        if not hasattr(config, key) or key in ("augment", "model_overrides"):
             raise ValueError(f"unknown config field {key!r}")
-        try:
-            setattr(target, name, _parse_value(value, getattr(target, name)))
-        except ValueError as error:
-            raise ValueError(f"bad value for {key}: {error}") from error
+        setattr(config, key, _parse(key, value, getattr(config, key)))
     return config
 
 
@@ -127,8 +127,6 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
-    data = dict(data)
-    augment = AugmentSettings(**data.pop("augment", {}))
-    if "lr_milestones" in data:
-        data["lr_milestones"] = tuple(data["lr_milestones"])
-    return TrainConfig(augment=augment, **data)
+    data = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    augment = {key: tuple(value) if isinstance(value, list) else value for key, value in data.pop("augment", {}).items()}
+    return TrainConfig(augment=AugmentConfig(**augment), **data)

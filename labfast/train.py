@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from labfast import checkpoint, data, metrics, presets, schemes
+from labfast.evaluate import predict_faces
 from labfast.model import LAB, config_by_name, losses
 from labfast.ops import boundary_heatmaps
 
@@ -67,10 +68,6 @@ def read_training_faces(config: presets.TrainConfig) -> tuple[list, list]:
     val = [samples[i] for i in sorted(order[:num_val])]
     train = [samples[i] for i in sorted(order[num_val:])]
     return train, val
-
-
-def augment_config(settings: presets.AugmentSettings) -> data.AugmentConfig:
-    return data.AugmentConfig(**dataclasses.asdict(settings))
 
 
 class _ResumeSampler(Sampler[int]):
@@ -174,27 +171,14 @@ def build_model(config: presets.TrainConfig) -> LAB:
     return model
 
 
-def evaluate_nme(model: LAB, loader: DataLoader, scheme, device: torch.device, config) -> np.ndarray:
-    """Per-face NME of the model on ``loader``, computed in crop coordinates.
-
-    The crop is a similarity transform (no flip at evaluation), so the ratio of point error to
-    inter-ocular distance is the same as in the original image.
-    """
+def validation_nme(model: LAB, faces: list, device: torch.device, batch_size: int) -> float:
+    """Mean NME on the held-out training faces, measured as ``labfast eval`` measures it."""
     model.eval()
-    errors = []
-    with torch.no_grad(), autocast(config, device):
-        for batch in loader:
-            predicted = model(batch["image"].to(device)).landmarks.float().cpu()
-            errors.append(metrics.nme(predicted.numpy(), batch["landmarks"].numpy(), scheme, boxes=_crop_boxes(batch)))
+    predicted = predict_faces(model, faces, device, batch_size=batch_size, progress=False)
     model.train()
-    return np.concatenate(errors) if errors else np.zeros(0)
-
-
-def _crop_boxes(batch: dict[str, torch.Tensor]) -> np.ndarray | None:
-    """Face boxes in crop coordinates (for the box-normalised AFLW protocol)."""
-    if "crop_box" not in batch:
-        return None
-    return batch["crop_box"].numpy()
+    truth = np.stack([face.landmarks for face in faces])
+    boxes = np.stack([face.box for face in faces])
+    return float(metrics.nme(predicted, truth, model.scheme, boxes=boxes).mean())
 
 
 # ----------------------------------------------------------------------------- training
@@ -229,8 +213,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_set = data.FaceDataset(train_faces, scheme, input_size=config.input_size, train=True,
-                                 augment=augment_config(config.augment), seed=config.seed)
-    val_set = data.FaceDataset(val_faces, scheme, input_size=config.input_size, train=False)
+                                 augment=config.augment, seed=config.seed)
 
     generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.") and p.requires_grad]
     optimizer = torch.optim.Adam(generator_parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -268,7 +251,6 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     steps_per_epoch = len(sampler) // config.batch_size
     total_steps = config.epochs * steps_per_epoch if not config.max_steps else min(config.max_steps, config.epochs * steps_per_epoch)
     writer = _ScalarLog(out) if runtime.is_main else None
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.num_workers)
 
     progress = tqdm(total=total_steps, initial=step, disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     finished = step >= total_steps
@@ -307,10 +289,10 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
         epoch_done = batches_done >= steps_per_epoch
         next_epoch, next_skip = (epoch + 1, 0) if epoch_done else (epoch, batches_done)
         val_nme = math.nan
-        if runtime.is_main and epoch_done and len(val_set):
-            val_nme = float(evaluate_nme(model, val_loader, scheme, device, config).mean())
+        if runtime.is_main and epoch_done and val_faces:
+            val_nme = validation_nme(model, val_faces, device, config.batch_size)
             writer.add(step, epoch, {"val_nme": val_nme})
-            progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(val_set)} held-out faces")
+            progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(val_faces)} held-out faces")
         if runtime.is_main:
             state = {**checkpoint.model_payload(model), "optimizer": optimizer.state_dict(),
                      "epoch": next_epoch, "batches_done": next_skip, "step": step,
@@ -371,7 +353,7 @@ def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, sc
 
 
 class _ScalarLog:
-    """Scalars to ``metrics.csv`` and, where the tensorboard package is installed, TensorBoard."""
+    """Scalars to ``metrics.csv`` (long format) and, where the tensorboard package is installed, TensorBoard."""
 
     def __init__(self, out: Path):
         self.path = out / "metrics.csv"
@@ -385,13 +367,13 @@ class _ScalarLog:
             self.tensorboard = SummaryWriter(str(out / "tensorboard"))
 
     def add(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
-        row = {"step": step, "epoch": epoch, **scalars}
+        """One row per scalar (``step,epoch,name,value``): new scalars never break the columns."""
         new_file = not self.path.exists()
         with self.path.open("a", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(row))
+            writer = csv.writer(stream)
             if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+                writer.writerow(["step", "epoch", "name", "value"])
+            writer.writerows([step, epoch, name, f"{value:.6g}"] for name, value in scalars.items())
         if self.tensorboard is not None:
             for name, value in scalars.items():
                 self.tensorboard.add_scalar(name, value, step)
