@@ -8,8 +8,8 @@ For every boundary line of a face (the landmark indices in ``scheme.boundaries``
    the official release has no boundary generation). One point is a dot. The spline is sampled
    densely enough that consecutive samples are at most ``1 / samples_per_pixel`` pixels apart
    (default 0.5 px): the sample count follows from the curve's length, never a fixed number (a
-   fixed 64 samples leaves gaps on a long contour). The samples include the parameters of the
-   input points, so the curve passes exactly through every landmark.
+   fixed 64 samples leaves gaps on a long contour). The samples include the input points
+   themselves (exactly), so the curve passes through every landmark.
 2. **Rasterise** into a binary map: each sample is rounded to its nearest pixel centre,
    ``floor(v + 0.5)`` (halves round up). Pixel (row i, col j) has its centre at (x=j, y=i), so a
    point at x=3.0 lights column 3. Because samples are at most 0.5 px apart, two consecutive
@@ -106,6 +106,9 @@ def dense_curve(points, samples_per_pixel: float = 2.0) -> np.ndarray:
             )
         params = np.union1d(np.linspace(0.0, 1.0, count), knot_params)
         samples = np.stack(splev(params, tck), axis=1)
+        # The spline reproduces its points only to ~1e-15; put them back exactly so that a landmark
+        # on a half pixel rounds like the landmark itself (one-point dots included).
+        samples[np.searchsorted(params, knot_params)] = points
         gap = np.hypot(*np.diff(samples, axis=0).T).max()
         if gap <= max_gap:
             return samples
