@@ -1,0 +1,196 @@
+"""Parity of the fused Triton message passing (``labfast.kernels.message_passing``) with
+``message_passing_ref``, forward and backward, run through the Triton interpreter on CPU.
+
+Tolerances (stated per dtype, derived rather than tuned):
+- fp32: a length-``n`` fp32 sum of products differs from the exact value by at most
+  ``n·u·Σ|terms|`` (``u = 2**-24``; Higham, *Accuracy and Stability*, Sec. 3.1). Both the kernel
+  and the reference obey it, so they may differ by ``2·n·u·Σ|terms|``, checked element-wise with
+  ``Σ|terms|`` computed exactly as the op applied to ``|x|, |W|, |b|`` (and its gradients with
+  ``|grad_out|``), ``n`` the longest sum in the case. A wrong tap, channel or branch is off by
+  ``O(Σ|terms|)``, thousands of times more.
+- fp16 / bf16 (flash-attention's rule): inputs are rounded to the dtype once, then the kernel
+  and the reference both run in that dtype and are compared with the fp32 reference on the same
+  rounded inputs. The kernel's max error may be at most twice the low-precision reference's:
+  both end in one rounding to the output dtype (≤ ½ ulp each, on different elements), the
+  reference rounds more often (each message, each scatter-add), the kernel accumulates in fp32.
+  The fp32 reference's own error (the fp32 bound above) is added.
+- fp64: ``torch.autograd.gradcheck`` on a tiny case.
+"""
+import pytest
+import torch
+
+from labfast.kernels.message_passing import MessagePassingFunction, grad_weights, message_passing_triton, routing_tables
+from labfast.ops import message_passing
+from labfast.ops.message_passing import message_passing_ref
+
+CHAIN = ((0, 1), (1, 2), (2, 1), (0, 2))  # a chain both ways; branches 1 and 2 have two incoming edges
+MIXED = ((0, 1), (1, 0), (3, 1), (2, 2))  # a self-loop, branch 3 receives nothing
+
+# (id, batch, branches K, channels C, H, W, kernel k, edges)
+CASES = [
+    ("chain_c5_k3_7x9", 1, 3, 5, 7, 9, 3, CHAIN),
+    ("chain_c20_k5_batch2", 2, 3, 20, 7, 9, 5, CHAIN),
+    ("mixed_c16_k1", 1, 4, 16, 6, 5, 1, MIXED),
+    ("two_channel_blocks_c72_k1", 1, 2, 72, 5, 4, 1, ((0, 1), (1, 0))),
+    ("pixel_blocks_across_images", 3, 2, 8, 9, 11, 3, ((0, 1), (1, 0))),
+]
+
+
+def make_inputs(batch, branches, channels, height, width, ksize, edges, dtype, with_bias=True, seed=0):
+    """Features, weights (scaled so messages are O(1)), bias and grad_out, rounded to ``dtype``."""
+    generator = torch.Generator().manual_seed(seed)
+    num_edges = len(edges)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    features = randn(batch, branches * channels, height, width)
+    weights = (torch.randn(num_edges, channels, channels, ksize, ksize, generator=generator)
+               / (channels * ksize * ksize) ** 0.5).to(dtype)
+    bias = randn(num_edges, channels) if with_bias else None
+    grad_out = randn(batch, branches * channels, height, width)
+    return features, weights, bias, grad_out
+
+
+def run(op, features, weights, bias, grad_out, edges, dtype):
+    """Output and gradients wrt features, weights, bias (bias grad ``None`` without bias), in fp32."""
+    inputs = [t.to(dtype).requires_grad_() for t in (features, weights, bias) if t is not None]
+    out = op(inputs[0], inputs[1], inputs[2] if bias is not None else None, edges)
+    grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+    results = [out.detach(), *grads] + ([None] if bias is None else [])
+    return [None if t is None else t.float() for t in results]
+
+
+def magnitudes(features, weights, bias, grad_out, edges):
+    """``Σ|terms|`` of the output and of each gradient: the op on absolute values (it is linear in
+    each argument, so gradients with ``|grad_out|`` sum absolute products too)."""
+    return run(message_passing_ref, features.abs(), weights.abs(), None if bias is None else bias.abs(),
+               grad_out.abs(), edges, torch.float64)
+
+
+def longest_sum(batch, channels, height, width, ksize, edges):
+    """Most terms any output or gradient element sums: messages (E·k²·C, + bias and residual)
+    or the pixel sums of the weight and bias gradients (N·H·W)."""
+    return max(len(edges) * ksize * ksize * channels + len(edges) + 1, batch * height * width)
+
+
+# The bias-free path only on the first case (interpreter time).
+FP32_CASES = [(case, True) for case in CASES] + [(CASES[0], False)]
+
+
+@pytest.mark.parametrize("case, with_bias", FP32_CASES,
+                         ids=[c[0] + ("" if with_bias else "_no_bias") for c, with_bias in FP32_CASES])
+def test_fp32_forward_and_backward_match_reference(case, with_bias):
+    _, batch, branches, channels, height, width, ksize, edges = case
+    tensors = make_inputs(batch, branches, channels, height, width, ksize, edges, torch.float32, with_bias)
+    ours = run(message_passing_triton, *tensors, edges, torch.float32)
+    reference = run(message_passing_ref, *tensors, edges, torch.float32)
+    bound = 2 * longest_sum(batch, channels, height, width, ksize, edges) * 2.0**-24
+    for name, mine, theirs, magnitude in zip(("out", "grad_features", "grad_weights", "grad_bias"),
+                                             ours, reference, magnitudes(*tensors, edges)):
+        if theirs is None:
+            assert mine is None, name
+            continue
+        excess = (mine - theirs).abs() - bound * magnitude.float()
+        assert excess.max() <= 0, f"{name}: exceeds 2·n·u·Σ|terms| by {excess.max():.3e}"
+
+
+LOW_PRECISION_CASES = [CASES[0], CASES[1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=[c[0] for c in LOW_PRECISION_CASES])
+def test_low_precision_error_at_most_twice_the_references(case, dtype):
+    _, batch, branches, channels, height, width, ksize, edges = case
+    tensors = make_inputs(batch, branches, channels, height, width, ksize, edges, dtype)
+    exact = run(message_passing_ref, *tensors, edges, torch.float32)
+    low = run(message_passing_ref, *tensors, edges, dtype)
+    ours = run(message_passing_triton, *tensors, edges, dtype)
+    fp32_bound = longest_sum(batch, channels, height, width, ksize, edges) * 2.0**-24
+    for name, mine, reference_low, truth, magnitude in zip(
+            ("out", "grad_features", "grad_weights", "grad_bias"), ours, low, exact, magnitudes(*tensors, edges)):
+        reference_error = (reference_low - truth).abs().max().item()
+        our_error = (mine - truth).abs().max().item()
+        allowed = 2 * reference_error + fp32_bound * magnitude.max().item()
+        assert our_error <= allowed, f"{name}: error {our_error:.3e} > 2 × reference's {reference_error:.3e}"
+
+
+def test_outputs_keep_the_input_dtype():
+    tensors = make_inputs(1, 2, 4, 3, 4, 3, ((0, 1),), torch.bfloat16)
+    features, weights, bias, _ = [t.requires_grad_() for t in tensors]
+    out = message_passing_triton(features, weights, bias, ((0, 1),))
+    out.sum().backward()
+    assert out.dtype == features.grad.dtype == weights.grad.dtype == bias.grad.dtype == torch.bfloat16
+
+
+def test_one_branch_without_edges_is_the_identity():
+    features = torch.randn(2, 6, 5, 7, requires_grad=True)
+    weights = torch.zeros(0, 6, 6, 3, 3, requires_grad=True)
+    bias = torch.zeros(0, 6, requires_grad=True)
+    out = message_passing_triton(features, weights, bias, ())
+    grad_out = torch.randn_like(out)
+    grad_features, grad_weights_, grad_bias = torch.autograd.grad(out, (features, weights, bias), grad_out)
+    assert torch.equal(out, features)
+    assert torch.equal(grad_features, grad_out)
+    assert grad_weights_.shape == weights.shape and grad_bias.shape == bias.shape
+    assert torch.equal(message_passing_ref(features, weights, bias, ()), features)
+
+
+def test_fp64_gradcheck():
+    # fast_mode checks the Jacobian along random directions (one backward instead of one per
+    # output element): the full check takes ~40 s of interpreter time.
+    edges = ((0, 1), (1, 0), (1, 1))
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 2 * 2, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = torch.randn(3, 2, 2, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    bias = torch.randn(3, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda f, w, b: MessagePassingFunction.apply(f, w, b, edges, 2), (features, weights, bias), fast_mode=True)
+
+
+def test_split_pixel_sums_of_the_weight_gradient_agree():
+    edges = ((0, 1), (2, 1), (1, 0))
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(3, 3 * 6, 9, 11, dtype=torch.float64, generator=generator)  # 3 pixel blocks
+    grad_out = torch.randn(features.shape, dtype=torch.float64, generator=generator)
+    tables = routing_tables(edges, 3, features.device)
+    whole = grad_weights(features, grad_out, tables, 6, 3, splits=1)
+    split = grad_weights(features, grad_out, tables, 6, 3, splits=3)
+    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_features_are_handled():
+    tensors = make_inputs(2, 2, 4, 5, 6, 3, ((0, 1), (1, 0)), torch.float32)
+    features = tensors[0].to(memory_format=torch.channels_last)
+    assert not features.is_contiguous()
+    out = message_passing_triton(features, tensors[1], tensors[2], ((0, 1), (1, 0)))
+    torch.testing.assert_close(out, message_passing_ref(tensors[0], tensors[1], tensors[2], ((0, 1), (1, 0))),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_forced_triton_backend_routes_through_the_fused_function(monkeypatch):
+    tensors = make_inputs(1, 2, 4, 4, 4, 3, ((0, 1),), torch.float32)
+    features = tensors[0].requires_grad_()
+    monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "triton")
+    assert type(message_passing(features, tensors[1], tensors[2], [[0, 1]]).grad_fn).__name__ == \
+        "MessagePassingFunctionBackward"
+    monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "reference")
+    assert type(message_passing(features, tensors[1], tensors[2], [[0, 1]]).grad_fn).__name__ != \
+        "MessagePassingFunctionBackward"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(edges=((0, 1), (1, 0))), "2 edges but weights hold 1"),
+    (dict(edges=((0, 3),)), "edge 0 = (0, 3) names a branch outside 0..1"),
+    (dict(weights=torch.zeros(1, 4, 4, 2, 2)), "kernel size must be odd"),
+    (dict(weights=torch.zeros(1, 3, 3, 3, 3)), "not a multiple of the 3 channels"),
+    (dict(bias=torch.zeros(1, 5)), "bias must be (E, C) = (1, 4)"),
+    (dict(weights=torch.zeros(1, 4, 4, 3, 3, dtype=torch.float64)), "weights dtype torch.float64 differs"),
+    (dict(edges=((0, "x"),)), "edges must be (src, dst) integer pairs"),
+])
+def test_bad_arguments_raise_clear_errors(change, message):
+    arguments = dict(features=torch.zeros(1, 8, 4, 4), weights=torch.zeros(1, 4, 4, 3, 3),
+                     bias=torch.zeros(1, 4), edges=((0, 1),))
+    arguments.update(change)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        message_passing(**arguments)
