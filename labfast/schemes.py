@@ -10,8 +10,10 @@ paper counts. COFW-29 and AFLW-19 have too few points for all 13 lines: they get
 their points support (LAB's own best COFW/AFLW results use boundaries learnt on 300-W instead,
 the cross-data-set setting of ``labfast train``).
 
-Normalisers: inter-ocular (outer eye corners) for 300-W and WFLW, inter-pupil for COFW (the
-protocol of LAB's Table 4 and of RCPR/HRNet), and the face box size ``sqrt(w * h)`` for AFLW.
+Normalisers: inter-ocular (outer eye corners) for 300-W and WFLW, inter-pupil (points 16, 17)
+for COFW (RCPR's protocol; note that HRNet's evaluation code normalises COFW by the outer eye
+corners 8 and 9 instead, so its COFW figures are on another scale), and the face box size
+``sqrt(w * h)`` for AFLW.
 """
 from __future__ import annotations
 
