@@ -235,3 +235,21 @@ def test_real_300w_faces_crop_with_landmarks_inside(shared_data):
         assert item["image"].shape == (3, 256, 256)
         # zoom <= 1.25 on a 1.25x margin crop, shift <= 5 %, rotation <= 30 deg: the face stays in view
         assert (item["landmarks"] > -10).all() and (item["landmarks"] < 266).all()
+
+
+def test_unit_scale_crop_is_an_exact_pixel_slice_and_outside_is_black():
+    # a box of side 256/1.25 centred at (150.5, 100.5) gives scale 1 and offset 150.5 - 127.5 = 23
+    # (x), 100.5 - 127.5 = -27 (y): crop pixel (row i, col j) is source pixel (i - 27, j + 23)
+    rng = np.random.default_rng(12)
+    image = rng.integers(1, 256, size=(200, 300, 3), dtype=np.uint8)
+    half = 256 / 1.25 / 2
+    crop, affine = crop_face(image, [150.5 - half, 100.5 - half, 150.5 + half, 100.5 + half], margin=0.125)
+    np.testing.assert_allclose(affine, [[1, 0, -23], [0, 1, 27]], atol=1e-5)
+    expected = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[:, 23:279].astype(np.float32) / 255
+    np.testing.assert_allclose(crop[27:227], expected, atol=1e-6)
+    assert (crop[:27] == 0).all() and (crop[227:] == 0).all()  # BORDER_CONSTANT black above / below
+
+
+def test_crop_wholly_outside_the_image_is_black():
+    crop, _ = crop_face(np.full((50, 50, 3), 200, np.uint8), [500, 500, 600, 600], input_size=32)
+    assert crop.shape == (32, 32, 3) and (crop == 0).all()
