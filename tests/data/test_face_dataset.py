@@ -52,7 +52,7 @@ def _face(rng, drawn, height=300, width=280):
     return Sample(image_path=None, landmarks=landmarks, box=np.array([70, 80, 210, 220], np.float32), image=image)
 
 
-def _dot_radius(item, side_px):
+def _dot_radius(item):
     """Centroid window: 6 dot sigmas at the crop's scale (plus 2 px)."""
     scale = math.sqrt(abs(np.linalg.det(item["affine"][:, :2].numpy().astype(np.float64))))
     return int(math.ceil(6 * DOT_SIGMA * scale)) + 2
@@ -70,7 +70,7 @@ def test_dot_lands_where_the_augmented_landmark_says(input_size, seed):
     channel = item["image"][0].numpy()
     for index in (0, 30, 57):
         expected = item["landmarks"][index].numpy()
-        found = _centroid(channel, expected, _dot_radius(item, input_size))
+        found = _centroid(channel, expected, _dot_radius(item))
         np.testing.assert_allclose(found, expected, atol=TOLERANCE_PX)
 
 
@@ -86,7 +86,7 @@ def test_flipped_landmark_i_sits_on_the_dot_of_point_flip_permutation_i(drawn):
     relabelled = SCHEME.flip_permutation[drawn]
     assert relabelled != drawn
     expected = item["landmarks"][relabelled].numpy()
-    found = _centroid(item["image"][0].numpy(), expected, _dot_radius(item, 256))
+    found = _centroid(item["image"][0].numpy(), expected, _dot_radius(item))
     np.testing.assert_allclose(found, expected, atol=TOLERANCE_PX)
     # without the relabelling the check above would compare against this far-away point
     assert np.linalg.norm(item["landmarks"][drawn].numpy() - found) > 5
@@ -115,7 +115,7 @@ def test_pts_one_based_file_puts_the_landmark_on_the_drawn_dot(tmp_path):
     item = FaceDataset([sample], "300w")[0]
     for index in (8, 30, 36):
         expected = item["landmarks"][index].numpy()
-        found = _centroid(item["image"][1].numpy(), expected, _dot_radius(item, 256))
+        found = _centroid(item["image"][1].numpy(), expected, _dot_radius(item))
         np.testing.assert_allclose(found, expected, atol=TOLERANCE_PX)
 
 
