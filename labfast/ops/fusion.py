@@ -6,7 +6,11 @@
 - feature fusion ``F ⊕ (F ⊗ T)``, T the sigmoid output of the small hourglass.
 
 ⊕ is channel concatenation and ⊗ the element-wise product. Each public function dispatches via
-``labfast.ops.backend``; its ``*_ref`` twin is the plain PyTorch definition it is judged by.
+``labfast.ops.backend`` (op name ``"fusion"``, forced by ``LABFAST_BACKEND_FUSION``); its ``*_ref``
+twin is the plain PyTorch definition it is judged by. Fast paths: Triton (``labfast.kernels.fusion``,
+all three ops) and CUDA (``csrc/fusion.cu``, input fusion and feature fusion). They write the
+concatenated output directly and return NCHW-contiguous tensors (channels_last inputs are copied to
+NCHW first). The CUDA path takes fp32/fp16/bf16; Triton also fp64 (used by gradcheck).
 """
 from __future__ import annotations
 
@@ -39,16 +43,96 @@ def feature_fusion_ref(features: torch.Tensor, gate: torch.Tensor) -> torch.Tens
     return torch.cat([features, features * gate], dim=1)
 
 
+def _check_maps(op: str, **tensors: torch.Tensor) -> None:
+    """The fast paths' contract: 4-D ``(N, C, H, W)`` floating tensors, one device, one batch."""
+    (first_name, first), *_ = tensors.items()
+    for name, tensor in tensors.items():
+        if tensor.dim() != 4:
+            raise ValueError(f"{op}: {name} has shape {tuple(tensor.shape)}; expected (N, C, H, W)")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{op}: {name} has dtype {tensor.dtype}; expected a floating dtype")
+        if tensor.device != first.device:
+            raise ValueError(f"{op}: {name} is on {tensor.device} but {first_name} on {first.device}")
+        if tensor.shape[0] != first.shape[0]:
+            raise ValueError(f"{op}: {name} has batch {tensor.shape[0]} but {first_name} {first.shape[0]}")
+
+
 def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-    backend.select("fusion", image, supported=())
+    """``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``; see ``input_fusion_ref`` (same signature and result)."""
+    _check_maps("input_fusion", image=image, heatmaps=heatmaps)
+    choice = backend.select("fusion", image, supported=("triton", "cuda"))
+    if choice == "triton":
+        from labfast.kernels.fusion import InputFusion
+
+        return InputFusion.apply(image, heatmaps)
+    if choice == "cuda":
+        return _CudaInputFusion.apply(image, heatmaps)
     return input_fusion_ref(image, heatmaps)
 
 
 def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    backend.select("fusion", features, supported=())
+    """``M ⊕ F``; see ``heatmap_feature_concat_ref``. Triton only: the CUDA extension has no kernel for it."""
+    _check_maps("heatmap_feature_concat", features=features, heatmaps=heatmaps)
+    choice = backend.select("fusion", features, supported=("triton",))
+    if choice == "triton":
+        from labfast.kernels.fusion import HeatmapFeatureConcat
+
+        return HeatmapFeatureConcat.apply(heatmaps, features)
     return heatmap_feature_concat_ref(heatmaps, features)
 
 
 def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    backend.select("fusion", features, supported=())
+    """``F ⊕ (F ⊗ T)``; see ``feature_fusion_ref``. ``gate`` must have the shape of ``features``."""
+    _check_maps("feature_fusion", features=features, gate=gate)
+    if gate.shape != features.shape:
+        raise ValueError(
+            f"feature_fusion: gate has shape {tuple(gate.shape)} but features {tuple(features.shape)}"
+        )
+    choice = backend.select("fusion", features, supported=("triton", "cuda"))
+    if choice == "triton":
+        from labfast.kernels.fusion import FeatureFusion
+
+        return FeatureFusion.apply(features, gate)
+    if choice == "cuda":
+        return _CudaFeatureFusion.apply(features, gate)
     return feature_fusion_ref(features, gate)
+
+
+class _CudaInputFusion(torch.autograd.Function):
+    """``csrc/fusion.cu``'s input fusion; heatmaps are cast to the image's dtype first, as in the reference."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+        cast = heatmaps.to(image.dtype)
+        ctx.save_for_backward(image, cast)
+        ctx.heatmaps_dtype = heatmaps.dtype
+        return torch.ops.labfast_cuda.input_fusion_forward(image, cast)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        image, heatmaps = ctx.saved_tensors
+        grad_image = grad_heatmaps = None
+        if ctx.needs_input_grad[0]:
+            grad_image = torch.ops.labfast_cuda.input_fusion_backward_image(grad, image, heatmaps)
+        if ctx.needs_input_grad[1]:
+            grad_heatmaps = torch.ops.labfast_cuda.input_fusion_backward_heatmaps(grad, image, heatmaps)
+            grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
+        return grad_image, grad_heatmaps
+
+
+class _CudaFeatureFusion(torch.autograd.Function):
+    """``csrc/fusion.cu``'s feature fusion, in the promoted dtype of its inputs (as the reference)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(features.dtype, gate.dtype)
+        features_cast, gate_cast = features.to(dtype), gate.to(dtype)
+        ctx.save_for_backward(features_cast, gate_cast)
+        ctx.dtypes = (features.dtype, gate.dtype)
+        return torch.ops.labfast_cuda.feature_fusion_forward(features_cast, gate_cast)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        features, gate = ctx.saved_tensors
+        grad_features, grad_gate = torch.ops.labfast_cuda.feature_fusion_backward(grad, features, gate)
+        return grad_features.to(ctx.dtypes[0]), grad_gate.to(ctx.dtypes[1])

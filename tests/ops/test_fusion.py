@@ -1,0 +1,257 @@
+"""Parity of the fusion fast paths (labfast.ops.fusion) with their ``*_ref`` definitions.
+
+Triton runs on the CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py); the Functions of
+``labfast.kernels.fusion`` are called directly, dispatch is tested through the public functions.
+The CUDA path cannot run here; its torch-free kernels are compile-checked with nvcc.
+
+Tolerance (flash-attention style), for every output and gradient of a fused op run in dtype ``d``:
+
+    |fused_d - ref_64| <= 2 |ref_d - ref_64| + eps_d · max |ref_64|
+
+``ref_64`` is the reference on the same (``d``-rounded) inputs in float64, ``ref_d`` the reference
+computed in ``d``. The fused kernels accumulate in fp32 and round once when storing, so their error
+is at most half an ulp of each value plus fp32 noise: the floor ``eps_d · max|ref_64|`` (one ulp at
+the top of the range) alone admits a correct kernel, and the first term keeps the test meaningful
+when the reference itself is inexact. A wrong tap, weight, channel or missed window pixel gives
+errors of the order of the values themselves and fails.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from labfast.kernels.fusion import FeatureFusion, HeatmapFeatureConcat, InputFusion
+from labfast.ops import backend
+from labfast.ops.fusion import (
+    feature_fusion,
+    feature_fusion_ref,
+    heatmap_feature_concat,
+    heatmap_feature_concat_ref,
+    input_fusion,
+    input_fusion_ref,
+)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+CSRC = Path(__file__).resolve().parents[2] / "csrc" / "fusion.cu"
+
+
+def run(fn, inputs, grad_out=None):
+    """Output and input gradients of ``fn(*inputs)`` for the upstream gradient ``grad_out``."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*leaves)
+    if grad_out is None:
+        return out.detach(), None
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def assert_within_reference_error(fused, low, exact, dtype, what):
+    """``fused`` and ``low`` (the reference in ``dtype``) against ``exact`` (the float64 reference)."""
+    exact = exact.double()
+    fused_error = (fused.double() - exact).abs().max().item()
+    reference_error = (low.double() - exact).abs().max().item()
+    floor = torch.finfo(dtype).eps * exact.abs().max().item()
+    bound = 2 * reference_error + floor
+    assert fused_error <= bound, f"{what} ({dtype}): error {fused_error:.3g} > bound {bound:.3g}"
+
+
+def check_parity(fused_fn, ref_fn, inputs, dtype):
+    """Forward and backward of ``fused_fn`` in ``dtype`` against ``ref_fn`` (see module docstring)."""
+    generator = torch.Generator().manual_seed(1)
+    low_inputs = [x.to(dtype) for x in inputs]
+    exact_inputs = [x.double() for x in low_inputs]  # the same rounded values, in float64
+    exact_out, _ = run(ref_fn, exact_inputs)
+    grad_out = torch.randn(exact_out.shape, generator=generator).to(dtype)
+    exact_out, exact_grads = run(ref_fn, exact_inputs, grad_out.double())
+    low_out, low_grads = run(ref_fn, low_inputs, grad_out)
+    fused_out, fused_grads = run(fused_fn, low_inputs, grad_out)
+    assert fused_out.shape == exact_out.shape and fused_out.dtype == low_out.dtype
+    assert_within_reference_error(fused_out, low_out, exact_out, dtype, "output")
+    for index, (fused, low, exact) in enumerate(zip(fused_grads, low_grads, exact_grads)):
+        assert fused.dtype == low_inputs[index].dtype and fused.shape == exact.shape
+        assert_within_reference_error(fused, low, exact, dtype, f"gradient of input {index}")
+
+
+# (N, C, H, W) image, (K, h, w) heatmaps: batch 1 with K=1 at the same size; non-integer
+# up-sampling (13×17 from 5×7); the model's 4× ratio; heatmaps larger than the image.
+INPUT_FUSION_SHAPES = [
+    ((1, 3, 13, 17), (1, 13, 17)),
+    ((2, 3, 13, 17), (3, 5, 7)),
+    ((1, 3, 16, 16), (4, 4, 4)),
+    ((1, 3, 9, 11), (2, 20, 15)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("image_shape, heatmap_shape", INPUT_FUSION_SHAPES, ids=str)
+def test_input_fusion_matches_reference(image_shape, heatmap_shape, dtype):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(image_shape, generator=generator)
+    heatmaps = torch.rand((image_shape[0], *heatmap_shape), generator=generator)
+    check_parity(InputFusion.apply, input_fusion_ref, [image, heatmaps], dtype)
+
+
+# (N, K, h, w) heatmaps, (C, H, W) features: same size; the model's 64 -> 8 (here 16 -> 8)
+# down-sampling; non-integer up-sampling.
+CONCAT_SHAPES = [
+    ((1, 1, 13, 17), (4, 13, 17)),
+    ((2, 3, 16, 16), (5, 8, 8)),
+    ((2, 2, 7, 9), (3, 13, 17)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heatmap_shape, feature_shape", CONCAT_SHAPES, ids=str)
+def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, dtype):
+    generator = torch.Generator().manual_seed(0)
+    heatmaps = torch.rand(heatmap_shape, generator=generator)
+    features = torch.randn((heatmap_shape[0], *feature_shape), generator=generator)
+    check_parity(HeatmapFeatureConcat.apply, heatmap_feature_concat_ref, [heatmaps, features], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 4, 13, 17), (2, 8, 8, 8)], ids=str)
+def test_feature_fusion_matches_reference(shape, dtype):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(shape, generator=generator)
+    gate = torch.rand(shape, generator=generator)
+    check_parity(FeatureFusion.apply, feature_fusion_ref, [features, gate], dtype)
+
+
+# (h, w) -> (H, W) pairs that stress the window of the resize adjoint: odd ratios both ways, a
+# single output or source pixel, sizes that are not multiples of the 16-pixel tile.
+@pytest.mark.parametrize(
+    "source, target",
+    [((7, 5), (5, 7)), ((3, 16), (16, 3)), ((33, 20), (64, 9)), ((1, 4), (4, 1)), ((18, 17), (18, 17))],
+    ids=str,
+)
+def test_resize_adjoint_matches_reference_for_any_ratio(source, target):
+    generator = torch.Generator().manual_seed(0)
+    heatmaps = torch.rand((1, 1, *source), generator=generator, dtype=torch.float64)
+    features = torch.randn((1, 1, *target), generator=generator, dtype=torch.float64)
+    grad_out = torch.randn((1, 2, *target), generator=generator, dtype=torch.float64)
+    out, grads = run(HeatmapFeatureConcat.apply, [heatmaps, features], grad_out)
+    expected_out, expected_grads = run(heatmap_feature_concat_ref, [heatmaps, features], grad_out)
+    # float64 on both sides; the only difference is summation order (~1e-16 relative)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "function, shapes",
+    [
+        (InputFusion.apply, [(1, 2, 5, 7), (1, 2, 3, 4)]),
+        (HeatmapFeatureConcat.apply, [(1, 2, 3, 4), (1, 2, 5, 7)]),
+        (FeatureFusion.apply, [(2, 3, 4, 5), (2, 3, 4, 5)]),
+    ],
+    ids=["input_fusion", "heatmap_feature_concat", "feature_fusion"],
+)
+def test_gradcheck_float64(function, shapes):
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(shape, generator=generator, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    assert torch.autograd.gradcheck(function, inputs, fast_mode=True)
+
+
+def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 17, 13, generator=generator).transpose(2, 3)  # (1, 3, 13, 17), strided
+    heatmaps = torch.rand(1, 6, 5, 7, generator=generator)[:, ::2]  # (1, 3, 5, 7), strided
+    grad_out = torch.randn(1, 12, 13, 17, generator=generator)
+    assert not image.is_contiguous() and not heatmaps.is_contiguous()
+    for image_in in (image, image.contiguous(memory_format=torch.channels_last)):
+        out, grads = run(InputFusion.apply, [image_in, heatmaps], grad_out)
+        expected_out, expected_grads = run(input_fusion_ref, [image_in, heatmaps], grad_out)
+        torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+        for grad, expected in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
+    features = torch.randn(2, 8, 6, 5, generator=generator).permute(0, 3, 2, 1)  # (2, 5, 6, 8)
+    gate = torch.rand(2, 5, 6, 8, generator=generator).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 10, 6, 8, generator=generator)
+    out, grads = run(FeatureFusion.apply, [features, gate], grad_out)
+    expected_out, expected_grads = run(feature_fusion_ref, [features, gate], grad_out)
+    torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
+    heatmaps_big = torch.rand(2, 3, 10, 12, generator=generator)[..., ::2, ::2]  # (2, 3, 5, 6)
+    out, _ = run(HeatmapFeatureConcat.apply, [heatmaps_big, features])
+    torch.testing.assert_close(out, heatmap_feature_concat_ref(heatmaps_big, features), rtol=1e-6, atol=1e-6)
+
+
+def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(monkeypatch):
+    import labfast.kernels.fusion as kernels
+
+    def fail(*args, **kwargs):
+        raise AssertionError("resize_adjoint ran for heatmaps that need no gradient")
+
+    monkeypatch.setattr(kernels, "resize_adjoint", fail)
+    image = torch.rand(1, 3, 8, 8)
+    heatmaps = torch.rand(1, 2, 4, 4)  # requires_grad=False
+    grad_out = torch.randn(1, 9, 8, 8)
+    (_, grads), (_, expected) = (run(fn, [image], grad_out) for fn in
+                                 (lambda x: InputFusion.apply(x, heatmaps), lambda x: input_fusion_ref(x, heatmaps)))
+    torch.testing.assert_close(grads[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def clean_backend_env(monkeypatch):
+    monkeypatch.delenv("LABFAST_BACKEND", raising=False)
+    monkeypatch.delenv("LABFAST_BACKEND_FUSION", raising=False)
+    return monkeypatch
+
+
+def _fusion_calls():
+    image = torch.rand(1, 3, 8, 8, requires_grad=True)
+    heatmaps = torch.rand(1, 2, 4, 4, requires_grad=True)
+    features = torch.randn(1, 4, 4, 4, requires_grad=True)
+    gate = torch.rand(1, 4, 4, 4)
+    return {
+        "input_fusion": lambda: input_fusion(image, heatmaps),
+        "heatmap_feature_concat": lambda: heatmap_feature_concat(heatmaps, features),
+        "feature_fusion": lambda: feature_fusion(features, gate),
+    }
+
+
+def test_cpu_tensors_take_the_reference_by_default(clean_backend_env):
+    for name, call in _fusion_calls().items():
+        assert call().grad_fn.name() == "CatBackward0", f"{name} did not run the reference"
+
+
+def test_forced_triton_runs_the_kernels_under_the_interpreter(clean_backend_env):
+    clean_backend_env.setenv("LABFAST_BACKEND_FUSION", "triton")
+    expected = {"input_fusion": "InputFusionBackward", "heatmap_feature_concat": "HeatmapFeatureConcatBackward",
+                "feature_fusion": "FeatureFusionBackward"}
+    for name, call in _fusion_calls().items():
+        assert call().grad_fn.name() == expected[name]
+
+
+def test_forced_cuda_on_cpu_raises_a_clear_error(clean_backend_env):
+    clean_backend_env.setenv("LABFAST_BACKEND", "cuda")
+    for name, call in _fusion_calls().items():
+        with pytest.raises(RuntimeError, match="backend 'cuda' was forced but"):
+            call()
+    assert backend.forced("fusion") == "cuda"
+
+
+def test_bad_shapes_name_the_argument():
+    with pytest.raises(ValueError, match="feature_fusion: gate has shape"):
+        feature_fusion(torch.rand(1, 4, 4, 4), torch.rand(1, 4, 4, 5))
+    with pytest.raises(ValueError, match="input_fusion: heatmaps has shape"):
+        input_fusion(torch.rand(1, 3, 8, 8), torch.rand(2, 4, 4))
+    with pytest.raises(ValueError, match="heatmap_feature_concat: heatmaps has batch 2"):
+        heatmap_feature_concat(torch.rand(2, 2, 4, 4), torch.rand(1, 3, 4, 4))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_kernels_compile_without_torch(tmp_path):
+    """The torch-free half of csrc/fusion.cu (kernels + extern "C" launchers) compiles for sm_90."""
+    result = subprocess.run(
+        ["nvcc", "-c", "-std=c++17", "-DLABFAST_NO_TORCH", "-gencode=arch=compute_90,code=sm_90",
+         str(CSRC), "-o", str(tmp_path / "fusion.o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fusion.o").stat().st_size > 0
