@@ -1,0 +1,185 @@
+"""``FaceAligner``: the one user-facing class for inference (STYLE.md convention 8).
+
+Build it once (it loads the checkpoint), then call :meth:`FaceAligner.predict` on an image or a
+list of images, with face boxes or with the bundled Haar detector::
+
+    aligner = FaceAligner("lab_300w.pt")               # device "auto": CUDA if available
+    faces = aligner.predict(cv2.imread("photo.jpg"))   # list of Face, one per detected face
+    faces[0].landmarks                                 # (68, 2) float32, original image pixels
+
+Every face is cropped exactly as in training without augmentation (``labfast.data.crop_face``
+from the face box), the crops of all faces of all images go through the model in batches of
+``batch_size``, and the landmarks are mapped back through the inverse of the crop's affine.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from labfast import schemes
+from labfast.checkpoint import load_model
+from labfast.data import crop_face
+from labfast.detect import detect_faces, to_landmark_box
+
+#: Where the shipped default weights live inside the package.
+DEFAULT_WEIGHTS = ("labfast.weights", "lab_300w.pt")
+
+
+@dataclass
+class Face:
+    """One aligned face, in the coordinates of the image it came from.
+
+    Attributes:
+        landmarks: ``(L, 2)`` float32, 0-based pixel coordinates (x, y) of the original image.
+        box: ``(4,)`` float32 ``x0, y0, x1, y1``, the landmark-extent-style box the crop was made
+            from (a converted detector box, or the box the caller gave).
+        boundary_heatmaps: ``(K, h, w)`` float32 boundary heatmaps of the last estimator stack on
+            the crop's heatmap grid, or ``None`` when not asked for.
+        heatmap_to_image: ``(2, 3)`` float64 affine from heatmap pixels to original-image pixels
+            (heatmap pixel centres at integer coordinates, like the image's).
+    """
+
+    landmarks: np.ndarray
+    box: np.ndarray
+    boundary_heatmaps: np.ndarray | None
+    heatmap_to_image: np.ndarray
+
+
+def default_weights() -> str:
+    """Path of the shipped default checkpoint; a clear error if this install has none."""
+    package, name = DEFAULT_WEIGHTS
+    try:
+        path = resources.files(package).joinpath(name)
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"no default weights are bundled with this labfast install ({package.replace('.', '/')}/{name} "
+            "is absent); pass a checkpoint: FaceAligner('path/to/model.pt') or labfast predict --checkpoint PATH "
+            "(labfast train writes one)"
+        )
+    return os.fspath(path)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def heatmap_to_crop(heatmap_size: int, input_size: int) -> np.ndarray:
+    """``(3, 3)`` affine heatmap pixels -> crop pixels, pixel centres aligned:
+    ``x_crop = (x_heatmap + 0.5) * input_size / heatmap_size - 0.5`` (``labfast.boundary.heatmaps``)."""
+    scale = input_size / heatmap_size
+    offset = 0.5 * scale - 0.5
+    return np.array([[scale, 0.0, offset], [0.0, scale, offset], [0.0, 0.0, 1.0]])
+
+
+class FaceAligner:
+    """LAB landmarks for faces in images.
+
+    Args:
+        checkpoint: a labfast checkpoint path; ``None`` takes the weights shipped in
+            ``labfast/weights/lab_300w.pt`` (an error says so if this install has none).
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        batch_size: faces per forward pass, across images.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                 batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else default_weights()
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.model, self.info = load_model(self.checkpoint, self.device)
+        self.scheme = schemes.get(self.info["scheme"])
+        self.boundary_scheme = schemes.get(self.info.get("boundary_scheme", self.info["scheme"]))
+        self.input_size = int(self.info["config"].input_size)
+
+    def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray], boxes=None,
+                heatmaps: bool = False) -> list[Face] | list[list[Face]]:
+        """Landmarks of every face in one image or in a list of images.
+
+        Args:
+            image_or_batch: one ``(H, W, 3)`` uint8 BGR image (as ``cv2.imread`` gives), or a list
+                of them (sizes may differ).
+            boxes: ``None`` to detect faces (Haar cascade, converted to landmark-extent boxes with
+                :func:`labfast.detect.to_landmark_box`); else the face boxes ``x0, y0, x1, y1``
+                in the landmark-extent convention LAB was trained on: an ``(F, 4)`` array for one
+                image, or a list of them (one per image, ``F`` may be 0) for a list of images.
+            heatmaps: also return each face's predicted boundary heatmaps.
+
+        Returns:
+            For one image, a list of :class:`Face` (empty if no face); for a list of images, a list
+            of such lists in the same order.
+        """
+        single = isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim in (2, 3)
+        images = [_as_bgr(image, index) for index, image in enumerate([image_or_batch] if single else image_or_batch)]
+        if boxes is None:
+            face_boxes = [to_landmark_box(detect_faces(image)) for image in images]
+        else:
+            face_boxes = [boxes] if single else list(boxes)
+            if len(face_boxes) != len(images):
+                raise ValueError(f"got {len(face_boxes)} box lists for {len(images)} images")
+            face_boxes = [_check_boxes(image_boxes, index) for index, image_boxes in enumerate(face_boxes)]
+        results = self._align(images, face_boxes, heatmaps)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], heatmaps: bool) -> list[list[Face]]:
+        owners = [(index, box) for index, boxes in enumerate(face_boxes) for box in boxes]
+        results: list[list[Face]] = [[] for _ in images]
+        for start in range(0, len(owners), self.batch_size):
+            chunk = owners[start:start + self.batch_size]
+            crops, affines = [], []
+            for index, box in chunk:
+                crop, affine = crop_face(images[index], box, input_size=self.input_size)
+                crops.append(crop)
+                affines.append(np.asarray(affine, np.float64))
+            batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+            output = self.model(batch)
+            landmarks = output.landmarks.float().cpu().numpy()
+            boundary = output.heatmaps[-1].float().cpu().numpy() if heatmaps else None
+            heatmap_size = output.heatmaps[-1].shape[-1]
+            for position, ((index, box), affine) in enumerate(zip(chunk, affines)):
+                crop_to_image = np.vstack([cv2.invertAffineTransform(affine), [0.0, 0.0, 1.0]])
+                original = landmarks[position] @ crop_to_image[:2, :2].T + crop_to_image[:2, 2]
+                results[index].append(Face(
+                    landmarks=original.astype(np.float32),
+                    box=np.asarray(box, np.float32),
+                    boundary_heatmaps=boundary[position] if heatmaps else None,
+                    heatmap_to_image=(crop_to_image @ heatmap_to_crop(heatmap_size, self.input_size))[:2],
+                ))
+        return results
+
+
+def _as_bgr(image: np.ndarray, index: int) -> np.ndarray:
+    """Accept ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8; name the image in the error otherwise."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {index}: expected uint8 pixels (as cv2.imread gives), got {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: expected an (H, W, 3) BGR or (H, W) grey image, got shape {image.shape}")
+    return image
+
+
+def _check_boxes(boxes, index: int) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"image {index}: boxes must be (F, 4) x0, y0, x1, y1, got shape {boxes.shape}")
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bad.any():
+        raise ValueError(f"image {index}: box {int(np.argmax(bad))} {boxes[bad][0].tolist()} needs x1 > x0, y1 > y0, finite values")
+    return boxes
