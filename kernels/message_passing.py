@@ -272,6 +272,8 @@ def _flat_weights(weights: torch.Tensor) -> torch.Tensor:
 
 def _convolve_and_route(x, flat_weights, bias, tables, channels, ksize):
     """``out_d = x_d + Σ_{entries of d} conv(x_gathered, W_entry) (+ b_entry)``: one launch."""
+    if flat_weights.shape[0] == 0:  # no edges: the identity (and no launch over empty buffers)
+        return x.clone()
     n, channels_total, height, width = x.shape
     num_branches = channels_total // channels
     out = torch.empty_like(x, dtype=torch.float32 if _interpreting_bf16(x.dtype) else x.dtype)
