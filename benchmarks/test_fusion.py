@@ -27,7 +27,7 @@ STAGES = [(64, 64), (128, 32), (256, 16), (512, 8)]  # (channels, size) of the R
 IMPLEMENTATIONS = ("reference", "compiled_reference", "triton", "cuda")
 OPS = {
     "input_fusion": (fusion.input_fusion, fusion.input_fusion_ref, ("triton", "cuda")),
-    "heatmap_feature_concat": (fusion.heatmap_feature_concat, fusion.heatmap_feature_concat_ref, ("triton",)),
+    "heatmap_feature_concat": (fusion.heatmap_feature_concat, fusion.heatmap_feature_concat_ref, ("triton", "cuda")),
     "feature_fusion": (fusion.feature_fusion, fusion.feature_fusion_ref, ("triton", "cuda")),
 }
 

@@ -1,6 +1,7 @@
-// CUDA C++ versions of two of LAB's heatmap-feature fusion ops (labfast/ops/fusion.py):
-//   input fusion    I (+) (I * up(M_1)) (+) ... (+) (I * up(M_K))  -> (N, C (K+1), H, W)
-//   feature fusion  F (+) (F * T)                                   -> (N, 2C, H, W)
+// CUDA C++ versions of LAB's heatmap-feature fusion ops (labfast/ops/fusion.py):
+//   input fusion            I (+) (I * up(M_1)) (+) ... (+) (I * up(M_K))  -> (N, C (K+1), H, W)
+//   heatmap-feature concat  up(M) (+) F                                    -> (N, K + C, H, W)
+//   feature fusion          F (+) (F * T)                                  -> (N, 2C, H, W)
 // forward and backward. up() is bilinear resizing with align_corners=False, ATen's rule.
 //
 // Layout of this file:
@@ -120,12 +121,14 @@ __global__ void input_fusion_backward_image_kernel(const T* __restrict__ grad, c
   }
 }
 
-// dL/dM_k = up^T(G_k), G_k = sum_c g_{C + k C + c} I_c; one thread per (n, k, heatmap pixel).
-template <typename T>
-__global__ void input_fusion_backward_heatmaps_kernel(const T* __restrict__ grad, const T* __restrict__ image,
-                                                      T* __restrict__ grad_heatmaps, int64_t N, int C,
-                                                      int K, int H, int W, int h, int w, float scale_y,
-                                                      float scale_x) {
+// dL/dM_k = up^T(G_k); one thread per (n, k, heatmap pixel). grad is (N, grad_channels, H, W).
+// kWithImage (input fusion): G_k = sum_c grad_{C + k C + c} I_c, image (N, C, H, W);
+// otherwise (heatmap-feature concat): G_k = grad_k.
+template <typename T, bool kWithImage>
+__global__ void resize_adjoint_kernel(const T* __restrict__ grad, const T* __restrict__ image,
+                                      T* __restrict__ grad_heatmaps, int64_t N, int C, int K,
+                                      int grad_channels, int H, int W, int h, int w, float scale_y,
+                                      float scale_x) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t hw = static_cast<int64_t>(h) * w;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * K * hw;
@@ -136,8 +139,8 @@ __global__ void input_fusion_backward_heatmaps_kernel(const T* __restrict__ grad
     int oy_first, oy_last, ox_first, ox_last;
     readers(i, scale_y, h, H, &oy_first, &oy_last);
     readers(j, scale_x, w, W, &ox_first, &ox_last);
-    const T* grad_k = grad + (n * C * (K + 1) + C + static_cast<int64_t>(k) * C) * HW;
-    const T* image_n = image + n * C * HW;
+    const T* grad_k = grad + (n * grad_channels + (kWithImage ? C + static_cast<int64_t>(k) * C : k)) * HW;
+    const T* image_n = kWithImage ? image + n * C * HW : image;  // image is null otherwise
     float total = 0.0f;
     for (int oy = oy_first; oy <= oy_last; ++oy) {
       const float wy = tap_weight(source_taps(oy, scale_y, h), i);
@@ -147,11 +150,35 @@ __global__ void input_fusion_backward_heatmaps_kernel(const T* __restrict__ grad
         if (wx == 0.0f) continue;
         const int64_t pixel = static_cast<int64_t>(oy) * W + ox;
         float g = 0.0f;
-        for (int c = 0; c < C; ++c) g += load(grad_k + c * HW + pixel) * load(image_n + c * HW + pixel);
+        if (kWithImage) {
+          for (int c = 0; c < C; ++c) g += load(grad_k + c * HW + pixel) * load(image_n + c * HW + pixel);
+        } else {
+          g = load(grad_k + pixel);
+        }
         total += wy * wx * g;
       }
     }
     store(grad_heatmaps + index, total);
+  }
+}
+
+// up(M) (+) F -> (N, K + C, H, W); one thread per output element.
+template <typename T>
+__global__ void heatmap_feature_concat_forward_kernel(const T* __restrict__ heatmaps, const T* __restrict__ features,
+                                                      T* __restrict__ out, int64_t N, int K, int C, int H, int W,
+                                                      int h, int w, float scale_y, float scale_x) {
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * (K + C) * HW;
+       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = index / ((K + C) * HW), pixel = index % HW;
+    const int channel = static_cast<int>(index / HW % (K + C));
+    if (channel < K) {
+      const Taps ty = source_taps(static_cast<int>(pixel / W), scale_y, h);
+      const Taps tx = source_taps(static_cast<int>(pixel % W), scale_x, w);
+      store(out + index, bilinear(heatmaps + (n * K + channel) * h * w, w, ty, tx));
+    } else {
+      out[index] = features[(n * C + channel - K) * HW + pixel];
+    }
   }
 }
 
@@ -236,9 +263,36 @@ extern "C" cudaError_t labfast_input_fusion_backward_heatmaps(int dtype, const v
   using namespace labfast_fusion;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
-    input_fusion_backward_heatmaps_kernel<T><<<blocks_for(N * K * h * w), kThreads, 0, stream>>>(
+    resize_adjoint_kernel<T, true><<<blocks_for(N * K * h * w), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<const T*>(image), static_cast<T*>(grad_heatmaps), N, C,
-        K, H, W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+        K, C * (K + 1), H, W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+  });
+}
+
+extern "C" cudaError_t labfast_heatmap_feature_concat_forward(int dtype, const void* heatmaps,
+                                                             const void* features, void* out, int64_t N, int K,
+                                                             int C, int H, int W, int h, int w,
+                                                             cudaStream_t stream) {
+  using namespace labfast_fusion;
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    heatmap_feature_concat_forward_kernel<T><<<blocks_for(N * (K + C) * H * W), kThreads, 0, stream>>>(
+        static_cast<const T*>(heatmaps), static_cast<const T*>(features), static_cast<T*>(out), N, K, C, H,
+        W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+  });
+}
+
+// grad is (N, K + C, H, W); writes dL/dheatmaps (N, K, h, w). dL/dfeatures is grad[:, K:].
+extern "C" cudaError_t labfast_heatmap_feature_concat_backward_heatmaps(int dtype, const void* grad,
+                                                                       void* grad_heatmaps, int64_t N, int K,
+                                                                       int C, int H, int W, int h, int w,
+                                                                       cudaStream_t stream) {
+  using namespace labfast_fusion;
+  return dispatch(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    resize_adjoint_kernel<T, false><<<blocks_for(N * K * h * w), kThreads, 0, stream>>>(
+        static_cast<const T*>(grad), nullptr, static_cast<T*>(grad_heatmaps), N, C, K, K + C, H, W, h, w,
+        static_cast<float>(h) / H, static_cast<float>(w) / W);
   });
 }
 
@@ -362,6 +416,43 @@ at::Tensor input_fusion_backward_heatmaps(const at::Tensor& grad_in, const at::T
   return grad_heatmaps;
 }
 
+at::Tensor heatmap_feature_concat_forward(const at::Tensor& heatmaps_in, const at::Tensor& features_in) {
+  const char* op = "labfast_cuda::heatmap_feature_concat_forward";
+  check(features_in, features_in, op, "features");
+  check(heatmaps_in, features_in, op, "heatmaps");
+  const c10::cuda::CUDAGuard guard(features_in.device());
+  const at::Tensor heatmaps = heatmaps_in.contiguous(), features = features_in.contiguous();
+  const int64_t N = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t K = heatmaps.size(1), h = heatmaps.size(2), w = heatmaps.size(3);
+  at::Tensor out = at::empty({N, K + C, H, W}, features.options());
+  if (out.numel() == 0) return out;
+  check_launch(labfast_heatmap_feature_concat_forward(dtype_code(features, op, "features"), heatmaps.data_ptr(),
+                                                      features.data_ptr(), out.data_ptr(), N, K, C, H, W, h, w,
+                                                      c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return out;
+}
+
+// grad (N, K + C, H, W); returns dL/dheatmaps (N, K, h, w) (dL/dfeatures is grad[:, K:]).
+at::Tensor heatmap_feature_concat_backward_heatmaps(const at::Tensor& grad_in, const at::Tensor& heatmaps) {
+  const char* op = "labfast_cuda::heatmap_feature_concat_backward_heatmaps";
+  check(heatmaps, heatmaps, op, "heatmaps");
+  check(grad_in, heatmaps, op, "grad");
+  const int64_t N = heatmaps.size(0), K = heatmaps.size(1), h = heatmaps.size(2), w = heatmaps.size(3);
+  TORCH_CHECK(grad_in.size(1) > K, op, ": grad has shape ", grad_in.sizes(), "; expected (N, K + C, H, W) for heatmaps ",
+              heatmaps.sizes());
+  const c10::cuda::CUDAGuard guard(heatmaps.device());
+  const at::Tensor grad = grad_in.contiguous();
+  const int64_t C = grad.size(1) - K, H = grad.size(2), W = grad.size(3);
+  at::Tensor grad_heatmaps = at::empty({N, K, h, w}, heatmaps.options());
+  if (grad_heatmaps.numel() == 0) return grad_heatmaps;
+  check_launch(labfast_heatmap_feature_concat_backward_heatmaps(dtype_code(grad, op, "grad"), grad.data_ptr(),
+                                                                grad_heatmaps.data_ptr(), N, K, C, H, W, h, w,
+                                                                c10::cuda::getCurrentCUDAStream().stream()),
+               op);
+  return grad_heatmaps;
+}
+
 at::Tensor feature_fusion_forward(const at::Tensor& features_in, const at::Tensor& gate_in) {
   const char* op = "labfast_cuda::feature_fusion_forward";
   check(features_in, features_in, op, "features");
@@ -413,6 +504,8 @@ TORCH_LIBRARY_FRAGMENT(labfast_cuda, m) {
   m.def("input_fusion_forward(Tensor image, Tensor heatmaps) -> Tensor");
   m.def("input_fusion_backward_image(Tensor grad, Tensor image, Tensor heatmaps) -> Tensor");
   m.def("input_fusion_backward_heatmaps(Tensor grad, Tensor image, Tensor heatmaps) -> Tensor");
+  m.def("heatmap_feature_concat_forward(Tensor heatmaps, Tensor features) -> Tensor");
+  m.def("heatmap_feature_concat_backward_heatmaps(Tensor grad, Tensor heatmaps) -> Tensor");
   m.def("feature_fusion_forward(Tensor features, Tensor gate) -> Tensor");
   m.def("feature_fusion_backward(Tensor grad, Tensor features, Tensor gate) -> (Tensor, Tensor)");
 }
@@ -421,6 +514,8 @@ TORCH_LIBRARY_IMPL(labfast_cuda, CUDA, m) {
   m.impl("input_fusion_forward", &input_fusion_forward);
   m.impl("input_fusion_backward_image", &input_fusion_backward_image);
   m.impl("input_fusion_backward_heatmaps", &input_fusion_backward_heatmaps);
+  m.impl("heatmap_feature_concat_forward", &heatmap_feature_concat_forward);
+  m.impl("heatmap_feature_concat_backward_heatmaps", &heatmap_feature_concat_backward_heatmaps);
   m.impl("feature_fusion_forward", &feature_fusion_forward);
   m.impl("feature_fusion_backward", &feature_fusion_backward);
 }

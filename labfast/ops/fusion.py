@@ -7,8 +7,8 @@
 
 ⊕ is channel concatenation and ⊗ the element-wise product. Each public function dispatches via
 ``labfast.ops.backend`` (op name ``"fusion"``, forced by ``LABFAST_BACKEND_FUSION``); its ``*_ref``
-twin is the plain PyTorch definition it is judged by. Fast paths: Triton (``labfast.kernels.fusion``,
-all three ops) and CUDA (``csrc/fusion.cu``, input fusion and feature fusion). They write the
+twin is the plain PyTorch definition it is judged by. Fast paths: Triton (``labfast.kernels.fusion``)
+and CUDA (``csrc/fusion.cu``), each for all three ops. They write the
 concatenated output directly and return NCHW-contiguous tensors (channels_last inputs are copied to
 NCHW first). The CUDA path takes fp32/fp16/bf16; Triton also fp64 (used by gradcheck).
 """
@@ -71,13 +71,15 @@ def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
 
 
 def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``M ⊕ F``; see ``heatmap_feature_concat_ref``. Triton only: the CUDA extension has no kernel for it."""
+    """``M ⊕ F``; see ``heatmap_feature_concat_ref`` (same signature and result)."""
     _check_maps("heatmap_feature_concat", features=features, heatmaps=heatmaps)
-    choice = backend.select("fusion", features, supported=("triton",))
+    choice = backend.select("fusion", features, supported=("triton", "cuda"))
     if choice == "triton":
         from labfast.kernels.fusion import HeatmapFeatureConcat
 
         return HeatmapFeatureConcat.apply(heatmaps, features)
+    if choice == "cuda":
+        return _CudaHeatmapFeatureConcat.apply(heatmaps, features)
     return heatmap_feature_concat_ref(heatmaps, features)
 
 
@@ -118,6 +120,28 @@ class _CudaInputFusion(torch.autograd.Function):
             grad_heatmaps = torch.ops.labfast_cuda.input_fusion_backward_heatmaps(grad, image, heatmaps)
             grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
         return grad_image, grad_heatmaps
+
+
+class _CudaHeatmapFeatureConcat(torch.autograd.Function):
+    """``csrc/fusion.cu``'s ``M ⊕ F``; heatmaps are cast to the features' dtype first, as in the reference."""
+
+    @staticmethod
+    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        cast = heatmaps.to(features.dtype)
+        ctx.save_for_backward(cast)
+        ctx.heatmaps_dtype = heatmaps.dtype
+        return torch.ops.labfast_cuda.heatmap_feature_concat_forward(cast, features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (heatmaps,) = ctx.saved_tensors
+        grad_heatmaps = grad_features = None
+        if ctx.needs_input_grad[0]:
+            grad_heatmaps = torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, heatmaps)
+            grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_features = grad[:, heatmaps.shape[1]:]  # F is copied unchanged
+        return grad_heatmaps, grad_features
 
 
 class _CudaFeatureFusion(torch.autograd.Function):
