@@ -1,0 +1,188 @@
+"""``LABConfig``: every architectural and loss knob of LAB, with named presets.
+
+What the paper fixes and what we chose (Wu et al., CVPR 2018, arXiv 1805.10483). The stored copies
+of the paper reachable from this project (vdocuments, technodocbox) returned only the abstract and
+introduction through the search tool, so the items marked "paper" below are from our reading of the
+paper and LAB_NOTES.md and could not be re-checked line by line here; items marked "choice" are
+where the paper gives no number.
+
+- Input 256×256 crop; boundary heatmaps at 64×64 (paper, Sec. 3 / 4: the hourglass works at a
+  quarter of the input). ``input_size`` may be any multiple of 64 (heatmaps are ``input_size // 4``).
+- Estimator: stacked hourglass (Newell et al. 2016) with intermediate supervision on every stack
+  (paper, Sec. 3.2). The paper's tables report "LAB (4-stack)" and "LAB (8-stack)"; the
+  8-stack model gives the headline numbers. Channel widths are not given (choice, see below).
+- Message passing (paper, Sec. 3.2, after Chu et al. CVPR 2016): intra-level between boundary
+  branches at the end of each stack, inter-level from one stack to the next. Kernel size and
+  branch width are not given (choice: 7×7 as in Chu et al.'s geometric transform kernels,
+  ``boundary_channels`` per branch). Neighbour graph: see ``estimator.boundary_neighbours``.
+- Regressor: ResNet-18, four stages (paper, Sec. 3.1); input fusion ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``
+  and feature fusion ``F ⊕ (F ⊗ T(M ⊕ F))`` after each of the four stages in the final model
+  (paper, Sec. 3.1 and its fusion-level ablation: more levels are better). T is "hourglass-like"
+  ending in a sigmoid (paper); its width and depth are a choice (``transform_*``). The 2C fused
+  channels go back to C by a 1×1 conv so the next ResNet stage keeps its standard shape (choice).
+- Discriminator (paper, Sec. 3.3): judges estimated heatmaps; fake label
+  ``d_fake = 0 if Pr_s(Dist(s) < θ) < δ else 1``. θ and δ are not given numerically in what we
+  could read (choice: θ = 0.05 of the scheme's NME normaliser, i.e. half the 10 % failure
+  threshold, and δ = 0.8). Its layers are not described (choice: DCGAN-style strided convs).
+- Losses: MSE on the heatmaps of every stack (paper); L2 on the landmark coordinates (paper);
+  adversarial loss on the estimator. The paper gives no loss weights that we could verify
+  (choice: heatmap 1, landmark 1, adversarial 0.01 — the adversarial term is a regulariser and
+  must not swamp the MSE, whose per-pixel values are small).
+
+Parameter budget. Later comparison tables (e.g. SLPT, STAR) quote LAB at ≈ 12.26 M parameters and
+≈ 18.85 "GFLOPs". A Newell-width estimator (256 channels) is ≈ 3.3 M parameters per stack, so
+estimator + ResNet-18 regressor would be ≈ 24 M with 4 stacks and ≈ 37 M with 8: the quoted figure
+only fits a light estimator next to the ≈ 11.4 M of the fused ResNet-18. The "paper" preset keeps
+ResNet-18 at full width with fusion at all four stages, 8 stacks (the paper's best setting), and a
+narrow estimator (40 channels, 4 channels per boundary branch) so that estimator + regressor land
+within 10 % of 12.3 M (``LAB.summary()`` prints the split; the discriminator is a training-time
+part and is not counted, as it is absent at inference).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+_NORMALIZATIONS = ("imagenet", "per_image")
+
+
+@dataclass(frozen=True)
+class LABConfig:
+    """Architecture and loss settings of one LAB model (all fields are plain data).
+
+    Attributes:
+        name: preset name this config came from (informational).
+        input_size: side of the square input crop; heatmaps are ``input_size // 4``.
+        stacks: number of hourglass stacks in the estimator.
+        hourglass_channels: feature width inside the estimator.
+        hourglass_depth: down-sampling steps per hourglass (64 → 4 at depth 4).
+        boundary_channels: C, channels of each of the K boundary branches.
+        message_passing: intra- and inter-level message passing on/off (ablation).
+        message_kernel: k of the ``k×k`` message convolutions.
+        regressor_width: channels of the first ResNet-18 stage (64 for the true ResNet-18).
+        regressor_stem_kernel: kernel of the regressor's stride-2 stem conv (7 in ResNet-18). With
+            input fusion the stem sees 3(K+1) = 42 channels at full resolution and dominates the
+            regressor's compute; the CPU presets shrink it.
+        input_fusion: feed ``I ⊕ (I ⊗ M_k)`` (3(K+1) channels) instead of the bare image.
+        fusion_stages: ResNet stages (1-4) followed by feature fusion (ablation: fusion levels).
+        transform_channels: width of the small hourglass T of feature fusion.
+        transform_depth: down-sampling steps of T.
+        discriminator: build the boundary effectiveness discriminator.
+        discriminator_channels: width of its first layer.
+        normalization: ``"imagenet"`` (mean/std) or ``"per_image"`` (each image's own mean/std).
+        heatmap_weight / landmark_weight / adversarial_weight: loss weights.
+        fake_distance_threshold: θ, landmark distance over the NME normaliser.
+        fake_fraction_threshold: δ, share of landmarks within θ for a heatmap to count as real.
+    """
+
+    name: str = "paper"
+    input_size: int = 256
+    stacks: int = 8
+    hourglass_channels: int = 40
+    hourglass_depth: int = 4
+    boundary_channels: int = 4
+    message_passing: bool = True
+    message_kernel: int = 7
+    regressor_width: int = 64
+    regressor_stem_kernel: int = 7
+    input_fusion: bool = True
+    fusion_stages: tuple[int, ...] = (1, 2, 3, 4)
+    transform_channels: int = 32
+    transform_depth: int = 2
+    discriminator: bool = True
+    discriminator_channels: int = 32
+    normalization: str = "imagenet"
+    heatmap_weight: float = 1.0
+    landmark_weight: float = 1.0
+    adversarial_weight: float = 0.01
+    fake_distance_threshold: float = 0.05
+    fake_fraction_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fusion_stages", tuple(sorted(set(self.fusion_stages))))
+        for key in ("input_size", "stacks", "hourglass_channels", "hourglass_depth",
+                    "boundary_channels", "message_kernel", "regressor_width", "regressor_stem_kernel",
+                    "transform_channels", "transform_depth", "discriminator_channels"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LABConfig.{key} must be a positive integer, got {value!r}")
+        heatmap_size = self.input_size // 4
+        if self.input_size % 4 or heatmap_size % (2 ** self.hourglass_depth):
+            raise ValueError(
+                f"LABConfig.input_size={self.input_size}: input_size / 4 must be divisible by "
+                f"2**hourglass_depth = {2 ** self.hourglass_depth}"
+            )
+        deepest = self.input_size // 32  # resolution of ResNet stage 4
+        if self.input_size % 32 or deepest % (2 ** self.transform_depth):
+            raise ValueError(
+                f"LABConfig.input_size={self.input_size}: input_size / 32 (stage-4 resolution) "
+                f"must be divisible by 2**transform_depth = {2 ** self.transform_depth}"
+            )
+        for key in ("message_kernel", "regressor_stem_kernel"):
+            if getattr(self, key) % 2 == 0:
+                raise ValueError(f"LABConfig.{key} must be odd (same padding), got {getattr(self, key)}")
+        bad = [stage for stage in self.fusion_stages if stage not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"LABConfig.fusion_stages holds {bad}; ResNet-18 stages are 1-4")
+        if self.normalization not in _NORMALIZATIONS:
+            raise ValueError(
+                f"LABConfig.normalization={self.normalization!r} is not one of {_NORMALIZATIONS}"
+            )
+        if not 0.0 <= self.fake_fraction_threshold <= 1.0:
+            raise ValueError(
+                f"LABConfig.fake_fraction_threshold (δ) must be in [0, 1], got {self.fake_fraction_threshold}"
+            )
+
+    @property
+    def heatmap_size(self) -> int:
+        return self.input_size // 4
+
+    def replace(self, **overrides) -> "LABConfig":
+        """A copy with some fields changed (unknown field names raise ``TypeError``)."""
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        """Plain dict (ints, floats, strs, bools, lists) for checkpoints and run folders."""
+        data = dataclasses.asdict(self)
+        data["fusion_stages"] = list(self.fusion_stages)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LABConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"LABConfig has no field(s) {unknown}")
+        values = dict(data)
+        if "fusion_stages" in values:
+            values["fusion_stages"] = tuple(values["fusion_stages"])
+        return cls(**values)
+
+
+PRESETS: dict[str, LABConfig] = {
+    # The paper's final setting within the 12.3 M parameter budget (see the module docstring).
+    "paper": LABConfig(),
+    # CPU-trainable in minutes: 2 stacks, ResNet-18 at a quarter width (≤ 1.5 M parameters).
+    "small": LABConfig(
+        name="small", stacks=2, hourglass_channels=32, boundary_channels=4,
+        message_kernel=3, regressor_width=16, regressor_stem_kernel=3, transform_channels=16,
+        discriminator_channels=16,
+    ),
+    # Unit tests: the smallest network that still has every part.
+    "tiny": LABConfig(
+        name="tiny", stacks=2, hourglass_channels=8, hourglass_depth=2, boundary_channels=2,
+        message_kernel=3, regressor_width=4, regressor_stem_kernel=3, transform_channels=4,
+        transform_depth=1,
+        discriminator_channels=4,
+    ),
+}
+
+
+def config_by_name(name: str, **overrides) -> LABConfig:
+    """Preset ``"paper"``, ``"small"`` or ``"tiny"``, with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown LAB config {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+__all__ = ["LABConfig", "PRESETS", "config_by_name"]
