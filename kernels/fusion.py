@@ -46,10 +46,11 @@ def _accumulator(dtype: torch.dtype):
 @triton.jit
 def _ratio(numerator, denominator, ACC: tl.constexpr):
     """``numerator / denominator`` correctly rounded, as ATen computes the resize scale on the host."""
+    # tl.cast, not .to(): a size equal to 1 may reach the kernel as a specialised constexpr
     if ACC == tl.float64:
-        ratio = numerator.to(tl.float64) / denominator.to(tl.float64)
+        ratio = tl.cast(numerator, tl.float64) / tl.cast(denominator, tl.float64)
     else:
-        ratio = tl.math.div_rn(numerator.to(tl.float32), denominator.to(tl.float32))
+        ratio = tl.math.div_rn(tl.cast(numerator, tl.float32), tl.cast(denominator, tl.float32))
     return ratio
 
 

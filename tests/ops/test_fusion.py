@@ -37,6 +37,9 @@ from labfast.ops.fusion import (
 )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Triton on CPU tensors needs the interpreter (tests/conftest.py sets it unless told otherwise; run
+# ``TRITON_INTERPRET=0 pytest -m gpu`` on a GPU machine to test the compiled kernels).
+interpreted = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 CSRC = Path(__file__).resolve().parents[2] / "csrc" / "fusion.cu"
 
 
@@ -87,6 +90,7 @@ INPUT_FUSION_SHAPES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("image_shape, heatmap_shape", INPUT_FUSION_SHAPES, ids=str)
 def test_input_fusion_matches_reference(image_shape, heatmap_shape, dtype):
@@ -105,6 +109,7 @@ CONCAT_SHAPES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heatmap_shape, feature_shape", CONCAT_SHAPES, ids=str)
 def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, dtype):
@@ -114,6 +119,7 @@ def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, 
     check_parity(HeatmapFeatureConcat.apply, heatmap_feature_concat_ref, [heatmaps, features], dtype)
 
 
+@interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 4, 13, 17), (2, 8, 8, 8)], ids=str)
 def test_feature_fusion_matches_reference(shape, dtype):
@@ -125,6 +131,7 @@ def test_feature_fusion_matches_reference(shape, dtype):
 
 # (h, w) -> (H, W) pairs that stress the window of the resize adjoint: odd ratios both ways, a
 # single output or source pixel, sizes that are not multiples of the 16-pixel tile.
+@interpreted
 @pytest.mark.parametrize(
     "source, target",
     [((7, 5), (5, 7)), ((3, 16), (16, 3)), ((33, 20), (64, 9)), ((1, 4), (4, 1)), ((18, 17), (18, 17))],
@@ -142,6 +149,7 @@ def test_resize_adjoint_matches_reference_for_any_ratio(source, target):
     torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-12, atol=1e-12)
 
 
+@interpreted
 @pytest.mark.parametrize(
     "function, shapes",
     [
@@ -157,6 +165,7 @@ def test_gradcheck_float64(function, shapes):
     assert torch.autograd.gradcheck(function, inputs, fast_mode=True)
 
 
+@interpreted
 def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 17, 13, generator=generator).transpose(2, 3)  # (1, 3, 13, 17), strided
@@ -182,6 +191,7 @@ def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
     torch.testing.assert_close(out, heatmap_feature_concat_ref(heatmaps_big, features), rtol=1e-6, atol=1e-6)
 
 
+@interpreted
 def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(monkeypatch):
     import labfast.kernels.fusion as kernels
 
@@ -221,6 +231,7 @@ def test_cpu_tensors_take_the_reference_by_default(clean_backend_env):
         assert call().grad_fn.name() == "CatBackward0", f"{name} did not run the reference"
 
 
+@interpreted
 def test_forced_triton_runs_the_kernels_under_the_interpreter(clean_backend_env):
     clean_backend_env.setenv("LABFAST_BACKEND_FUSION", "triton")
     expected = {"input_fusion": "InputFusionBackward", "heatmap_feature_concat": "HeatmapFeatureConcatBackward",
@@ -259,7 +270,8 @@ GPU_CASES = {  # the model's shapes at batch 2: 256² image with 13 heatmaps of 
 @pytest.mark.parametrize("op", GPU_CASES)
 @pytest.mark.parametrize("name", ["triton", "cuda"])
 def test_gpu_backends_match_reference(clean_backend_env, name, op, dtype):
-    """Compiled Triton and the CUDA extension on a real device, same tolerance as above."""
+    """Triton (compiled unless TRITON_INTERPRET=1) and the CUDA extension on a real device, same
+    tolerance as above."""
     if name == "cuda" and backend.cuda_extension_status() is not None:
         pytest.skip(backend.cuda_extension_status())
     public, reference, shapes = GPU_CASES[op]
