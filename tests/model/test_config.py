@@ -1,0 +1,64 @@
+import pytest
+
+from labfast import schemes
+from labfast.model import PRESETS, LABConfig, config_by_name
+from labfast.model.estimator import boundary_neighbours
+
+
+def test_presets_exist_and_carry_their_names():
+    for name in ("paper", "small", "tiny"):
+        assert config_by_name(name).name == name
+    assert set(PRESETS) == {"paper", "small", "tiny"}
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="paper"):
+        config_by_name("huge")
+
+
+def test_round_trip_through_a_plain_dict():
+    config = config_by_name("small", fusion_stages=(2, 4), message_passing=False)
+    data = config.to_dict()
+    assert data["fusion_stages"] == [2, 4]
+    assert LABConfig.from_dict(data) == config
+
+
+def test_from_dict_refuses_unknown_fields():
+    with pytest.raises(ValueError, match="stackz"):
+        LABConfig.from_dict({"stackz": 3})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"stacks": 0}, "stacks"),
+    ({"input_size": 200}, "input_size=200"),
+    ({"fusion_stages": (0, 5)}, "fusion_stages"),
+    ({"message_kernel": 4}, "message_kernel"),
+    ({"normalization": "none"}, "normalization"),
+    ({"fake_fraction_threshold": 1.5}, "δ"),
+])
+def test_bad_values_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_by_name("tiny", **overrides)
+
+
+def test_neighbour_graph_is_symmetric_and_covers_every_boundary():
+    for name in schemes.names():
+        scheme = schemes.get(name)
+        edges = set(boundary_neighbours(scheme))
+        assert all((dst, src) in edges for src, dst in edges), name
+        assert all(src != dst for src, dst in edges), name
+        touched = {src for src, _ in edges}
+        assert touched == set(range(scheme.num_boundaries)), f"{name}: isolated boundaries"
+
+
+def test_neighbour_graph_links_shared_landmarks_and_face_structure():
+    scheme = schemes.get("300w")
+    index = {name: k for k, name in enumerate(scheme.boundary_names)}
+    edges = set(boundary_neighbours(scheme))
+    # eyelids share the eye corners 36 and 39
+    assert (index["left_upper_eyelid"], index["left_lower_eyelid"]) in edges
+    # structural neighbours without a shared point
+    assert (index["contour"], index["left_eyebrow"]) in edges
+    assert (index["nose_bridge"], index["nose_boundary"]) in edges
+    # far-apart boundaries are not linked
+    assert (index["contour"], index["nose_bridge"]) not in edges
