@@ -1,0 +1,154 @@
+"""FaceAligner: loading, batching across images, and the exact way back to original-image pixels."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labfast import aligner as aligner_module
+from labfast import checkpoint, schemes
+from labfast.aligner import FaceAligner
+from labfast.data import box_from_landmarks, read_pts
+from labfast.model import LAB, LABOutput, config_by_name
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny LAB saved as a real checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("aligner") / "tiny.pt"
+    checkpoint.save(path, checkpoint.model_payload(LAB(schemes.get("300w"), config_by_name("tiny"))))
+    return path
+
+
+class CentroidModel(torch.nn.Module):
+    """Stands in for LAB with an answer known from the input alone: every landmark at the
+    brightness centroid of the crop, and as "heatmaps" the crop averaged over 4x4 blocks (an exact
+    area down-scaling, whose pixel-centre mapping is the one of ``labfast.boundary.heatmaps``)."""
+
+    def __init__(self, num_points: int, num_boundaries: int):
+        super().__init__()
+        self.num_points, self.num_boundaries = num_points, num_boundaries
+
+    def forward(self, images: torch.Tensor) -> LABOutput:
+        brightness = images.mean(dim=1)  # (N, S, S)
+        size = brightness.shape[-1]
+        grid = torch.arange(size, dtype=torch.float64)
+        weight = brightness.double()
+        total = weight.sum(dim=(1, 2))
+        x = (weight.sum(dim=1) * grid).sum(dim=1) / total
+        y = (weight.sum(dim=2) * grid).sum(dim=1) / total
+        landmarks = torch.stack([x, y], dim=1)[:, None].expand(-1, self.num_points, 2).float()
+        pooled = F.avg_pool2d(brightness[:, None], 4)
+        return LABOutput(landmarks=landmarks, heatmaps=[pooled.expand(-1, self.num_boundaries, -1, -1)])
+
+
+def dot_image(centre: tuple[float, float], sigma: float, shape=(480, 640)) -> np.ndarray:
+    """uint8 BGR black image with one Gaussian dot of peak 255 at sub-pixel ``centre`` (x, y)."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    dot = np.exp(-((cols - centre[0]) ** 2 + (rows - centre[1]) ** 2) / (2 * sigma ** 2)) * 255
+    return np.repeat(np.round(dot).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def weighted_centroid(heatmap: np.ndarray) -> np.ndarray:
+    rows, cols = np.mgrid[0:heatmap.shape[0], 0:heatmap.shape[1]]
+    return np.array([(heatmap * cols).sum(), (heatmap * rows).sum()]) / heatmap.sum()
+
+
+def test_landmarks_and_heatmaps_map_back_to_original_pixels(tiny_checkpoint):
+    """A dot at a known sub-pixel position, seen through crop -> model -> inverse crop affine.
+
+    Tolerance 0.02 original px: the centroid of a Gaussian (sigma >= 3 px) sampled on a pixel grid,
+    quantised to 8 bits and bilinearly resampled moves by under a hundredth of a pixel (measured:
+    at most 0.007 px, with the float32 crop affine of ``crop_face``); a half-crop-pixel slip in the mapping (the usual bug) would move it by 0.2 px (upscaled crop) to
+    1.2 px (downscaled crop).
+    """
+    aligner = FaceAligner(tiny_checkpoint, device="cpu", batch_size=2)
+    aligner.model = CentroidModel(aligner.scheme.num_points, aligner.boundary_scheme.num_boundaries)
+    cases = [  # (dot centre, dot sigma, face box): upscaled, downscaled and off-centre crops
+        ((301.3, 207.6), 3.0, (260.0, 170.0, 340.0, 250.0)),
+        ((320.25, 240.75), 6.0, (100.0, 40.0, 560.0, 420.0)),
+        ((150.8, 330.1), 4.0, (120.0, 260.0, 230.0, 350.0)),
+    ]
+    images = [dot_image(centre, sigma) for centre, sigma, _ in cases]
+    results = aligner.predict(images, boxes=[np.array([box]) for *_, box in cases], heatmaps=True)
+    assert [len(faces) for faces in results] == [1, 1, 1]
+    for (centre, _, box), (face,) in zip(cases, results):
+        np.testing.assert_allclose(face.landmarks, np.broadcast_to(centre, face.landmarks.shape), atol=0.02, rtol=0)
+        np.testing.assert_array_equal(face.box, np.asarray(box, np.float32))
+        heatmap_centroid = weighted_centroid(face.boundary_heatmaps[0])
+        mapped = face.heatmap_to_image[:, :2] @ heatmap_centroid + face.heatmap_to_image[:, 2]
+        np.testing.assert_allclose(mapped, centre, atol=0.02, rtol=0)
+
+
+def test_predict_on_a_bundled_photo_gives_one_face_with_the_documented_shapes(tiny_checkpoint):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    image = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))
+    faces = aligner.predict(image, heatmaps=True)
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.landmarks.shape == (68, 2) and face.landmarks.dtype == np.float32
+    assert face.box.shape == (4,) and face.box.dtype == np.float32
+    assert face.boundary_heatmaps.shape == (13, 64, 64) and face.boundary_heatmaps.dtype == np.float32
+    assert face.heatmap_to_image.shape == (2, 3)
+    assert aligner.predict(image)[0].boundary_heatmaps is None
+
+
+def test_faces_of_many_images_batch_together_with_the_same_result(tiny_checkpoint):
+    """Batches of 2 faces across 3 images (4 faces) give what one batch of all faces gives.
+    Tolerance 1e-3 px: only the order of float32 sums inside batched convolutions can differ."""
+    photo = cv2.imread(str(SAMPLE / "fullres" / "3083968872_1.jpg"))
+    photo_box = box_from_landmarks(read_pts(SAMPLE / "fullres" / "3083968872_1.pts") - 1)
+    crops = [cv2.imread(str(SAMPLE / "lfpw" / "testset" / f"image_000{i}.jpg")) for i in (1, 2)]
+    crop_box = np.array([[48.0, 48.0, 208.0, 208.0]])
+    images = [photo, crops[0], crops[1]]
+    boxes = [np.stack([photo_box, photo_box + 5]), crop_box, crop_box]
+    small = FaceAligner(tiny_checkpoint, device="cpu", batch_size=2).predict(images, boxes=boxes)
+    large = FaceAligner(tiny_checkpoint, device="cpu", batch_size=64).predict(images, boxes=boxes)
+    assert [len(faces) for faces in small] == [2, 1, 1]
+    for small_faces, large_faces in zip(small, large):
+        for a, b in zip(small_faces, large_faces):
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3, rtol=0)
+    single = FaceAligner(tiny_checkpoint, device="cpu").predict(crops[1], boxes=crop_box)
+    np.testing.assert_allclose(single[0].landmarks, large[2][0].landmarks, atol=1e-3, rtol=0)
+
+
+def test_an_image_without_boxes_or_faces_gives_an_empty_list(tiny_checkpoint):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    blank = np.full((200, 300, 3), 90, np.uint8)
+    assert aligner.predict(blank) == []
+    assert aligner.predict([blank, blank], boxes=[np.zeros((0, 4)), []]) == [[], []]
+
+
+def test_grey_images_are_accepted(tiny_checkpoint):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    grey = cv2.imread(str(SAMPLE / "lfpw" / "testset" / "image_0001.jpg"), cv2.IMREAD_GRAYSCALE)
+    faces = aligner.predict(grey, boxes=np.array([[48.0, 48.0, 208.0, 208.0]]))
+    assert faces[0].landmarks.shape == (68, 2)
+
+
+def test_bad_input_is_named(tiny_checkpoint):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    image = np.zeros((100, 100, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"image 1: box 0 .* needs x1 > x0"):
+        aligner.predict([image, image], boxes=[np.array([[0, 0, 10, 10]]), np.array([[10, 0, 5, 10]])])
+    with pytest.raises(ValueError, match="image 0: expected uint8"):
+        aligner.predict(image.astype(np.float32))
+    with pytest.raises(ValueError, match="2 box lists for 1 images"):
+        aligner.predict([image], boxes=[np.zeros((0, 4)), np.zeros((0, 4))])
+
+
+def test_missing_default_weights_say_how_to_pass_a_checkpoint(monkeypatch):
+    monkeypatch.setattr(aligner_module, "DEFAULT_WEIGHTS", ("labfast", "no_such_weights.pt"))
+    with pytest.raises(FileNotFoundError, match="no default weights are bundled.*--checkpoint"):
+        FaceAligner()
+
+
+def test_auto_device_is_cuda_only_when_available():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert aligner_module.resolve_device("auto").type == expected
+    assert aligner_module.resolve_device("cpu").type == "cpu"
