@@ -1,42 +1,47 @@
 """``LABConfig``: every architectural and loss knob of LAB, with named presets.
 
-What the paper fixes and what we chose (Wu et al., CVPR 2018, arXiv 1805.10483). The stored copies
-of the paper reachable from this project (vdocuments, technodocbox) returned only the abstract and
-introduction through the search tool, so the items marked "paper" below are from our reading of the
-paper and LAB_NOTES.md and could not be re-checked line by line here; items marked "choice" are
-where the paper gives no number.
+What the paper fixes and what we chose (Wu et al., "Look at Boundary", CVPR 2018, arXiv
+1805.10483; Sec. 3.1 boundary-aware landmarks regressor, Sec. 3.2 boundary heatmap estimator,
+Sec. 3.3 boundary effectiveness discriminator). The stored copies of the paper reachable from this
+project (vdocuments, technodocbox) gave back only the abstract and introduction through the search
+tool, so items marked "paper" are from our reading of the paper and ../shared/LAB_NOTES.md and
+were not re-checked line by line here; items marked "choice" are where the paper gives no number.
 
-- Input 256×256 crop; boundary heatmaps at 64×64 (paper, Sec. 3 / 4: the hourglass works at a
-  quarter of the input). ``input_size`` may be any multiple of 64 (heatmaps are ``input_size // 4``).
+- Input 256×256 crop; boundary heatmaps at 64×64, a quarter of the input (paper).
+  ``input_size`` may be another multiple of 64 (heatmaps are ``input_size // 4``). The heatmap σ
+  (paper Eq. 1: ``exp(-d²/2σ²)`` cut at 3σ) belongs to the ground truth (``labfast.boundary``),
+  not to the model.
 - Estimator: stacked hourglass (Newell et al. 2016) with intermediate supervision on every stack
-  (paper, Sec. 3.2). The paper's tables report "LAB (4-stack)" and "LAB (8-stack)"; the
-  8-stack model gives the headline numbers. Channel widths are not given (choice, see below).
-- Message passing (paper, Sec. 3.2, after Chu et al. CVPR 2016): intra-level between boundary
-  branches at the end of each stack, inter-level from one stack to the next. Kernel size and
-  branch width are not given (choice: 7×7 as in Chu et al.'s geometric transform kernels,
-  ``boundary_channels`` per branch). Neighbour graph: see ``estimator.boundary_neighbours``.
-- Regressor: ResNet-18, four stages (paper, Sec. 3.1); input fusion ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``
-  and feature fusion ``F ⊕ (F ⊗ T(M ⊕ F))`` after each of the four stages in the final model
-  (paper, Sec. 3.1 and its fusion-level ablation: more levels are better). T is "hourglass-like"
-  ending in a sigmoid (paper); its width and depth are a choice (``transform_*``). The 2C fused
-  channels go back to C by a 1×1 conv so the next ResNet stage keeps its standard shape (choice).
-- Discriminator (paper, Sec. 3.3): judges estimated heatmaps; fake label
-  ``d_fake = 0 if Pr_s(Dist(s) < θ) < δ else 1``. θ and δ are not given numerically in what we
-  could read (choice: θ = 0.05 of the scheme's NME normaliser, i.e. half the 10 % failure
-  threshold, and δ = 0.8). Its layers are not described (choice: DCGAN-style strided convs).
-- Losses: MSE on the heatmaps of every stack (paper); L2 on the landmark coordinates (paper);
-  adversarial loss on the estimator. The paper gives no loss weights that we could verify
-  (choice: heatmap 1, landmark 1, adversarial 0.01 — the adversarial term is a regulariser and
-  must not swamp the MSE, whose per-pixel values are small).
+  (paper). The paper's 300-W table has "LAB (4-stack)" and "LAB (8-stack)" rows, the 8-stack
+  model giving the headline numbers: ``stacks = 8``. Channel widths are not given (choice, below).
+- Message passing (paper, after Chu et al. CVPR 2016): intra-level between boundary branches at
+  the end of each stack, inter-level from one stack to the next. Kernel size and branch width are
+  not given (choice: 7×7, the size of Chu et al.'s geometric-transform kernels; ``boundary_channels``
+  per branch). Neighbour graph: ``estimator.boundary_neighbours`` (choice, documented there).
+- Regressor: ResNet-18, four stages (paper); input fusion ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``;
+  feature fusion ``F ⊕ (F ⊗ T(M ⊕ F))`` after each of the four stages in the final model (paper:
+  its fusion-level ablation improves with every added level). T is an hourglass-like transform
+  ending in a sigmoid (paper); its width and depth are a choice (``transform_*``). How the 2C fused
+  channels continue is not said (choice: 1×1 conv back to C before the next stage; after stage 4
+  the 2C channels go to the head).
+- Discriminator (paper): judges estimated heatmaps; fake label
+  ``d_fake = 0 if Pr_s(Dist(s) < θ) < δ else 1``. We could not read numeric θ, δ (choice:
+  θ = 0.05 of the scheme's NME normaliser — half the 10 % failure threshold — and δ = 0.8). Its
+  layers are not described (choice: DCGAN-style strided convolutions).
+- Losses: MSE on the heatmaps of every stack (paper); a squared-error (L2) loss on the regressed
+  coordinates (our reading of the paper; not re-verified); adversarial loss on the estimator.
+  We found no loss weights (choice: heatmap 1, landmark 1, adversarial 0.01 — the adversarial term
+  is a regulariser and must not swamp an MSE whose per-pixel values are small).
 
 Parameter budget. Later comparison tables (e.g. SLPT, STAR) quote LAB at ≈ 12.26 M parameters and
 ≈ 18.85 "GFLOPs". A Newell-width estimator (256 channels) is ≈ 3.3 M parameters per stack, so
-estimator + ResNet-18 regressor would be ≈ 24 M with 4 stacks and ≈ 37 M with 8: the quoted figure
-only fits a light estimator next to the ≈ 11.4 M of the fused ResNet-18. The "paper" preset keeps
-ResNet-18 at full width with fusion at all four stages, 8 stacks (the paper's best setting), and a
-narrow estimator (40 channels, 4 channels per boundary branch) so that estimator + regressor land
-within 10 % of 12.3 M (``LAB.summary()`` prints the split; the discriminator is a training-time
-part and is not counted, as it is absent at inference).
+estimator + ResNet-18 regressor would be ≈ 24 M with 4 stacks and ≈ 37 M with 8: the quoted count
+only fits a light estimator next to the ≈ 11.8 M of the fused ResNet-18. The "paper" preset keeps
+ResNet-18 at full width with fusion at all four stages and 8 stacks, with a narrow estimator
+(40 channels, 4 channels per boundary branch): estimator 0.99 M + regressor 11.83 M = 12.82 M for
+WFLW (+4 %; the discriminator, 0.70 M, is training-only and not counted). Its compute is
+13.5 GFLOPs = 6.7 GMACs per face (``LAB.summary()``), below the quoted 18.9 whichever unit that
+figure is in: the parameter count and the FLOPs cannot both be matched by one reading of the paper.
 """
 from __future__ import annotations
 

@@ -122,8 +122,9 @@ class LAB(nn.Module):
         device, so nothing is computed.
         """
         size = self.config.input_size
-        image = torch.zeros(1, 3, size, size, device="meta")
-        meta = LAB(self.scheme, self.config, self.boundary_scheme).to("meta").eval()
+        with torch.device("meta"):
+            image = torch.zeros(1, 3, size, size)
+            meta = LAB(self.scheme, self.config, self.boundary_scheme).eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             meta(image)
