@@ -31,7 +31,7 @@ is a roofline share: achieved / min(peak FLOP/s, intensity x bandwidth), with th
 ``labfast.devices`` (none on a CPU). ``bf16`` runs the model under ``torch.autocast`` and the ops
 on bf16 tensors. Timing: ``triton.testing.do_bench`` on a GPU (warm-up, CUDA events, L2 flushed
 between calls, median and p99); on a CPU a time-based loop of ``perf_counter`` per call after
-two warm-up calls (compilation happens in the warm-up and is reported as ``warmup_s``).
+one warm-up call (compilation happens in the warm-up and is reported as ``warmup_s``).
 Peak memory: ``torch.cuda.max_memory_allocated`` during the timed calls; on a CPU the growth of
 the process's peak RSS over the timed calls (``/proc/self/clear_refs`` resets the high-water mark).
 """
@@ -408,13 +408,15 @@ def _sync(device: torch.device) -> None:
 def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, min_time: float,
                warmup: float = math.nan) -> Timing:
     """Median and p99 seconds per call of ``fn`` (see the module docstring). The caller has made
-    the first call (``warmup`` seconds: compilation, autotuning, caches); one more sizes the run."""
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    estimate = time.perf_counter() - start
+    the first call (``warmup`` seconds: compilation, autotuning, caches); on a GPU one more sizes
+    ``do_bench``'s run."""
     if device.type == "cuda":
         import triton.testing
+
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        estimate = time.perf_counter() - start
 
         rep_ms = max(1e3 * min_time, 1e3 * repeats * estimate)
         median_ms, p99_ms = triton.testing.do_bench(fn, warmup=max(1e3 * estimate, 1.0), rep=rep_ms, quantiles=[0.5, 0.99])
@@ -635,9 +637,9 @@ def run_benchmarks(settings: Settings, device: torch.device) -> dict:
     return {
         "schema": 1,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": _git_commit(),
+        "git": git_commit(),
         "device": device_info,
-        "versions": _versions(),
+        "versions": versions(),
         "settings": dataclasses.asdict(settings),
         "notes": _notes(device),
         "fast_path_fallbacks": fallbacks.messages,
@@ -729,7 +731,7 @@ def _notes(device: torch.device) -> list[str]:
     return notes
 
 
-def _git_commit() -> dict:
+def git_commit() -> dict:
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -741,7 +743,7 @@ def _git_commit() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import cv2
 
     try:
@@ -848,6 +850,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--min-time", type=float, default=None,
                         help="and at least this many seconds of timed calls per row (default 1 on a GPU, 0.2 on a CPU)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (torch.set_num_threads; default torch's); on a shared CPU "
+                             "1 thread avoids the spin-waiting of oversubscribed threads")
     parser.add_argument("--json", default="labfast_bench.json", help="where the JSON of the table goes")
 
 
@@ -870,6 +875,10 @@ def settings_from_args(args, device: torch.device) -> Settings:
 def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = settings_from_args(args, device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"labfast bench: --threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
     result = run_benchmarks(settings, device)
     print(format_table(result))
     path = Path(args.json)

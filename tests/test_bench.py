@@ -1,0 +1,119 @@
+"""``labfast bench``: the CPU smoke run end to end, and the arithmetic behind its columns."""
+import json
+import math
+
+import pytest
+import torch
+
+from labfast import bench, devices
+from labfast.cli import main
+
+
+@pytest.fixture(scope="module")
+def cpu_result(tmp_path_factory):
+    """One ``labfast bench --what all --config tiny --batch 1`` on the CPU (in-process).
+
+    ``--backend reference,fast``: compiling the tiny model's forward and backward takes minutes on
+    a 2-core CPU, too long for the unit suite (``benchmarks/`` holds the compiled cases).
+    ``--threads 1``: on a CPU shared with other test runs, two spinning torch threads ran the
+    tiny model 14x slower than one.
+    """
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "--what", "all", "--config", "tiny", "--batch", "1", "--backend", "reference,fast",
+                     "--repeats", "1", "--min-time", "0", "--device", "cpu", "--threads", "1",
+                     "--json", str(path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(path.read_text())
+
+
+def test_smoke_run_covers_every_section_with_a_measured_reference(cpu_result):
+    for section in bench.SECTIONS:
+        references = [r for r in cpu_result["rows"] if r["section"] == section and r["backend"] == "reference"]
+        assert references, f"no reference row in section {section}"
+        for row in references:
+            assert row["status"] == "ok", row
+            assert row["throughput"] > 0 and row["median_ms"] > 0 and row["vs_reference"] == 1.0
+
+
+def test_smoke_run_records_device_versions_and_commit(cpu_result):
+    assert cpu_result["device"]["type"] == "cpu" and cpu_result["device"]["name"]
+    assert cpu_result["device"]["peak"] is None and "not known" in cpu_result["device"]["peak_note"]
+    assert cpu_result["versions"]["torch"] == torch.__version__
+    assert cpu_result["versions"]["triton"] and cpu_result["device"]["torch_threads"] == 1
+    assert cpu_result["git"]["commit"] and cpu_result["date"]
+
+
+def test_opencv_heatmaps_ratio_is_against_the_torch_reference_of_the_same_run(cpu_result):
+    rows = {r["backend"]: r for r in cpu_result["rows"] if r["section"] == "heatmaps"}
+    ratio = rows["opencv"]["throughput"] / rows["reference"]["throughput"]
+    assert rows["opencv"]["vs_reference"] == pytest.approx(ratio, rel=1e-12)
+    assert rows["opencv"]["vs_opencv"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_fast_backends_on_cpu_are_listed_with_their_reason(cpu_result):
+    fast = [r for r in cpu_result["rows"] if r["backend"].startswith("fast")]
+    names = {r["backend"] for r in fast}
+    assert {"fast", "fast+compile", "fast+cudagraphs", "fast (triton)", "fast (cuda)"} <= names
+    for row in fast:
+        assert row["status"] == "unavailable" and "CUDA" in row["reason"] and row["throughput"] is None, row
+
+
+def test_model_rows_count_flops_and_kernel_rows_count_bytes(cpu_result):
+    for row in cpu_result["rows"]:
+        if row["status"] != "ok":
+            continue
+        if row["section"] in ("train", "infer"):
+            assert row["flops"] > 0 and row["tflops"] == pytest.approx(row["flops"] / row["median_ms"] * 1e-9)
+        else:
+            assert row["bytes"] > 0 and row["gbps"] == pytest.approx(row["bytes"] / row["median_ms"] * 1e-6)
+        assert row["peak_share"] is None  # no CPU peak is known
+
+
+def test_kernel_cases_are_the_calls_the_model_makes():
+    cases = bench.kernel_cases("tiny", 2)
+    assert {case.op for case in cases} == {"input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing"}
+    fusion = next(case for case in cases if case.op == "input_fusion")
+    assert fusion.shapes == ((2, 3, 256, 256), (2, 13, 64, 64))  # 300-W has K = 13 boundaries
+
+
+def test_synthetic_faces_lie_inside_the_crop():
+    faces = bench.synthetic_faces(64, 64.0, seed=1)
+    assert faces.shape == (64, 68, 2) and faces.dtype == torch.float32
+    assert faces.min() > 0 and faces.max() < 63
+
+
+@pytest.mark.parametrize("name, model", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM5"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM4"), ("NVIDIA A100-PCIE-40GB", "A100 40GB"),
+])
+def test_known_gpus_are_recognised_by_name(name, model):
+    assert devices.known_peak(name).model == model
+
+
+def test_unknown_gpus_get_no_peak():
+    assert devices.known_peak("NVIDIA GeForce RTX 4090") is None
+    assert devices.known_peak("NVIDIA GH200 480GB") is None
+
+
+def test_roofline_share_uses_the_lower_of_compute_and_bandwidth_bounds():
+    peak = devices.known_peak("NVIDIA H100 80GB HBM3")
+    info = {"peak": vars(peak)}
+    # 1 GFLOP over 1 MB in 1 ms: intensity 1000 FLOP/B x 3.35 TB/s > 989 TFLOP/s -> compute bound.
+    compute = bench.roofline(10**9, 10**6, 1e-3, info, "bf16")
+    assert compute["bound"] == "compute" and compute["peak_share"] == pytest.approx(1e12 / peak.bf16_flops)
+    # 1 GFLOP over 1 GB: intensity 1 -> bound 3.35 TFLOP/s; 1 TFLOP/s achieved is 1 / 3.35 of it.
+    memory = bench.roofline(10**9, 10**9, 1e-3, info, "bf16")
+    assert memory["bound"] == "memory" and memory["peak_share"] == pytest.approx(1e12 / peak.memory_bandwidth)
+    moved = bench.roofline(None, 10**9, 1e-3, info, "fp32")
+    assert moved["gbps"] == pytest.approx(1e3) and moved["peak_share"] == pytest.approx(1e12 / 3.35e12)
+
+
+def test_bad_arguments_name_the_flag():
+    with pytest.raises(SystemExit, match="--batch"):
+        main(["bench", "--batch", "0", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--backend"):
+        main(["bench", "--backend", "turbo", "--device", "cpu"])
+    assert math.isfinite(bench.time_calls(lambda: None, torch.device("cpu"), 3, 0.0).median_s)
