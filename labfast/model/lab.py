@@ -60,7 +60,10 @@ class LAB(nn.Module):
             e.g. 300-W boundaries for COFW landmarks); defaults to ``scheme``.
 
     ``model(images)`` with ``images`` ``(N, 3, S, S)`` RGB in ``[0, 1]`` (``S = config.input_size``)
-    returns ``LABOutput``. Normalisation (ImageNet mean/std or per image) happens inside.
+    returns ``LABOutput``. Normalisation (ImageNet mean/std or per image) happens inside; both the
+    estimator and the regressor (and so the ``I`` of input fusion) see the normalised image. The
+    regressor reads the last stack's heatmaps as they are (no clamp, gradient flowing back into
+    the estimator); a training loop that wants them fixed detaches them itself.
     """
 
     def __init__(self, scheme: str | Scheme, config: LABConfig | str = "paper",

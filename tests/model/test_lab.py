@@ -261,3 +261,16 @@ def test_message_passing_goes_through_the_labfast_op(monkeypatch):
     intra = len(boundary_neighbours(schemes.get("300w")))
     # per stack one intra-level round; between stacks one inter-level round of K = 13 edges
     assert calls == [intra, 13, intra, 13, intra]
+
+
+def test_weights_only_checkpoint_rebuilds_the_same_model(tmp_path):
+    model = LAB("cofw", config_by_name("tiny", fusion_stages=(1, 4)), boundary_scheme="300w").eval()
+    path = tmp_path / "lab.pt"
+    torch.save({"config": model.config.to_dict(), "scheme": "cofw", "boundary_scheme": "300w",
+                "state_dict": model.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)
+    rebuilt = LAB(saved["scheme"], LABConfig.from_dict(saved["config"]), saved["boundary_scheme"]).eval()
+    rebuilt.load_state_dict(saved["state_dict"])
+    images = _images(n=1)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images).landmarks, model(images).landmarks)
