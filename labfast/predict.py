@@ -135,6 +135,7 @@ def face_records(faces) -> list[dict]:
 def write_pts_files(stem: Path, faces) -> None:
     from labfast.data.pts import write_pts
 
+    stem.parent.mkdir(parents=True, exist_ok=True)
     for number, face in enumerate(faces, start=1):
         write_pts(f"{stem}_{number}.pts", face.landmarks.astype(np.float64) + 1.0)  # iBUG files are 1-based
 
