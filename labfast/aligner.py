@@ -27,8 +27,9 @@ from labfast.checkpoint import load_model
 from labfast.data import crop_face
 from labfast.detect import detect_faces, to_landmark_box
 
-#: Where the shipped default weights live inside the package.
-DEFAULT_WEIGHTS = ("labfast.weights", "lab_300w.pt")
+#: The shipped default weights: (package, path inside it). Read through importlib.resources, so the
+#: file only needs to be package data of ``labfast`` (``weights/`` need not be a Python package).
+DEFAULT_WEIGHTS = ("labfast", "weights/lab_300w.pt")
 
 
 @dataclass
@@ -54,14 +55,11 @@ class Face:
 def default_weights() -> str:
     """Path of the shipped default checkpoint; a clear error if this install has none."""
     package, name = DEFAULT_WEIGHTS
-    try:
-        path = resources.files(package).joinpath(name)
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+    path = resources.files(package).joinpath(name)
+    if not path.is_file():
         raise FileNotFoundError(
-            f"no default weights are bundled with this labfast install ({package.replace('.', '/')}/{name} "
-            "is absent); pass a checkpoint: FaceAligner('path/to/model.pt') or labfast predict --checkpoint PATH "
+            f"no default weights are bundled with this labfast install ({package}/{name} is absent); "
+            "pass a checkpoint: FaceAligner('path/to/model.pt') or labfast predict --checkpoint PATH "
             "(labfast train writes one)"
         )
     return os.fspath(path)
