@@ -52,7 +52,7 @@ def test_onnx_matches_eager_with_a_dynamic_batch(small_model, tmp_path):
     for batch in (1, 3):
         differences = export.parity(small_model, "onnx", path, batch=batch)
         # ONNX Runtime has its own convolution kernels: float32 sums in another order. Observed
-        # ~1e-5 px / ~5e-7; the bound is the command's own tolerance (why: export.PARITY_TOLERANCE).
+        # here ~1e-5 px / ~5e-7 (up to 4e-4 px for the 256 px tiny preset); the bound is the command's own tolerance (why: export.PARITY_TOLERANCE).
         # Message passing sums several messages into one branch (index_add with repeated indices);
         # an exporter that keeps only one of them misses by pixels, far outside this bound.
         assert differences["landmarks"] <= export.PARITY_TOLERANCE["landmarks"]
