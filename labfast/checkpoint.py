@@ -13,7 +13,6 @@ then ``os.replace``: a crash mid-write never leaves a truncated checkpoint under
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import zipfile
@@ -76,7 +75,7 @@ def model_payload(model: torch.nn.Module, half: bool = False) -> dict[str, Any]:
     return {
         "scheme": model.scheme.name,
         "boundary_scheme": model.boundary_scheme.name,
-        "config": dataclasses.asdict(model.config),
+        "config": model.config.to_dict(),
         "model": state,
         "dtype": "float16" if half else "float32",
     }
@@ -93,11 +92,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
     payload = load(path)
     try:
-        config = LABConfig(**payload["config"])
+        config = LABConfig.from_dict(payload["config"])
         model = LAB(schemes.get(payload["scheme"]), config, boundary_scheme=schemes.get(payload["boundary_scheme"]))
         state = {name: value.float() if value.is_floating_point() else value for name, value in payload["model"].items()}
         model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not match this labfast's LAB model: {error}") from error
     info = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "scheduler", "rng")}
     info["config"] = config

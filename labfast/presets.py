@@ -1,6 +1,7 @@
 """Training configurations as data: one named preset per published experiment.
 
-Every field can be overridden from the command line (``labfast train --config 300w --set
+Loss weights and the discriminator's θ / δ are model settings (``labfast.model.LABConfig``,
+overridden as ``model.<field>``). Every field can be overridden from the command line (``labfast train --config 300w --set
 epochs=60 --set model.num_stacks=2``) and the resolved configuration is saved beside each run.
 
 Where LAB (Wu et al., CVPR 2018) states a training detail the preset follows it; where it is
@@ -30,16 +31,12 @@ class TrainConfig:
     boundary_dataset: str = ""  # cross-data-set: the scheme whose boundaries the estimator predicts
     estimator_checkpoint: str = ""  # cross-data-set: a run whose (frozen) estimator is reused
     input_size: int = 256
-    heatmap_size: int = 64
     sigma: float = 1.0  # Gaussian of the ground-truth boundary heatmaps, in heatmap pixels (LAB_NOTES)
     epochs: int = 60  # ours: the paper gives no schedule
     batch_size: int = 16
     lr: float = 2e-4  # ours (Adam)
     weight_decay: float = 0.0
     lr_milestones: tuple[int, ...] = (40, 55)  # ours: step decay by 10x
-    heatmap_weight: float = 1.0
-    landmark_weight: float = 1.0
-    adversarial_weight: float = 0.01  # ours where the paper gives none; see labfast.model.losses
     discriminator_lr: float = 2e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     amp: str = "none"  # none | bf16 | fp16
@@ -62,7 +59,7 @@ PRESETS: dict[str, TrainConfig] = {
     "cofw_300w_boundaries": TrainConfig(dataset="cofw", boundary_dataset="300w", epochs=100, lr_milestones=(70, 90)),
     "aflw_300w_boundaries": TrainConfig(dataset="aflw", boundary_dataset="300w"),
     # CPU-sized: the small model, used for the CPU-trained shipped weights and the demo.
-    "300w_cpu": TrainConfig(dataset="300w", model="small", epochs=30, batch_size=16, lr=1e-3, lr_milestones=(20, 27), adversarial_weight=0.0),
+    "300w_cpu": TrainConfig(dataset="300w", model="small", epochs=30, batch_size=16, lr=1e-3, lr_milestones=(20, 27)),
 }
 
 

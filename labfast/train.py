@@ -150,7 +150,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def build_model(config: presets.TrainConfig) -> LAB:
     scheme = schemes.get(DATASET_SCHEMES.get(config.dataset, config.dataset))
     boundary_scheme = schemes.get(config.boundary_dataset) if config.boundary_dataset else scheme
-    model_config = dataclasses.replace(config_by_name(config.model), **config.model_overrides)
+    model_config = config_by_name(config.model, input_size=config.input_size, **config.model_overrides)
     model = LAB(scheme, model_config, boundary_scheme=boundary_scheme)
     if config.estimator_checkpoint:
         source = checkpoint.load(config.estimator_checkpoint)
@@ -217,7 +217,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
 
     generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.") and p.requires_grad]
     optimizer = torch.optim.Adam(generator_parameters, lr=config.lr, weight_decay=config.weight_decay)
-    discriminator = model.discriminator if config.adversarial_weight > 0 else None
+    discriminator = model.discriminator
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_lr) if discriminator is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
@@ -316,9 +316,10 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
 
 def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, scaler,
                 images, landmarks, scheme, boundary_scheme, device) -> dict[str, float]:
-    """One optimiser step of estimator + regressor, then one of the discriminator."""
+    """One optimiser step of estimator + regressor, then one of the discriminator (LAB Sec. 3.3)."""
     model = forward_model.module if hasattr(forward_model, "module") else forward_model
     model = getattr(model, "_orig_mod", model)
+    weights = model.config
     heatmaps_trained = any(p.requires_grad for p in model.estimator.parameters())
     with autocast(config, device):
         output = forward_model(images)
@@ -326,12 +327,14 @@ def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, sc
         target_heatmaps = None
         if heatmaps_trained:
             target_heatmaps = boundary_heatmaps(
-                heatmap_coordinates(landmarks, config.input_size, config.heatmap_size).float(),
-                boundary_scheme, size=output.heatmaps[-1].shape[-1], sigma=config.sigma)
-            terms["heatmap"] = config.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
-        terms["landmark"] = config.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, scheme)
+                heatmap_coordinates(landmarks, config.input_size, weights.heatmap_size).float(),
+                boundary_scheme, size=weights.heatmap_size, sigma=config.sigma)
+            terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
+        terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, config.input_size)
         if discriminator is not None and heatmaps_trained:
-            terms["adversarial"] = config.adversarial_weight * losses.adversarial_loss(discriminator, output.heatmaps[-1])
+            # the bare module: its gradients here are discarded (set to None before the D step)
+            judge = getattr(discriminator, "module", discriminator)
+            terms["adversarial"] = weights.adversarial_weight * losses.adversarial_loss(judge(output.heatmaps[-1]))
         loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss is {loss.item()} ({ {k: v.item() for k, v in terms.items()} })")
@@ -342,9 +345,15 @@ def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, sc
     logged = {name: value.item() for name, value in terms.items()}
     logged["loss"] = loss.item()
     if d_optimizer is not None and target_heatmaps is not None:
+        # d_fake: an estimate that does not lead to accurate landmarks is "fake" (LAB Sec. 3.3).
+        fake_targets = losses.fake_labels(output.landmarks.detach(), landmarks,
+                                          losses.landmark_normalizer(landmarks, scheme),
+                                          weights.fake_distance_threshold, weights.fake_fraction_threshold)
         with autocast(config, device):
-            d_loss = losses.discriminator_loss(discriminator, output.heatmaps[-1].detach(), target_heatmaps,
-                                               output.landmarks.detach(), landmarks, scheme)
+            # real and estimated heatmaps in one forward: DistributedDataParallel expects one per backward
+            real_logits, fake_logits = discriminator(
+                torch.cat([target_heatmaps.to(output.heatmaps[-1].dtype), output.heatmaps[-1].detach()])).chunk(2)
+            d_loss = losses.discriminator_loss(real_logits, fake_logits, fake_targets)
         d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         d_optimizer.step()
