@@ -15,16 +15,20 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from labfast import checkpoint, metrics, plots, presets
+from labfast.aligner import FaceAligner, default_weights
+from labfast.data import read_image_bgr
 from labfast.evaluate import format_table, predict_faces, resolve_device
+from labfast.overlay import draw_faces
 from labfast.train import read_training_faces, train
 
 logger = logging.getLogger("labfast.demo")
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lab_300w.pt"
+ANNOTATION_COLOUR = (0, 200, 0)  # BGR
 
 
 def add_arguments(parser) -> None:
@@ -45,14 +49,21 @@ def demo_training_config(data_root: str, minutes: float) -> presets.TrainConfig:
     ])
 
 
+def _shipped_weights() -> Path | None:
+    try:
+        return Path(default_weights())
+    except FileNotFoundError:
+        return None
+
+
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
-    weights = Path(args.checkpoint) if args.checkpoint else SHIPPED_WEIGHTS
-    train_first = args.train or not weights.is_file()
+    weights = Path(args.checkpoint) if args.checkpoint else _shipped_weights()
+    train_first = args.train or weights is None
     if train_first and not args.train:
-        print(f"No weights at {weights}: this labfast ships none yet, so the demo trains a small LAB first.")
+        print("This labfast ships no weights yet, so the demo trains a small LAB first.")
     config = demo_training_config(args.data_root, args.minutes)
     if train_first:
         print(f"Training a small LAB from scratch for about {args.minutes:g} min on the bundled faces ...")
@@ -77,21 +88,18 @@ def run(args) -> int:
         "per_face": {Path(face.image_path).name: float(error) for face, error in zip(faces, nmes)},
     }, indent=2) + "\n")
     plots.plot_ced({"bundled 300-W faces": nmes}, out / "ced.png", title="labfast demo: cumulative error distribution")
-    _write_overlays(model, faces[: args.overlays], predicted, out / "overlays", device)
+    _write_overlays(weights, faces[: args.overlays], out / "overlays", device)
     print(f"Report: {out.resolve()} (metrics.json, ced.png, overlays/)")
     return 0
 
 
-def _write_overlays(model, faces, predicted, folder: Path, device) -> None:
-    """Per face: the image with predicted (and annotated) landmarks beside the predicted boundaries."""
-    from labfast.aligner import FaceAligner
-    from labfast.overlay import save_overlay
-
-    aligner = FaceAligner.from_model(model, device=device)
+def _write_overlays(weights: Path, faces: list, folder: Path, device) -> None:
+    """Per face: predicted landmarks (red) over the predicted boundary heatmaps, annotation in green."""
+    aligner = FaceAligner(weights, device=device)
     folder.mkdir(parents=True, exist_ok=True)
-    for face, landmarks in zip(faces, predicted):
-        result = aligner.predict(face.image_path, boxes=[face.box], heatmaps=True)[0]
-        save_overlay(face.image_path, result, folder / (Path(face.image_path).stem + ".png"), ground_truth=face.landmarks)
-        if not np.allclose(result["landmarks"], landmarks, atol=1e-2):
-            logger.warning("%s: aligner and evaluation disagree by %.3f px", face.image_path,
-                           float(np.abs(result["landmarks"] - landmarks).max()))
+    for face in faces:
+        image = read_image_bgr(face.image_path)
+        canvas = draw_faces(image, aligner.predict(image, boxes=face.box[None], heatmaps=True))
+        for x, y in face.landmarks:
+            cv2.circle(canvas, (int(round(x)), int(round(y))), 1, ANNOTATION_COLOUR, -1, cv2.LINE_AA)
+        cv2.imwrite(str(folder / (Path(face.image_path).stem + ".png")), canvas)
