@@ -35,7 +35,7 @@ setup(
         "labfast.kernels",
     ],
     package_dir={"labfast.kernels": "kernels"},
-    package_data={"labfast": ["assets/*", "assets/**/*"]},
+    package_data={"labfast": ["weights/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,0 +1,35 @@
+"""Packaging: the top-level kernels/ folder ships as labfast.kernels; research-only data does not ship."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import labfast.kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernels_import_as_a_subpackage_of_the_editable_install():
+    assert Path(labfast.kernels.__file__).resolve().parent == ROOT / "kernels"
+    from labfast.kernels import boundary_heatmaps, fusion, message_passing  # noqa: F401
+
+
+def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    wheel, = tmp_path.glob("labfast-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("boundary_heatmaps", "fusion", "message_passing"):
+        assert f"labfast/kernels/{module}.py" in names
+    assert not any(name.startswith(("data/", "tests/", "benchmarks/")) or "300w_sample" in name for name in names)
+    shipped = sorted(p.relative_to(ROOT / "labfast").as_posix() for p in (ROOT / "labfast" / "weights").glob("*")) if (ROOT / "labfast" / "weights").is_dir() else []
+    assert all(f"labfast/{name}" in names for name in shipped)
+
+    # A regular (non-editable) install of that wheel: import it with no site-packages at all, so the
+    # editable install cannot answer instead.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, text=True)
+    found = subprocess.run([sys.executable, "-S", "-c", "import labfast.kernels; print(labfast.kernels.__file__)"],
+                           cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, capture_output=True, text=True)
+    assert Path(found.stdout.strip()) == target / "labfast" / "kernels" / "__init__.py"
