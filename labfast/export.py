@@ -14,8 +14,12 @@ ONNX uses torch's ``torch.export``-based exporter (``dynamo=True``), which needs
 writes ``index_add`` with repeated indices (message passing sums several messages into one
 boundary branch) as a plain scatter that keeps only one of them, and the exported estimator then
 differs from eager by pixels (measured: 4.4 px on the landmarks of a random tiny model), while the
-dynamo exporter emits a scatter with ``reduction="add"``. The parity check needs ``onnxruntime``.
-All three come with ``pip install labfast[export]``.
+dynamo exporter emits ``ScatterND(reduction="add")``. Known problem (measured 2026-11, onnxruntime
+1.32 CPU, tiny preset): ONNX Runtime sometimes computes that ``ScatterND`` wrongly -- 3 of 12 fresh
+sessions missed eager by 0.3-4.3 px -- while the same model with message passing summed through a
+dense routing matrix instead of ``index_add`` matched in 12 of 12. The parity check below catches
+such a file (exit status 1); re-running the export or the check usually passes. The parity check
+needs ``onnxruntime``. All three come with ``pip install labfast[export]``.
 
 After writing the file, the command loads it back, runs it and eager PyTorch (float32 and float64)
 on the same random batch, prints the largest absolute difference of each output next to eager's
