@@ -28,7 +28,12 @@ def message_passing_ref(
     bias: torch.Tensor | None,
     edges: tuple[tuple[int, int], ...],
 ) -> torch.Tensor:
-    """Reference: one grouped convolution over the gathered sources, scatter-added to destinations.
+    """Reference: one grouped convolution over the gathered sources, summed into destinations.
+
+    The sum over a destination's incoming edges is a product with a constant one-hot routing
+    matrix ``(K, E)`` rather than ``index_add``: same arithmetic, and it exports to ONNX correctly
+    (``index_add`` with repeated destinations exports as ``ScatterND(add)``, which onnxruntime
+    1.32 on CPU sometimes sums wrongly; the legacy exporter drops all but one message).
 
     ``(N, K*C, H, W)`` -> ``(N, K*C, H, W)``: ``out_dst = x_dst + Σ_{e=(src, dst)} conv(x_src, W_e) + b_e``.
     """
@@ -47,8 +52,9 @@ def message_passing_ref(
         padding=weights.shape[-1] // 2,
         groups=num_edges,
     ).view(n, num_edges, channels, h, w)
-    destinations = torch.tensor([dst for _, dst in edges], device=features.device)
-    out = branches.index_add(1, destinations, messages)
+    routing = torch.zeros(kc // channels, num_edges, dtype=messages.dtype, device=features.device)
+    routing[[dst for _, dst in edges], list(range(num_edges))] = 1
+    out = branches + torch.einsum("ke,nechw->nkchw", routing, messages)
     return out.view(n, kc, h, w)
 
 
