@@ -18,16 +18,6 @@ from labfast.model import LAB, config_by_name
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread, restored afterwards: the tiny model's tensors gain little from a second
-    thread, and on a shared 2-core machine spin-waiting OpenMP threads cost several times more
-    (the same measurement as tests/model/conftest.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:

@@ -1,5 +1,4 @@
 """The LAB model: shapes, gradients, ablation switches, presets, memory format and autocast."""
-import math
 
 import pytest
 import torch
