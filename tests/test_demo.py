@@ -1,7 +1,6 @@
 """labfast demo, the README's main job, in a reduced mode."""
 import json
 
-import torch
 
 from labfast import checkpoint, cli
 from labfast.model import LAB, config_by_name
