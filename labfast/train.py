@@ -155,7 +155,8 @@ def build_model(config: presets.TrainConfig) -> LAB:
     if config.estimator_checkpoint:
         source = checkpoint.load(config.estimator_checkpoint)
         prefix = "estimator."
-        estimator_state = {k[len(prefix):]: v.float() for k, v in source["model"].items() if k.startswith(prefix)}
+        estimator_state = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                           for k, v in source["model"].items() if k.startswith(prefix)}
         try:
             model.estimator.load_state_dict(estimator_state)
         except RuntimeError as error:

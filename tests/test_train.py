@@ -103,3 +103,26 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path):
     state = checkpoint.load(out / "last.pt")
     # 8 faces over 2 processes with batch 2: 2 steps per process per epoch.
     assert state["step"] == 2 and state["epoch"] == 1
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path):
+    summary = train(tiny_config(tmp_path, "amp=bf16", "channels_last=true", "max_steps=2"), tmp_path / "run")
+    assert summary["steps"] == 2
+    weights = final_weights(tmp_path / "run")
+    assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
+
+
+def test_cross_data_set_regressor_trains_on_a_frozen_estimator_of_other_boundaries(tmp_path):
+    """LAB Sec. 4.3: 300-W boundaries (estimator from a 300-W run) under the 29 COFW landmarks."""
+    train(tiny_config(tmp_path, "max_steps=1"), tmp_path / "w300")
+    config = presets.override(presets.get("cofw_300w_boundaries"), [
+        "model=tiny", f"estimator_checkpoint={tmp_path / 'w300' / 'last.pt'}"])
+    model = build_model(config)
+    assert model.boundary_scheme.name == "300w" and model.scheme.num_points == 29
+    source = final_weights(tmp_path / "w300")
+    for name, value in model.estimator.state_dict().items():
+        torch.testing.assert_close(value, source["estimator." + name])
+    assert not any(p.requires_grad for p in model.estimator.parameters())
+    without_source = presets.override(presets.get("cofw_300w_boundaries"), ["model=tiny"])
+    with pytest.raises(ValueError, match="estimator_checkpoint"):
+        build_model(without_source)
