@@ -172,11 +172,18 @@ def build_model(config: presets.TrainConfig) -> LAB:
     return model
 
 
+def set_training_mode(model: LAB) -> None:
+    """Train mode, except a frozen (cross-data-set) estimator, whose batch-norm statistics stay fixed."""
+    model.train()
+    if not any(p.requires_grad for p in model.estimator.parameters()):
+        model.estimator.eval()
+
+
 def validation_nme(model: LAB, faces: list, device: torch.device, batch_size: int) -> float:
     """Mean NME on the held-out training faces, measured as ``labfast eval`` measures it."""
     model.eval()
     predicted = predict_faces(model, faces, device, batch_size=batch_size, progress=False)
-    model.train()
+    set_training_mode(model)
     truth = np.stack([face.landmarks for face in faces])
     boxes = np.stack([face.box for face in faces])
     return float(metrics.nme(predicted, truth, model.scheme, boxes=boxes).mean())
@@ -210,6 +217,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             f"{runtime.world_size} process(es); lower batch_size"
         )
     model = build_model(config).to(device)
+    set_training_mode(model)
     scheme, boundary_scheme = model.scheme, model.boundary_scheme
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

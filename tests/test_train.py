@@ -13,7 +13,7 @@ from labfast import checkpoint, presets
 from labfast.demo import BUNDLED_DATA
 from labfast.evaluate import predict_faces
 from labfast.metrics import nme
-from labfast.train import build_model, read_training_faces, train
+from labfast.train import build_model, read_training_faces, set_training_mode, train
 
 
 def tiny_config(tmp_path: Path, *assignments: str) -> presets.TrainConfig:
@@ -123,6 +123,8 @@ def test_cross_data_set_regressor_trains_on_a_frozen_estimator_of_other_boundari
     for name, value in model.estimator.state_dict().items():
         torch.testing.assert_close(value, source["estimator." + name])
     assert not any(p.requires_grad for p in model.estimator.parameters())
+    set_training_mode(model)
+    assert model.regressor.training and not model.estimator.training
     without_source = presets.override(presets.get("cofw_300w_boundaries"), ["model=tiny"])
     with pytest.raises(ValueError, match="estimator_checkpoint"):
         build_model(without_source)
