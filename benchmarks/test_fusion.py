@@ -12,12 +12,11 @@ the fewest bytes the op must move (divide by the time for the achieved bandwidth
     pytest benchmarks/test_fusion.py --benchmark-group-by=group \\
         --benchmark-json benchmarks/results/fusion-<device>-<date>.json
 """
-import datetime
-import platform
 
 import pytest
 import torch
 
+from labfast.bench import environment
 from labfast.ops import fusion
 
 NUM_BOUNDARIES = 13
@@ -31,20 +30,6 @@ OPS = {
     "feature_fusion": (fusion.feature_fusion, fusion.feature_fusion_ref, ("triton", "cuda")),
 }
 
-
-def environment(device: torch.device) -> dict:
-    info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    return info
 
 
 def make_inputs(op, batch, channels, size, dtype, device, requires_grad):

@@ -10,12 +10,11 @@ columns are the ratios against the reference measured in the same run; each row'
     pytest benchmarks/test_message_passing.py --benchmark-group-by=group \\
         --benchmark-json benchmarks/results/message_passing-<device>-<date>.json
 """
-import datetime
-import platform
 
 import pytest
 import torch
 
+from labfast.bench import environment
 from labfast.ops.message_passing import message_passing_ref
 
 # 300-W boundaries in LAB order: 0 contour, 1/2 left/right eyebrow, 3 nose bridge, 4 nose boundary,
@@ -28,20 +27,6 @@ EDGES = NEIGHBOURS + tuple((dst, src) for src, dst in NEIGHBOURS)
 NUM_BRANCHES = 13
 SIZE = 64
 
-
-def environment(device: torch.device) -> dict:
-    info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    return info
 
 
 def make_inputs(batch, channels, ksize, dtype, device, requires_grad):

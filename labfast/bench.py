@@ -743,6 +743,13 @@ def git_commit() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+def environment(device: torch.device | str) -> dict:
+    """Where and with what a measurement was taken: device name, versions and date
+    (``extra_info`` of the pytest-benchmark rows in ``benchmarks/``)."""
+    return {"device": devices.describe(torch.device(device))["name"], **versions(),
+            "date": datetime.date.today().isoformat()}
+
+
 def versions() -> dict:
     import cv2
 
