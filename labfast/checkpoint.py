@@ -98,6 +98,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not match this labfast's LAB model: {error}") from error
-    info = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "scheduler", "rng")}
+    info = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "discriminator_optimizer", "rng")}
     info["config"] = config
     return model.to(device).eval(), info

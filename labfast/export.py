@@ -1,4 +1,5 @@
-"""``labfast export``: a checkpoint's inference model as TorchScript or ONNX, checked against eager.
+"""``labfast export``: a checkpoint's inference model as TorchScript or ONNX, checked against eager,
+or as the weights-only labfast checkpoint that ships (``--format checkpoint [--half]``).
 
 The exported graph maps ``images (N, 3, S, S)`` float32 RGB in [0, 1] (the crops of
 ``labfast.data.crop_face``) to ``landmarks (N, L, 2)`` in crop pixel coordinates and
@@ -10,16 +11,12 @@ The graph is recorded with every labfast op on its plain PyTorch reference
 kernel enters it: the file runs wherever TorchScript / ONNX Runtime runs.
 
 ONNX uses torch's ``torch.export``-based exporter (``dynamo=True``), which needs the ``onnx`` and
-``onnxscript`` packages. The older TorchScript-based exporter (``dynamo=False``) is not used: it
-writes ``index_add`` with repeated indices (message passing sums several messages into one
-boundary branch) as a plain scatter that keeps only one of them, and the exported estimator then
-differs from eager by pixels (measured: 4.4 px on the landmarks of a random tiny model), while the
-dynamo exporter emits ``ScatterND(reduction="add")``. Known problem (measured 2026-11, onnxruntime
-1.32 CPU, tiny preset): ONNX Runtime sometimes computes that ``ScatterND`` wrongly -- 3 of 12 fresh
-sessions missed eager by 0.3-4.3 px -- while the same model with message passing summed through a
-dense routing matrix instead of ``index_add`` matched in 12 of 12. The parity check below catches
-such a file (exit status 1); re-running the export or the check usually passes. The parity check
-needs ``onnxruntime``. All three come with ``pip install labfast[export]``.
+``onnxscript`` packages. Message passing sums each boundary's incoming
+messages through a constant routing matrix (``labfast.ops.message_passing_ref``): with
+``index_add`` instead, the older exporter kept one message of several (4.4 px off on a tiny model)
+and onnxruntime 1.32 on CPU sometimes summed the dynamo exporter's ``ScatterND(add)`` wrongly
+(3 of 12 sessions, 0.3-4.3 px; measured 2026-11). The parity check below would catch such a file
+(exit status 1). The parity check needs ``onnxruntime``. All three come with ``pip install labfast[export]``.
 
 After writing the file, the command loads it back, runs it and eager PyTorch (float32 and float64)
 on the same random batch, prints the largest absolute difference of each output next to eager's
@@ -42,8 +39,10 @@ import torch
 
 logger = logging.getLogger("labfast.export")
 
-FORMATS = ("torchscript", "onnx")
-SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+FORMATS = ("torchscript", "onnx", "checkpoint")
+SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "checkpoint": ".weights.pt"}
+#: What a ``checkpoint`` export keeps of the training record besides the weights.
+RELEASE_FIELDS = ("metrics", "epoch", "step", "best_nme", "train_config")
 
 #: The parity check, in the manner of flash-attention's tests: the exported model computes in float32
 #: like eager, only with its own kernels (other summation orders), so it may differ from eager by about
@@ -103,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
     parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint, .onnx or .torchscript.pt)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the example input (ONNX keeps the batch axis dynamic)")
+    parser.add_argument("--half", action="store_true", help="checkpoint format: store the weights in float16")
 
 
 def export(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int = 1) -> Path:
@@ -177,11 +177,31 @@ def parity(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int
     return result
 
 
+def release(model: torch.nn.Module, info: dict, path: str | os.PathLike, half: bool) -> float:
+    """Write the weights-only labfast checkpoint that ships (no optimiser state), optionally in
+    float16; returns the largest landmark change (px) the stored precision causes on a random batch."""
+    from labfast import checkpoint
+
+    payload = checkpoint.model_payload(model, half=half)
+    payload.update({key: info[key] for key in RELEASE_FIELDS if key in info})
+    checkpoint.save(path, payload)
+    reloaded, _ = checkpoint.load_model(path)
+    size = model.config.input_size
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((reloaded(images).landmarks - model(images).landmarks).abs().max())
+
+
 def run(args: argparse.Namespace) -> int:
     from labfast.checkpoint import load_model
 
     model, info = load_model(args.checkpoint, "cpu")
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + SUFFIXES[args.format]
+    if args.format == "checkpoint":
+        change = release(model, info, out, half=args.half)
+        print(f"wrote {out} ({'float16' if args.half else 'float32'} weights, no training state); "
+              f"largest landmark change on a random batch: {change:.3g} px")
+        return 0
     path = export(model, args.format, out, batch=args.batch)
     checks = parity(model, args.format, path, batch=args.batch)
     print(f"exported {args.checkpoint} ({info['scheme']}, {info['config'].name}) to {path} as {args.format}")

@@ -89,3 +89,14 @@ def test_reference_ops_are_forced_during_export_and_the_environment_restored(mon
 def test_unknown_format_is_refused(small_model, tmp_path):
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export.export(small_model, "tflite", tmp_path / "model.tflite")
+
+
+def test_checkpoint_export_writes_half_precision_weights_without_training_state(tmp_path):
+    model = LAB("300w", config_by_name("tiny"))
+    source = tmp_path / "last.pt"
+    checkpoint.save(source, {**checkpoint.model_payload(model), "optimizer": {"state": {}}, "step": 7})
+    assert cli.main(["export", "--checkpoint", str(source), "--format", "checkpoint", "--half",
+                     "--out", str(tmp_path / "release.pt")]) == 0
+    payload = checkpoint.load(tmp_path / "release.pt")
+    assert payload["dtype"] == "float16" and payload["step"] == 7 and "optimizer" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
