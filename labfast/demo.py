@@ -6,8 +6,9 @@ shipped — it trains a small LAB from scratch for a few minutes on 30 of the 40
 evaluates on the other 10: this shows the whole pipeline working, not an accuracy anyone should
 quote (30 training faces and minutes of CPU, against the paper's 3,148 faces and a GPU schedule).
 
-The report folder holds ``metrics.json``, ``ced.png`` (cumulative error distribution) and, per
-face, an overlay of predicted landmarks (and ground truth) beside the predicted boundary heatmaps.
+The report folder holds ``metrics.json``, ``ced.png`` (cumulative error distribution), per face an
+overlay of the predicted landmarks and boundary heatmaps with the annotation in green
+(``overlays/``), and all of them on one sheet (``overlays.png``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ logger = logging.getLogger("labfast.demo")
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
 ANNOTATION_COLOUR = (0, 200, 0)  # BGR
+SHEET_TILE = 256  # px per face in overlays.png
 
 
 def add_arguments(parser) -> None:
@@ -89,7 +91,7 @@ def run(args) -> int:
     }, indent=2) + "\n")
     plots.plot_ced({"bundled 300-W faces": nmes}, out / "ced.png", title="labfast demo: cumulative error distribution")
     _write_overlays(weights, faces[: args.overlays], out / "overlays", device)
-    print(f"Report: {out.resolve()} (metrics.json, ced.png, overlays/)")
+    print(f"Report: {out.resolve()} (metrics.json, ced.png, overlays.png, overlays/)")
     return 0
 
 
@@ -97,9 +99,21 @@ def _write_overlays(weights: Path, faces: list, folder: Path, device) -> None:
     """Per face: predicted landmarks (red) over the predicted boundary heatmaps, annotation in green."""
     aligner = FaceAligner(weights, device=device)
     folder.mkdir(parents=True, exist_ok=True)
+    tiles = []
     for face in faces:
         image = read_image_bgr(face.image_path)
         canvas = draw_faces(image, aligner.predict(image, boxes=face.box[None], heatmaps=True))
         for x, y in face.landmarks:
             cv2.circle(canvas, (int(round(x)), int(round(y))), 1, ANNOTATION_COLOUR, -1, cv2.LINE_AA)
         cv2.imwrite(str(folder / (Path(face.image_path).stem + ".png")), canvas)
+        tiles.append(cv2.resize(canvas, (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_AREA))
+    if tiles:
+        cv2.imwrite(str(folder.parent / "overlays.png"), _contact_sheet(tiles))
+
+
+def _contact_sheet(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Square tiles in rows of ``columns`` (the last row padded with black)."""
+    rows = -(-len(tiles) // columns)
+    blank = np.zeros_like(tiles[0])
+    tiles = tiles + [blank] * (rows * columns - len(tiles))
+    return cv2.vconcat([cv2.hconcat(tiles[row * columns:(row + 1) * columns]) for row in range(rows)])

@@ -1,6 +1,8 @@
 """labfast demo, the README's main job, in a reduced mode."""
 import json
 
+import cv2
+
 
 from labfast import checkpoint, cli
 from labfast.model import LAB, config_by_name
@@ -13,6 +15,7 @@ def test_demo_trains_briefly_and_reports_on_held_out_faces(tmp_path, capsys):
     assert "pipeline check, not an accuracy figure" in report["note"]
     assert report["summary"]["count"] == 10 and len(report["per_face"]) == 10
     assert (out / "ced.png").is_file() and len(list((out / "overlays").glob("*.png"))) == 2
+    assert cv2.imread(str(out / "overlays.png")).shape == (256, 4 * 256, 3)
     assert "held-out" in capsys.readouterr().out
 
 
