@@ -237,6 +237,8 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
         optimizer.load_state_dict(state["optimizer"])
         if d_optimizer is not None:
             d_optimizer.load_state_dict(state["discriminator_optimizer"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(state["grad_scaler"])
         start_epoch, skip_batches, step = state["epoch"], state["batches_done"], state["step"]
         best_nme = state.get("best_nme", math.inf)
         set_rng_state(state["rng"], device)
@@ -309,6 +311,8 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
                      "rng": rng_state(device), "train_config": presets.to_dict(config)}
             if d_optimizer is not None:
                 state["discriminator_optimizer"] = d_optimizer.state_dict()
+            if scaler.is_enabled():
+                state["grad_scaler"] = scaler.state_dict()
             if not math.isnan(val_nme) and val_nme < best_nme:
                 best_nme = val_nme
                 checkpoint.save(out / "best.pt", {**checkpoint.model_payload(model), "epoch": epoch, "step": step,
