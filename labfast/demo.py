@@ -96,7 +96,7 @@ def run(args) -> int:
 
 
 def _write_overlays(weights: Path, faces: list, folder: Path, device) -> None:
-    """Per face: predicted landmarks (red) over the predicted boundary heatmaps, annotation in green."""
+    """Per face: predicted landmarks (white) over the predicted boundary heatmaps, annotation in green."""
     aligner = FaceAligner(weights, device=device)
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
