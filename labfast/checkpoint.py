@@ -40,6 +40,9 @@ def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
