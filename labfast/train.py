@@ -263,7 +263,9 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     total_steps = config.epochs * steps_per_epoch if not config.max_steps else min(config.max_steps, config.epochs * steps_per_epoch)
     writer = _ScalarLog(out) if runtime.is_main else None
 
-    progress = tqdm(total=total_steps, initial=step, disable=not runtime.is_main, unit="step", dynamic_ncols=True)
+    # under a time limit the step count is unknown: show the rate and elapsed time, not a false ETA
+    progress = tqdm(total=None if config.time_limit_minutes > 0 else total_steps, initial=step,
+                    disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     finished = step >= total_steps
     deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
     epoch = start_epoch

@@ -1,4 +1,4 @@
-"""Heatmap-feature fusion of the boundary-aware regressor (LAB, Sec. 3.2).
+"""Heatmap-feature fusion of the boundary-aware regressor (LAB, Sec. 3.1).
 
 - input fusion ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``: the image and its K boundary-masked copies,
   the heatmaps bilinearly resized to the image size;

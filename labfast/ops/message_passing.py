@@ -1,4 +1,4 @@
-"""Message passing between the K boundary branches of the estimator (LAB Sec. 3.1, after
+"""Message passing between the K boundary branches of the estimator (LAB Sec. 3.2, after
 Chu et al., CVPR 2016, "Structured Feature Learning for Pose Estimation").
 
 Branch features are stored side by side: ``features`` is ``(N, K * C, H, W)``, branch ``k`` in
