@@ -26,6 +26,18 @@ def one_intra_op_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny 300-W LAB saved as a real checkpoint."""
+    from labfast import checkpoint
+    from labfast.model import LAB, config_by_name
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
+    checkpoint.save(path, checkpoint.model_payload(LAB("300w", config_by_name("tiny"))))
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout (real annotated faces); skips where it is absent."""
     if not SHARED_DATA.is_dir():

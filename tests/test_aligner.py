@@ -8,22 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from labfast import aligner as aligner_module
-from labfast import checkpoint, schemes
 from labfast.aligner import FaceAligner
 from labfast.data import box_from_landmarks, read_pts
-from labfast.model import LAB, LABOutput, config_by_name
+from labfast.model import LABOutput
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
-
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised tiny LAB saved as a real checkpoint."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("aligner") / "tiny.pt"
-    checkpoint.save(path, checkpoint.model_payload(LAB(schemes.get("300w"), config_by_name("tiny"))))
-    return path
 
 
 class CentroidModel(torch.nn.Module):

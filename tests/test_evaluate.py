@@ -9,16 +9,7 @@ from labfast import checkpoint, cli, schemes
 from labfast.demo import BUNDLED_DATA
 from labfast.evaluate import evaluate, predict_faces
 from labfast.data import read_300w
-from labfast.model import LAB, LABOutput, config_by_name
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = LAB("300w", config_by_name("tiny"))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    checkpoint.save(path, checkpoint.model_payload(model))
-    return path
+from labfast.model import LABOutput, config_by_name
 
 
 class CropOracle(torch.nn.Module):

@@ -8,24 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from labfast import checkpoint, cli, schemes
+from labfast import cli
 from labfast.aligner import FaceAligner
 from labfast.data import box_from_landmarks, read_pts
-from labfast.model import LAB, config_by_name
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
-
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised tiny LAB saved as a real checkpoint."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("predict") / "tiny.pt"
-    checkpoint.save(path, checkpoint.model_payload(LAB(schemes.get("300w"), config_by_name("tiny"))))
-    return path
 
 
 @pytest.fixture
