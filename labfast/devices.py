@@ -134,3 +134,44 @@ def describe(device: torch.device) -> dict:
             "peak_note": "peak FLOP/s and bandwidth of this CPU are not known: no share of peak is reported",
         }
     raise ValueError(f"device {device} is neither cpu nor cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ceiling:
+    """The peaks a predicted roofline divides by: one device, datasheet or measured."""
+
+    name: str
+    bf16_flops: float
+    fp32_flops: float  # CUDA cores
+    bandwidth: float  # bytes/s
+    source: str
+
+    def flops(self, dtype: str) -> float:
+        """The tensor-core peak a model in ``dtype`` can reach (TF32 for fp32, as cuDNN uses it)."""
+        return self.bf16_flops if dtype == "bf16" else self.tf32_flops
+
+    @property
+    def tf32_flops(self) -> float:
+        return self.bf16_flops / 2  # TF32 tensor cores run at half the bf16 rate on Hopper
+
+
+_MEASURED = (
+    "measured on the project's GPU machines (../shared/STACK.md): a large bf16 matmul reaches about "
+    "800 TFLOP/s and a device-to-device copy about {copy} TB/s; the FP32 CUDA-core figure is the datasheet's"
+)
+
+
+def ceilings() -> list[Ceiling]:
+    """The ceilings ``labfast bench --predict`` reports: H100 SXM5 and H200 SXM, datasheet and measured.
+
+    The measured bf16 figure (about 800 TFLOP/s, 81 % of the dense datasheet peak) was taken on an
+    H100; the H200 has the same GH100 compute die and clocks, so the same figure is used for it,
+    with its own measured copy bandwidth (about 4.3 TB/s against the H100's 3.0).
+    """
+    h100 = known_peak("H100 SXM5")
+    h200 = known_peak("H200 SXM")
+    return [
+        Ceiling("H100 datasheet", h100.bf16_flops, h100.fp32_flops, h100.memory_bandwidth, h100.source),
+        Ceiling("H100 measured", 800e12, h100.fp32_flops, 3.0e12, _MEASURED.format(copy="3.0")),
+        Ceiling("H200 measured", 800e12, h200.fp32_flops, 4.3e12, _MEASURED.format(copy="4.3")),
+    ]

@@ -1,0 +1,365 @@
+"""A predicted roofline of LAB at the model's shapes: FLOPs, bytes, intensity and the time a GPU's peaks allow.
+
+Nothing here runs on a GPU: the model runs on the ``meta`` device (shapes only) under a dispatch
+mode that sees every aten operator eager PyTorch would launch. For each operator it records
+
+- FLOPs: ``torch.utils.flop_counter``'s formulas (2 per multiply-accumulate of convolutions and
+  matrix products; element-wise work counts 0 there, as in ``labfast bench``);
+- bytes: the operator's tensor inputs and outputs (views move nothing and count 0). This is what
+  an *unfused* eager step must move at least; a fused kernel moves less.
+
+The predicted time of one operator is ``max(FLOPs / peak FLOP/s, bytes / bandwidth)``; the
+eager prediction of a whole step is the sum over its operators (no overlap between operators, no
+launch overhead: the launch count is reported beside it, and at batch 1 it decides). The fused
+ops of ``labfast.ops`` are predicted from their own minimum traffic (inputs + outputs once) and
+their analytic arithmetic. Ceilings: ``labfast.devices.ceilings`` (datasheet and measured).
+
+This is the model a measured run is read against: ``labfast bench --predict`` prints it beside
+(or, without a GPU, instead of) the measured table, and a measured row divided by its predicted
+row says how far a path is from what the device allows.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import conv_flop_count, flop_registry
+
+from labfast import devices
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+HEATMAP_PAIR_FLOPS = 16
+"""FLOPs per (pixel, curve segment) pair of the fused heatmap kernel: the point-to-segment
+distance (``r = p - a``: 2, ``<r, d>``: 3, divide: 1, clamp: 2, ``e = r - t d``: 4, ``|e|^2``:
+3) and the running minimum (1), an FMA counted as 2. fp32 on CUDA cores, not tensor cores."""
+
+
+@dataclasses.dataclass
+class Traffic:
+    """What a stretch of eager PyTorch asks of the device, operator by operator."""
+
+    calls: int = 0
+    flops: int = 0
+    bytes: int = 0
+    per_operator: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (name, flops, bytes)
+
+    def seconds(self, ceiling: devices.Ceiling, dtype: str) -> float:
+        """Sum over operators of ``max(FLOPs / peak, bytes / bandwidth)``."""
+        peak = ceiling.flops(dtype)
+        return sum(max(flops / peak, moved / ceiling.bandwidth) for _, flops, moved in self.per_operator)
+
+    def by_group(self) -> dict[str, tuple[int, int, int]]:
+        """``group -> (calls, FLOPs, bytes)``, groups from ``operator_group``."""
+        groups: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+        for name, flops, moved in self.per_operator:
+            group = groups[operator_group(name)]
+            group[0] += 1
+            group[1] += flops
+            group[2] += moved
+        return {name: tuple(values) for name, values in groups.items()}
+
+
+_GROUPS = (
+    ("convolution", ("convolution",)),
+    ("matrix product", ("mm", "addmm", "bmm", "matmul", "einsum")),
+    ("batch norm", ("batch_norm", "native_batch_norm")),
+    ("activation", ("relu", "sigmoid", "threshold_backward", "leaky_relu", "hardtanh")),
+    ("resampling", ("upsample", "max_pool", "avg_pool", "adaptive_avg_pool", "grid_sampler", "pixel_shuffle")),
+    ("concatenation and copies", ("cat", "copy", "clone", "contiguous", "_to_copy", "stack", "slice_backward",
+                                  "select_backward", "index", "gather", "scatter", "zeros", "ones", "full",
+                                  "fill", "empty", "new_", "zero")),
+    ("optimizer", ("_foreach",)),
+    ("reduction and loss", ("sum", "mean", "mse_loss", "binary_cross_entropy", "norm", "amax", "amin", "max", "min")),
+    ("element-wise arithmetic", ("add", "sub", "mul", "div", "exp", "sqrt", "rsqrt", "pow", "neg", "where",
+                                 "clamp", "lerp", "addcmul", "addcdiv", "reciprocal", "abs", "sign", "lt", "gt",
+                                 "ge", "le", "eq", "ne", "logical")),
+)
+
+
+def operator_group(name: str) -> str:
+    """A coarse family of an aten operator name (``aten.native_batch_norm.default`` -> ``batch norm``)."""
+    base = name.split(".")[1] if name.startswith("aten.") else name
+    for group, stems in _GROUPS:
+        if any(base.startswith(stem) or base.startswith(f"{stem}_") for stem in stems):
+            return group
+    return "other"
+
+
+_NOT_KERNELS = {"aten._local_scalar_dense.default", "aten.detach.default"}
+"""Operators that launch no device kernel: a host read of a scalar (Adam's step count on the meta
+device; on a GPU it lives on the host), and autograd's detach (a view)."""
+
+
+def operator_flops(func, args, kwargs, out) -> int:
+    """FLOPs of one aten call: ``flop_registry``'s formulas, with grouped convolutions' backward fixed.
+
+    torch's formula for ``convolution_backward`` ignores ``groups`` and over-counts a grouped
+    convolution's backward about ``groups``-fold (13 groups: 14x; the message-passing convolutions are
+    grouped). Here it is the forward's FLOPs once per gradient asked for (input, weight), as for any
+    convolution: the same multiply-accumulates, read in another order.
+    """
+    if func is torch.ops.aten.convolution_backward.default:
+        grad_output, inputs, weight = args[:3]
+        transposed, output_mask = args[7], args[10]
+        forward = conv_flop_count(inputs.shape, weight.shape, grad_output.shape, transposed)
+        return int(forward) * (int(output_mask[0]) + int(output_mask[1]))
+    packet = func._overloadpacket
+    return int(flop_registry[packet](*args, **kwargs, out_val=out)) if packet in flop_registry else 0
+
+
+def _aliases(func) -> bool:
+    """True when every output of ``func`` is a view of an input (nothing moves)."""
+    returns = func._schema.returns
+    return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+
+
+def _tensor_bytes(values) -> int:
+    leaves, _ = tree_flatten(values)
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+
+
+class _TrafficMode(TorchDispatchMode):
+    def __init__(self, traffic: Traffic):
+        super().__init__()
+        self.traffic = traffic
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = str(func)
+        if name in _NOT_KERNELS or name.startswith("profiler.") or _aliases(func):
+            return out
+        flops = operator_flops(func, args, kwargs, out)
+        moved = _tensor_bytes((args, kwargs)) + _tensor_bytes(out)
+        self.traffic.calls += 1
+        self.traffic.flops += flops
+        self.traffic.bytes += moved
+        self.traffic.per_operator.append((name, flops, moved))
+        return out
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Traffic]:
+    """Record every aten operator run inside the block (use meta tensors: nothing is computed)."""
+    traffic = Traffic()
+    with _TrafficMode(traffic):
+        yield traffic
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One row: a fused op call, a whole inference or a training step, at one batch and dtype."""
+
+    name: str
+    kind: str  # "fused op" | "model"
+    flops: int
+    bytes: int  # the minimum (fused op) or the unfused eager traffic (model)
+    calls: int | None = None  # aten operators (model rows): a proxy for kernel launches
+    eager_seconds: dict[str, float] | None = None  # per ceiling name, model rows (per-operator sum)
+    note: str = ""
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+    def bound_seconds(self, ceiling: devices.Ceiling, dtype: str, compute: str = "tensor") -> float:
+        """``max(FLOPs / peak, bytes / bandwidth)``: the least time the whole row could take."""
+        peak = ceiling.fp32_flops if compute == "cuda cores" else ceiling.flops(dtype)
+        return max(self.flops / peak, self.bytes / ceiling.bandwidth)
+
+
+def _model(config_name: str, scheme: str, dtype: str, train: bool):
+    from labfast.model import LAB, config_by_name
+
+    with torch.device("meta"):
+        model = LAB(scheme, config_by_name(config_name)).to(DTYPES[dtype])
+    return model.train(train)
+
+
+def _images(model, batch: int, dtype: str) -> torch.Tensor:
+    size = model.config.input_size
+    return torch.zeros(batch, 3, size, size, device="meta", dtype=DTYPES[dtype])
+
+
+def inference_traffic(config_name: str, batch: int, dtype: str, scheme: str = "300w") -> Traffic:
+    """Every operator of ``model(images)`` in eval mode, reference ops (what eager launches)."""
+    from labfast.bench import forced_backend
+
+    model = _model(config_name, scheme, dtype, train=False)
+    images = _images(model, batch, dtype)
+    with torch.no_grad(), forced_backend("reference"), recording() as traffic:
+        model(images)
+    return traffic
+
+
+def train_step_traffic(config_name: str, batch: int, dtype: str, scheme: str = "300w") -> Traffic:
+    """Every operator of one LAB training step but the ground-truth heatmaps (predicted on their own).
+
+    The step of ``labfast.train._train_step``: forward, heatmap + landmark + adversarial losses,
+    backward, Adam on estimator + regressor, then the discriminator on real and estimated heatmaps,
+    its backward and its Adam step. In ``bf16`` the model's tensors are bf16 throughout (autocast
+    keeps a few reductions in fp32; the difference is small next to the activations).
+    """
+    from labfast.bench import forced_backend
+    from labfast.model import losses
+
+    model = _model(config_name, scheme, dtype, train=True)
+    images = _images(model, batch, dtype)
+    heatmap = model.config.heatmap_size
+    num_boundaries = model.boundary_scheme.num_boundaries
+    target = torch.zeros(batch, num_boundaries, heatmap, heatmap, device="meta", dtype=DTYPES[dtype])
+    landmarks = torch.zeros(batch, model.scheme.num_points, 2, device="meta")
+    generator = [p for name, p in model.named_parameters() if not name.startswith("discriminator.")]
+    optimizer = torch.optim.Adam(generator, foreach=True)
+    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), foreach=True)
+    for group in (*optimizer.param_groups, *d_optimizer.param_groups):  # Adam's step counters live on the CPU
+        group["capturable"] = False
+    with forced_backend("reference"), recording() as traffic:
+        output = model(images)
+        loss = (losses.heatmap_loss(output.heatmaps, target)
+                + losses.landmark_loss(output.landmarks, landmarks, model.config.input_size)
+                + losses.adversarial_loss(model.discriminator(output.heatmaps[-1])))
+        loss.backward()
+        optimizer.step()
+        logits = model.discriminator(torch.cat([target, output.heatmaps[-1].detach()]))
+        d_loss = logits.float().square().mean()  # the BCE's shape of work: one reduction over (2N,)
+        d_loss.backward()
+        d_optimizer.step()
+    return traffic
+
+
+def heatmaps_prediction(batch: int, num_boundaries: int, size: int, dtype: str) -> Prediction:
+    """The fused ground-truth op: every pixel against every curve segment, one pass, output written once."""
+    from labfast.ops.boundary_heatmaps import samples_per_boundary
+
+    segments = samples_per_boundary(size) - 1
+    pairs = batch * num_boundaries * size * size * segments
+    moved = batch * num_boundaries * (segments + 1) * 2 * 4 + batch * num_boundaries * size * size * DTYPES[dtype].itemsize
+    return Prediction(f"boundary_heatmaps {batch}x{num_boundaries}x{size}x{size} P={segments + 1}", "fused op",
+                      pairs * HEATMAP_PAIR_FLOPS, moved,
+                      note="fp32 CUDA-core arithmetic (no tensor cores): bound by the FP32 peak")
+
+
+def fused_op_predictions(config_name: str, batch: int, dtype: str) -> list[Prediction]:
+    """Each fused op at the shapes the model calls it with, forward and backward, from its minimum traffic."""
+    from labfast.bench import kernel_cases
+
+    itemsize = DTYPES[dtype].itemsize
+    rows = []
+    for case in kernel_cases(config_name, batch):
+        shapes = [s for s in case.shapes if s is not None]
+        numel = [int(torch.Size(s).numel()) for s in shapes]
+        if case.op == "message_passing":
+            n, kc, h, w = case.shapes[0]
+            edges, channels, _, k, _ = case.shapes[1]
+            flops = 2 * n * edges * channels * channels * k * k * h * w
+            forward = (numel[0] * 2 + sum(numel[1:])) * itemsize  # features in, out, weights (+ bias)
+            backward = (numel[0] * 3 + 2 * sum(numel[1:])) * itemsize  # grad out + features in, grad in, weights in/out
+            backward_flops = 2 * flops  # grad of the input and of the weights
+        else:
+            out = {"input_fusion": numel[0] * (shapes[1][1] + 1),
+                   "heatmap_feature_concat": _concat_out(shapes),
+                   "feature_fusion": 2 * numel[0]}[case.op]
+            flops = out  # one product per output element (resizing's interpolation not counted)
+            forward = (sum(numel) + out) * itemsize
+            backward = (out + sum(numel) * 2) * itemsize  # grad out + inputs in, grads of the inputs out
+            backward_flops = 2 * flops
+        rows.append(Prediction(f"{case.label} forward", "fused op", flops, forward))
+        rows.append(Prediction(f"{case.label} backward", "fused op", backward_flops, backward))
+    return rows
+
+
+def _concat_out(shapes: list[tuple[int, ...]]) -> int:
+    """Output elements of ``M ⊕ F``: ``(N, K + C, H, W)`` with M ``(N, K, h, w)``, F ``(N, C, H, W)``."""
+    (n, k, _, _), (_, c, h, w) = shapes
+    return n * (k + c) * h * w
+
+
+def model_prediction(name: str, traffic: Traffic, dtype: str, ceilings: list[devices.Ceiling]) -> Prediction:
+    return Prediction(name, "model", traffic.flops, traffic.bytes, traffic.calls,
+                      {c.name: traffic.seconds(c, dtype) for c in ceilings},
+                      note="bytes: unfused eager traffic (every operator's inputs and outputs)")
+
+
+def predict(config_name: str = "paper", batch: int = 256, dtype: str = "bf16",
+            ceilings: list[devices.Ceiling] | None = None) -> dict[str, Any]:
+    """The whole predicted table for ``labfast bench --predict`` (plain data, JSON-ready)."""
+    from labfast import schemes
+
+    ceilings = ceilings or devices.ceilings()
+    num_boundaries = schemes.get("300w").num_boundaries
+    inference = inference_traffic(config_name, batch, dtype)
+    inference_one = inference_traffic(config_name, 1, dtype)
+    train = train_step_traffic(config_name, batch, dtype)
+    heatmap_size = _model(config_name, "300w", dtype, train=False).config.heatmap_size
+    rows = [
+        model_prediction(f"inference batch {batch}", inference, dtype, ceilings),
+        model_prediction("inference batch 1", inference_one, dtype, ceilings),
+        model_prediction(f"training step batch {batch} (without ground truth)", train, dtype, ceilings),
+        heatmaps_prediction(batch, num_boundaries, heatmap_size, dtype),
+        *fused_op_predictions(config_name, batch, dtype),
+    ]
+    return {
+        "config": config_name, "batch": batch, "dtype": dtype,
+        "ceilings": [dataclasses.asdict(c) for c in ceilings],
+        "rows": [_row_dict(row, ceilings, dtype) for row in rows],
+        "train_step_groups": _groups(train, ceilings, dtype),
+    }
+
+
+def _row_dict(row: Prediction, ceilings: list[devices.Ceiling], dtype: str) -> dict:
+    compute = "cuda cores" if row.name.startswith("boundary_heatmaps") else "tensor"
+    return {**dataclasses.asdict(row), "intensity": row.intensity,
+            "bound_seconds": {c.name: row.bound_seconds(c, dtype, compute) for c in ceilings}}
+
+
+def _groups(traffic: Traffic, ceilings: list[devices.Ceiling], dtype: str) -> list[dict]:
+    """Operator families of a step, largest predicted time first: where fusion could save the most."""
+    reference = ceilings[0]
+    peak = reference.flops(dtype)
+    rows = []
+    for group, (calls, flops, moved) in traffic.by_group().items():
+        seconds = sum(max(f / peak, b / reference.bandwidth)
+                      for name, f, b in traffic.per_operator if operator_group(name) == group)
+        rows.append({"group": group, "calls": calls, "flops": flops, "bytes": moved,
+                     "seconds": seconds, "ceiling": reference.name})
+    return sorted(rows, key=lambda r: -r["seconds"])
+
+
+def format_prediction(result: dict) -> str:
+    """The predicted table as text: one line per row, predicted time per ceiling."""
+    names = [c["name"] for c in result["ceilings"]]
+    lines = [f"Predicted roofline: config {result['config']}, {result['dtype']}, batch {result['batch']} "
+             f"(meta-device trace; no GPU ran)",
+             "Ceilings: " + "; ".join(f"{c['name']}: {c['bf16_flops'] / 1e12:.0f} TFLOP/s bf16, "
+                                      f"{c['fp32_flops'] / 1e12:.0f} fp32, {c['bandwidth'] / 1e12:.2f} TB/s "
+                                      f"({c['source']})" for c in result["ceilings"])]
+    header = f"{'row':<58} {'GFLOP':>9} {'MB':>9} {'FLOP/B':>7} {'calls':>6} " + " ".join(
+        f"{'bound ' + n:>24}" for n in names)
+    lines += [header, "-" * len(header)]
+    for row in result["rows"]:
+        calls = "" if row["calls"] is None else str(row["calls"])
+        cells = []
+        for name in names:
+            bound = row["bound_seconds"][name] * 1e3
+            cell = f"{bound:.3f} ms"
+            if row["eager_seconds"]:
+                cell += f" (eager {row['eager_seconds'][name] * 1e3:.2f})"
+            cells.append(f"{cell:>24}")
+        lines.append(f"{row['name'][:58]:<58} {row['flops'] / 1e9:>9.2f} {row['bytes'] / 1e6:>9.1f} "
+                     f"{row['intensity']:>7.1f} {calls:>6} " + " ".join(cells))
+    lines.append("")
+    lines.append(f"Training step by operator family ({result['train_step_groups'][0]['ceiling']}, "
+                 "per-operator roofline; what fusion could remove is the memory-bound families' time):")
+    for group in result["train_step_groups"]:
+        lines.append(f"  {group['group']:<26} {group['calls']:>6} calls {group['bytes'] / 1e9:>8.2f} GB "
+                     f"{group['flops'] / 1e12:>8.3f} TFLOP {group['seconds'] * 1e3:>8.2f} ms")
+    return "\n".join(lines)

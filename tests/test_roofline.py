@@ -1,0 +1,94 @@
+"""The predicted roofline: its counts against independent arithmetic, on the meta device."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labfast import devices, roofline
+
+
+def test_grouped_convolution_backward_costs_twice_its_forward():
+    # 13 groups of 4 -> 4 channels, 7x7, 16x16, batch 2: forward = 2 * N * Cout * (Cin / groups) * 7 * 7 * H * W
+    forward = 2 * 2 * 52 * 4 * 7 * 7 * 16 * 16
+    inputs = torch.zeros(2, 52, 16, 16, device="meta", requires_grad=True)
+    weight = torch.zeros(52, 4, 7, 7, device="meta", requires_grad=True)
+    with roofline.recording() as traffic:
+        F.conv2d(inputs, weight, padding=3, groups=13).sum().backward()
+    flops = {name: value for name, value, _ in traffic.per_operator}
+    assert flops["aten.convolution.default"] == forward
+    # grad of the input and of the weight: the forward's multiply-accumulates twice (torch's own
+    # formula gives 14x the forward here, ignoring groups)
+    assert flops["aten.convolution_backward.default"] == 2 * forward
+
+
+def test_bytes_are_inputs_plus_outputs_and_views_move_nothing():
+    a = torch.zeros(4, 8, device="meta")
+    b = torch.zeros(4, 8, device="meta", dtype=torch.bfloat16)
+    with roofline.recording() as traffic:
+        a.view(8, 4).t()
+        b.float() + a
+    assert [name for name, _, _ in traffic.per_operator] == ["aten._to_copy.default", "aten.add.Tensor"]
+    to_copy, add = traffic.per_operator
+    assert to_copy[2] == 32 * 2 + 32 * 4
+    assert add[2] == 3 * 32 * 4
+    assert traffic.calls == 2 and traffic.bytes == to_copy[2] + add[2]
+
+
+def test_message_passing_prediction_matches_its_convolutions():
+    from labfast.ops.message_passing import message_passing_ref
+
+    rows = {row.name: row for row in roofline.fused_op_predictions("tiny", 2, "fp32")}
+    name = next(n for n in rows if n.startswith("message_passing") and n.endswith("forward"))
+    shape = tuple(int(v) for v in name.split()[1].split("x"))
+    edges = int(name.split("E=")[1].split()[0])
+    kernel = int(name.split("k=")[1].split()[0])
+    channels = shape[1] // 13  # K = 13 boundaries of 300-W
+    features = torch.zeros(shape, device="meta")
+    weights = torch.zeros(edges, channels, channels, kernel, kernel, device="meta")
+    graph = tuple((e % 13, (e + 1) % 13) for e in range(edges))
+    with roofline.recording() as traffic:
+        message_passing_ref(features, weights, None, graph)
+    convolution = sum(f for n, f, _ in traffic.per_operator if "convolution" in n)
+    assert rows[name].flops == convolution
+    assert rows[name.replace("forward", "backward")].flops == 2 * convolution
+    # minimum traffic: features in and out, weights and biases (E, C) once
+    assert rows[name].bytes == (2 * features.numel() + weights.numel() + edges * channels) * 4
+
+
+def test_prediction_bound_is_the_slower_of_compute_and_memory():
+    ceiling = devices.Ceiling("test", 100e12, 10e12, 1e12, "made up")
+    compute_bound = roofline.Prediction("a", "fused op", flops=int(1e12), bytes=int(1e6))
+    memory_bound = roofline.Prediction("b", "fused op", flops=int(1e6), bytes=int(1e9))
+    assert compute_bound.bound_seconds(ceiling, "bf16") == pytest.approx(1e12 / 100e12)
+    assert memory_bound.bound_seconds(ceiling, "bf16") == pytest.approx(1e9 / 1e12)
+    assert compute_bound.bound_seconds(ceiling, "bf16", compute="cuda cores") == pytest.approx(1e12 / 10e12)
+
+
+def test_training_step_costs_about_three_forwards():
+    inference = roofline.inference_traffic("tiny", 2, "fp32")
+    train = roofline.train_step_traffic("tiny", 2, "fp32")
+    # backward = 2 forwards except the stem's input gradient; plus the discriminator's passes
+    assert 2.5 < train.flops / inference.flops < 3.2
+    assert train.calls > 2 * inference.calls
+
+
+def test_predicted_table_on_the_tiny_preset():
+    result = roofline.predict("tiny", 2, "bf16")
+    names = [row["name"] for row in result["rows"]]
+    assert names[:3] == ["inference batch 2", "inference batch 1", "training step batch 2 (without ground truth)"]
+    assert any(name.startswith("boundary_heatmaps") for name in names)
+    for row in result["rows"]:
+        assert row["flops"] > 0 and row["bytes"] > 0
+        for ceiling in result["ceilings"]:
+            assert row["bound_seconds"][ceiling["name"]] > 0
+    groups = {g["group"]: g for g in result["train_step_groups"]}
+    assert groups["convolution"]["flops"] > 0 and groups["batch norm"]["flops"] == 0
+    text = roofline.format_prediction(result)
+    assert "H100 measured" in text and "training step batch 2" in text
+
+
+def test_ceilings_state_their_figures():
+    by_name = {c.name: c for c in devices.ceilings()}
+    assert by_name["H100 datasheet"].bf16_flops == pytest.approx(1979e12 / 2)
+    assert by_name["H100 measured"].bandwidth == pytest.approx(3.0e12)
+    assert by_name["H200 measured"].bandwidth == pytest.approx(4.3e12)
+    assert all(c.source for c in by_name.values())
