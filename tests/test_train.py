@@ -295,6 +295,26 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path):
     assert state["step"] == 2 and state["epoch"] == 1
 
 
+@pytest.mark.slow
+def test_torchrun_skips_a_step_together_when_one_process_has_no_readable_image(tmp_path):
+    """Batch 1 per process: the process that draws the corrupt image has nothing to train on.
+    Both must skip that step (one waiting in the gradient all-reduce for the other would hang)."""
+    root, corrupt = _faces_with_a_corrupt_image(tmp_path)
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+               "-m", "labfast", "train", "--config", "300w", "--data-root", str(root), "--out", str(out),
+               "--train-subset", "common", "--model", "tiny", "--val-fraction", "0", "--train-limit", "8",
+               "--batch-size", "1", "--epochs", "1", "--num-workers", "0", "--max-bad-fraction", "0.2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(corrupt.name) == 1  # named once, by the process that drew it
+    state = checkpoint.load(out / "last.pt")
+    # 8 faces over 2 processes with batch 1: 4 batches per process, one skipped by both
+    assert (state["epoch"], state["step"]) == (1, 3)
+    assert scalars(out, "unreadable_images") == [1.0]
+
+
 def test_bf16_autocast_and_channels_last_train(tmp_path):
     summary = train(tiny_config(tmp_path, "amp=bf16", "channels_last=true", "max_steps=2"), tmp_path / "run")
     assert summary["steps"] == 2
