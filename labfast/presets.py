@@ -2,7 +2,7 @@
 
 Loss weights and the discriminator's θ / δ are model settings (``labfast.model.LABConfig``,
 overridden as ``model.<field>``). Every field can be overridden from the command line (``labfast train --config 300w --set
-epochs=60 --set model.num_stacks=2``) and the resolved configuration is saved beside each run.
+epochs=60 --set model.stacks=2``) and the resolved configuration is saved beside each run.
 
 Where LAB (Wu et al., CVPR 2018) states a training detail the preset follows it; where it is
 silent (the paper gives no optimiser, learning rate or epoch count for its landmark regressor),
@@ -11,11 +11,14 @@ the values are ours and are marked so.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from labfast import config_fields
 from labfast.data import AugmentConfig
+from labfast.model import LABConfig
+
+_NESTED = ("augment", "model_overrides")
 
 
 @dataclass
@@ -48,6 +51,17 @@ class TrainConfig:
     time_limit_minutes: float = 0.0  # stop (with a checkpoint) after this much training time (0: no limit)
     log_every: int = 10
     train_limit: int = 0  # use only the first N training faces (0: all); for tests and demos
+    max_bad_fraction: float = 0.01  # unreadable training images are skipped; more than this share ends the run
+    checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: off)
+    checkpoint_every_minutes: float = 10.0  # also write last.pt after this much time since the last write (0: off)
+
+    def __post_init__(self) -> None:
+        config_fields.check(self)
+        self.model_overrides = {
+            name: config_fields.coerce(value, config_fields.field_type(LABConfig, name, "model."), f"model.{name}")
+            for name, value in self.model_overrides.items()}
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -71,54 +85,31 @@ def get(name: str) -> TrainConfig:
     return dataclasses.replace(PRESETS[name], model_overrides=dict(PRESETS[name].model_overrides))
 
 
-def _parse_value(text: str, current: Any) -> Any:
-    """Parse ``text`` as the type of ``current`` (JSON for tuples, dicts and bools)."""
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, tuple):
-        kind = float if any(isinstance(item, float) for item in current) else int
-        return tuple(kind(part) for part in text.replace(",", " ").split())
-    return text
-
-
-def _parse(key: str, text: str, current: Any) -> Any:
-    try:
-        return _parse_value(text, current)
-    except ValueError as error:
-        raise ValueError(f"bad value for {key}: {error}") from error
-
-
 def override(config: TrainConfig, assignments: list[str]) -> TrainConfig:
-    """Apply ``key=value`` assignments; ``augment.<field>`` and ``model.<field>`` reach nested settings."""
+    """A copy of ``config`` with ``key=value`` assignments applied, each parsed by its field's type.
+
+    ``augment.<field>`` and ``model.<field>`` (``labfast.model.LABConfig``) reach the nested
+    settings; an unknown field raises ``ValueError`` listing the known ones, a value of the wrong
+    type one naming the field (``labfast.config_fields.parse``).
+    """
+    changes: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
+    model: dict[str, Any] = {}
     for assignment in assignments:
-        key, sep, value = assignment.partition("=")
+        key, sep, text = assignment.partition("=")
         if not sep:
             raise ValueError(f"override {assignment!r} is not of the form key=value")
-        if key.startswith("model."):
-            try:
-                config.model_overrides[key[len("model."):]] = json.loads(value)
-            except json.JSONDecodeError:
-                config.model_overrides[key[len("model."):]] = value
-            continue
-        if key.startswith("augment."):
-            name = key[len("augment."):]
-            if not hasattr(config.augment, name):
-                raise ValueError(f"unknown augmentation field {key!r}")
-            parsed = _parse(key, value, getattr(config.augment, name))
-            config.augment = dataclasses.replace(config.augment, **{name: parsed})  # AugmentConfig is frozen
-            continue
-        if not hasattr(config, key) or key in ("augment", "model_overrides"):
-            raise ValueError(f"unknown config field {key!r}")
-        setattr(config, key, _parse(key, value, getattr(config, key)))
-    return config
+        section, dot, name = key.partition(".")
+        if dot and section == "model":
+            model[name] = config_fields.parse(text, config_fields.field_type(LABConfig, name, "model."), key)
+        elif dot and section == "augment":
+            augment[name] = config_fields.parse(text, config_fields.field_type(AugmentConfig, name, "augment."), key)
+        elif key in _NESTED:
+            raise ValueError(f"{key} is set field by field: {key.split('_')[0]}.<field>=value")
+        else:
+            changes[key] = config_fields.parse(text, config_fields.field_type(TrainConfig, key), key)
+    return dataclasses.replace(config, **changes, augment=dataclasses.replace(config.augment, **augment),
+                               model_overrides={**config.model_overrides, **model})
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -126,6 +117,6 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
-    data = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
-    augment = {key: tuple(value) if isinstance(value, list) else value for key, value in data.pop("augment", {}).items()}
-    return TrainConfig(augment=AugmentConfig(**augment), **data)
+    """The inverse of :func:`to_dict` (JSON lists become tuples through the fields' types)."""
+    data = dict(data)
+    return TrainConfig(augment=AugmentConfig(**data.pop("augment", {})), **data)

@@ -1,6 +1,6 @@
 """``labfast train``: one training loop, readable top to bottom, single process or ``torchrun``.
 
-    labfast train --config 300w --data-root DATA/300w --out runs/300w [--epochs 60] [--set augment.rotation=20]
+    labfast train --config 300w --data-root DATA/300w --out runs/300w [--epochs 60] [--set augment.rotation_deg=20]
     torchrun --nproc-per-node 8 -m labfast train --config wflw --data-root DATA/WFLW
 
 One step (LAB Sec. 3): crops -> estimator (K boundary heatmaps per stack) -> regressor (landmarks);
@@ -9,9 +9,15 @@ ground-truth heatmaps are made from the crop's landmarks on the model's device
 adversarial loss of the boundary effectiveness discriminator, which is updated in its own step.
 
 Run folder: ``config.json`` (the resolved configuration), ``metrics.csv`` and ``tensorboard/``
-(scalars), ``last.pt`` and ``best.pt`` (atomic writes; best by validation NME). ``--resume``
-continues from ``last.pt`` exactly: weights, optimiser states, epoch, the position inside the
-epoch and the RNG, so a killed run ends with the same weights as an uninterrupted one.
+(scalars), ``last.pt`` and ``best.pt`` (atomic writes; best by validation NME). ``last.pt`` is
+written at each epoch's end and inside an epoch every ``checkpoint_every_steps`` steps or
+``checkpoint_every_minutes`` minutes. ``--resume`` continues from ``last.pt`` exactly: weights,
+optimiser states, epoch, the position inside the epoch and the RNG, so a killed run ends with the
+same weights as an uninterrupted one.
+
+A training image that cannot be read is skipped (its batch trains on the rest) and named in the
+log; the run stops with an error only when more than ``max_bad_fraction`` of the training images
+fail in one epoch.
 """
 from __future__ import annotations
 
@@ -144,6 +150,49 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def restore_training_state(path: Path, device: torch.device, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer | None,
+                           scaler: torch.amp.GradScaler) -> dict[str, Any]:
+    """Load ``last.pt`` into the model, the optimisers and the RNG; returns the checkpoint.
+
+    The file is read onto the CPU: the saved RNG states must stay CPU byte tensors
+    (``torch.set_rng_state`` and ``torch.cuda.set_rng_state`` accept nothing else), while
+    ``load_state_dict`` of the model and the optimisers copies each tensor to the device of its
+    parameter.
+    """
+    state = checkpoint.load(path, map_location="cpu")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if d_optimizer is not None:
+        d_optimizer.load_state_dict(state["discriminator_optimizer"])
+    if scaler.is_enabled():
+        scaler.load_state_dict(state["grad_scaler"])
+    set_rng_state(state["rng"], device)
+    return state
+
+
+def _checkpoint_due(config: presets.TrainConfig, step: int, seconds_since_write: float) -> bool:
+    """A mid-epoch ``last.pt`` is due every ``checkpoint_every_steps`` steps or ``_minutes`` minutes."""
+    by_steps = config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0
+    by_time = config.checkpoint_every_minutes > 0 and seconds_since_write >= 60 * config.checkpoint_every_minutes
+    return by_steps or by_time
+
+
+def _count_unreadable(batch: dict[str, Any], runtime: Runtime) -> tuple[int, bool]:
+    """``(unreadable items in this step, whether some process has no readable item)``, over all processes.
+
+    Every process must agree on both: the bad-data limit ends all of them together, and a step
+    is skipped by all of them together (DistributedDataParallel's gradient all-reduce would
+    otherwise wait forever for the process that skipped).
+    """
+    unreadable, empty = len(batch["unreadable"]), "image" not in batch
+    if runtime.world_size == 1:
+        return unreadable, empty
+    counts = torch.tensor([unreadable, int(empty)], device=runtime.device)
+    dist.all_reduce(counts)
+    return int(counts[0]), bool(counts[1])
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -222,7 +271,8 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_set = data.FaceDataset(train_faces, scheme, input_size=config.input_size, train=True,
-                                 augment=config.augment, seed=config.seed)
+                                 augment=config.augment, seed=config.seed, skip_unreadable=True)
+    max_unreadable = config.max_bad_fraction * len(train_set)
 
     generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.") and p.requires_grad]
     optimizer = torch.optim.Adam(generator_parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -230,18 +280,12 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_lr) if discriminator is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
-    start_epoch, skip_batches, step, best_nme = 0, 0, 0, math.inf
+    start_epoch, skip_batches, step, best_nme, unreadable_in_epoch = 0, 0, 0, math.inf, 0
     if resume:
-        state = checkpoint.load(out / "last.pt", map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if d_optimizer is not None:
-            d_optimizer.load_state_dict(state["discriminator_optimizer"])
-        if scaler.is_enabled():
-            scaler.load_state_dict(state["grad_scaler"])
+        state = restore_training_state(out / "last.pt", device, model, optimizer, d_optimizer, scaler)
         start_epoch, skip_batches, step = state["epoch"], state["batches_done"], state["step"]
         best_nme = state.get("best_nme", math.inf)
-        set_rng_state(state["rng"], device)
+        unreadable_in_epoch = state.get("unreadable_in_epoch", 0)
         if runtime.is_main:
             logger.info("resumed %s at epoch %d, batch %d (step %d)", out / "last.pt", start_epoch, skip_batches, step)
 
@@ -263,23 +307,49 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     total_steps = config.epochs * steps_per_epoch if not config.max_steps else min(config.max_steps, config.epochs * steps_per_epoch)
     writer = _ScalarLog(out) if runtime.is_main else None
 
+    def save_last(next_epoch: int, next_skip: int, best: float, unreadable: int) -> None:
+        """``last.pt``: everything ``--resume`` needs to continue at batch ``next_skip`` of ``next_epoch``."""
+        state = {**checkpoint.model_payload(model), "optimizer": optimizer.state_dict(),
+                 "epoch": next_epoch, "batches_done": next_skip, "step": step, "best_nme": best,
+                 "unreadable_in_epoch": unreadable, "rng": rng_state(device), "train_config": presets.to_dict(config)}
+        if d_optimizer is not None:
+            state["discriminator_optimizer"] = d_optimizer.state_dict()
+        if scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
+        checkpoint.save(out / "last.pt", state)
+
     # under a time limit the step count is unknown: show the rate and elapsed time, not a false ETA
     progress = tqdm(total=None if config.time_limit_minutes > 0 else total_steps, initial=step,
                     disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     finished = step >= total_steps
     deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
     epoch = start_epoch
+    last_written = time.monotonic()
     while not finished and epoch < config.epochs:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=config.batch_size, drop_last=True, num_workers=config.num_workers,
                             sampler=_ResumeSampler(sampler, skip_batches * config.batch_size),
-                            pin_memory=device.type == "cuda")
+                            collate_fn=data.collate_readable, pin_memory=device.type == "cuda")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch, config.lr)
         batches_done = skip_batches
         tick = time.perf_counter()
         for batch in loader:
+            batches_done += 1
+            for message in batch["unreadable"]:
+                logger.warning("skipped an unreadable training image (epoch %d): %s", epoch, message)
+            unreadable, some_empty = _count_unreadable(batch, runtime)
+            unreadable_in_epoch += unreadable
+            if unreadable_in_epoch > max_unreadable:
+                last = f" (last: {batch['unreadable'][-1]})" if batch["unreadable"] else ""
+                raise RuntimeError(
+                    f"{unreadable_in_epoch} of the {len(train_set)} training images could not be read in epoch "
+                    f"{epoch}, more than max_bad_fraction={config.max_bad_fraction} allows; the skipped files "
+                    f"are named in the log above{last}")
+            if some_empty:
+                logger.warning("step skipped: a batch of epoch %d held no readable image", epoch)
+                continue
             images = batch["image"].to(device, non_blocking=True)
             landmarks = batch["landmarks"].to(device, non_blocking=True)
             if config.channels_last:
@@ -287,9 +357,8 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             terms = _train_step(config, forward_model, discriminator, optimizer, d_optimizer, scaler,
                                 images, landmarks, scheme, boundary_scheme, device)
             step += 1
-            batches_done += 1
             now = time.perf_counter()
-            images_per_second = config.batch_size * runtime.world_size / max(now - tick, 1e-9)
+            images_per_second = len(images) * runtime.world_size / max(now - tick, 1e-9)
             tick = now
             progress.update(1)
             progress.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}", img_s=f"{images_per_second:.1f}")
@@ -299,6 +368,10 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             if step >= total_steps or time.monotonic() > deadline:
                 finished = True
                 break
+            if (runtime.is_main and batches_done < steps_per_epoch
+                    and _checkpoint_due(config, step, time.monotonic() - last_written)):
+                save_last(epoch, batches_done, best_nme, unreadable_in_epoch)
+                last_written = time.monotonic()
         epoch_done = batches_done >= steps_per_epoch
         next_epoch, next_skip = (epoch + 1, 0) if epoch_done else (epoch, batches_done)
         val_nme = math.nan
@@ -306,23 +379,20 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             val_nme = validation_nme(model, val_faces, device, config.batch_size)
             writer.add(step, epoch, {"val_nme": val_nme})
             progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(val_faces)} held-out faces")
+        if runtime.is_main and epoch_done and unreadable_in_epoch:
+            writer.add(step, epoch, {"unreadable_images": unreadable_in_epoch})
         if runtime.is_main:
-            state = {**checkpoint.model_payload(model), "optimizer": optimizer.state_dict(),
-                     "epoch": next_epoch, "batches_done": next_skip, "step": step,
-                     "best_nme": min(best_nme, val_nme) if not math.isnan(val_nme) else best_nme,
-                     "rng": rng_state(device), "train_config": presets.to_dict(config)}
-            if d_optimizer is not None:
-                state["discriminator_optimizer"] = d_optimizer.state_dict()
-            if scaler.is_enabled():
-                state["grad_scaler"] = scaler.state_dict()
             if not math.isnan(val_nme) and val_nme < best_nme:
                 best_nme = val_nme
                 checkpoint.save(out / "best.pt", {**checkpoint.model_payload(model), "epoch": epoch, "step": step,
                                                   "metrics": {"val_nme": val_nme}, "train_config": presets.to_dict(config)})
-            checkpoint.save(out / "last.pt", state)
+            save_last(next_epoch, next_skip, best_nme, 0 if epoch_done else unreadable_in_epoch)
+            last_written = time.monotonic()
         if runtime.world_size > 1:
             dist.barrier()
         epoch, skip_batches = next_epoch, next_skip
+        if epoch_done:
+            unreadable_in_epoch = 0
     progress.close()
     if writer is not None:
         writer.close()
@@ -417,7 +487,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help="run folder (default runs/<config>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any field, e.g. augment.rotation=20 or model.num_stacks=2 (repeatable)")
+                        help="override any field, e.g. augment.rotation_deg=20 or model.stacks=2 (repeatable)")
     for config_field in dataclasses.fields(presets.TrainConfig):
         if config_field.name in _SKIPPED_FLAGS:
             continue

@@ -1,19 +1,29 @@
-"""Training: the loop learns on real faces, resumes exactly, and runs under torchrun with gloo."""
+"""Training: the loop learns on real faces, resumes exactly, and runs under torchrun with gloo;
+overrides are parsed by type; unreadable images are skipped; checkpoints are written mid-epoch."""
 import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from labfast import checkpoint, presets
+import labfast.train
+from labfast import checkpoint, config_fields, presets
 from labfast.demo import BUNDLED_DATA
 from labfast.evaluate import predict_faces
 from labfast.metrics import nme
-from labfast.train import build_model, read_training_faces, set_training_mode, train
+from labfast.model import LABConfig
+from labfast.train import (_checkpoint_due, build_model, read_training_faces, restore_training_state,
+                           set_training_mode, train)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(tmp_path: Path, *assignments: str) -> presets.TrainConfig:
@@ -48,6 +58,186 @@ def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_crash_mid_epoch_resumes_exactly_from_the_periodic_checkpoint(tmp_path, monkeypatch):
+    """Without mid-epoch checkpoints a crash loses the epoch: last.pt would still say step 2."""
+    train(tiny_config(tmp_path), tmp_path / "straight")
+    config = tiny_config(tmp_path, "checkpoint_every_steps=1")
+    real_step, calls = labfast.train._train_step, []
+
+    def crash_at_step_4(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args)
+
+    monkeypatch.setattr(labfast.train, "_train_step", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "crashed")
+    saved = checkpoint.load(tmp_path / "crashed" / "last.pt")
+    assert (saved["epoch"], saved["batches_done"], saved["step"]) == (1, 1, 3)  # inside epoch 1 of 2 batches
+    monkeypatch.setattr(labfast.train, "_train_step", real_step)
+    assert train(config, tmp_path / "crashed", resume=True)["steps"] == 4
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+def test_periodic_checkpoint_is_due_by_steps_or_by_minutes(tmp_path):
+    by_steps = tiny_config(tmp_path, "checkpoint_every_steps=5", "checkpoint_every_minutes=0")
+    assert [_checkpoint_due(by_steps, step, 1e9) for step in (4, 5, 6, 10)] == [False, True, False, True]
+    by_time = tiny_config(tmp_path, "checkpoint_every_steps=0", "checkpoint_every_minutes=2")
+    assert not _checkpoint_due(by_time, 7, 119.0) and _checkpoint_due(by_time, 7, 120.0)
+    off = tiny_config(tmp_path, "checkpoint_every_steps=0", "checkpoint_every_minutes=0")
+    assert not _checkpoint_due(off, 10, 1e9)
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_restore_reads_the_checkpoint_on_the_cpu_whatever_the_training_device(tmp_path):
+    """``torch.set_rng_state`` takes a CPU byte tensor only: a checkpoint mapped to the training
+    device (``map_location=device``) crashed every resume on a GPU. The meta device stands in for
+    the GPU: the model and optimiser state must land there, the RNG state must not."""
+    train(tiny_config(tmp_path, "max_steps=1"), tmp_path / "run")
+    saved = checkpoint.load(tmp_path / "run" / "last.pt")
+    device = torch.device("meta")
+    model = build_model(tiny_config(tmp_path)).to(device)
+    optimizer = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("discriminator.")])
+    d_optimizer = torch.optim.Adam(model.discriminator.parameters())
+    torch.manual_seed(12345)
+    state = restore_training_state(tmp_path / "run" / "last.pt", device, model, optimizer, d_optimizer,
+                                   torch.amp.GradScaler("cpu", enabled=False))
+    assert state["step"] == 1
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    moments = [per_parameter["exp_avg"] for per_parameter in optimizer.state.values()]
+    assert moments and all(moment.device == device for moment in moments)
+
+
+# ----------------------------------------------------------------------------- typed overrides
+
+
+def _architecture(model: torch.nn.Module) -> dict:
+    """What a switch can change: every module's type and every parameter's shape, by name."""
+    return {**{name: type(module).__name__ for name, module in model.named_modules()},
+            **{name: tuple(value.shape) for name, value in model.state_dict().items()}}
+
+
+def _switches() -> list[tuple[str, str, object]]:
+    """Each bool / tuple field of LABConfig: (field, command-line text, the value it must give),
+    the text spelt as a user might (False / no / off, "[a, b]")."""
+    default, cases, falses = LABConfig(), [], iter(["False", "no", "off", "0"] * 4)
+    for name, annotation in config_fields.field_types(LABConfig).items():
+        value = getattr(default, name)
+        if annotation is bool:
+            cases.append((name, next(falses) if value else "yes", not value))
+        elif typing.get_origin(annotation) is tuple:
+            cases.append((name, "[" + ", ".join(map(str, value[:-1])) + "]", value[:-1]))
+    return cases
+
+
+@pytest.mark.parametrize("name, text, value", _switches())
+def test_each_ablation_switch_changes_the_trained_model_and_is_saved_typed(tmp_path, name, text, value):
+    config = tiny_config(tmp_path, "input_size=64", "max_steps=1", f"model.{name}={text}")
+    train(config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model_overrides"][name] == (list(value) if isinstance(value, tuple) else value)
+    assert presets.from_dict(saved) == config
+    assert getattr(checkpoint.load_model(tmp_path / "run" / "last.pt")[1]["config"], name) == value
+    plain = tiny_config(tmp_path, "input_size=64")
+    assert _architecture(build_model(config)) != _architecture(build_model(plain))
+
+
+@pytest.mark.parametrize("text, value", [
+    ("false", False), ("False", False), ("no", False), ("0", False), ("off", False),
+    ("true", True), ("YES", True), ("1", True), ("on", True)])
+def test_bool_overrides_accept_the_usual_spellings(text, value):
+    config = presets.override(presets.get("300w"), [f"model.message_passing={text}", f"compile={text}"])
+    assert config.model_overrides["message_passing"] is value and config.compile is value
+
+
+@pytest.mark.parametrize("assignment, field, value", [
+    ("model.fusion_stages=1,2", "fusion_stages", (1, 2)),
+    ("model.fusion_stages=[1, 2]", "fusion_stages", (1, 2)),
+    ("model.fusion_stages=(3)", "fusion_stages", (3,)),
+    ("model.fusion_stages=", "fusion_stages", ()),
+    ("model.stacks=2", "stacks", 2),
+    ("model.adversarial_weight=0", "adversarial_weight", 0.0),
+    ("model.normalization=per_image", "normalization", "per_image"),
+])
+def test_model_overrides_are_parsed_by_the_field_type(assignment, field, value):
+    parsed = presets.override(presets.get("300w"), [assignment]).model_overrides[field]
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("model.message_passing=maybe", "model.message_passing takes a boolean"),
+    ("model.num_stacks=2", r"unknown field 'model.num_stacks'; known: model.name, model.input_size, model.stacks"),
+    ("augment.rotation=20", r"unknown field 'augment.rotation'; known: augment.rotation_deg"),
+    ("epochs=2.5", "epochs takes an integer"),
+    ("model.fusion_stages=1,x", r"model.fusion_stages\[1\] takes an integer"),
+    ("augment.zoom_range=0.9", r"augment.zoom_range takes 2 values"),
+    ("lr=nan", "lr takes a finite number"),
+    ("epochs", "not of the form key=value"),
+])
+def test_bad_overrides_are_refused_naming_the_field(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        presets.override(presets.get("300w"), [assignment])
+
+
+def test_override_leaves_the_preset_untouched():
+    preset = presets.get("300w")
+    presets.override(preset, ["model.stacks=2", "epochs=3", "augment.shift=0"])
+    assert preset == presets.get("300w") and preset.model_overrides == {}
+
+
+def test_the_documented_override_examples_apply():
+    texts = [(REPOSITORY / "README.md").read_text(), Path(labfast.train.__file__).read_text(),
+             Path(presets.__file__).read_text()]
+    examples = sorted({match for text in texts for match in re.findall(r"\b(?:model|augment)\.\w+=[^\s`\])]+", text)})
+    assert {"augment.rotation_deg=20", "model.stacks=2"} <= set(examples), examples
+    config = presets.override(presets.get("300w"), examples)
+    build_model(presets.override(config, ["model=tiny"]))  # the LABConfig they make is valid
+
+
+def test_train_config_checks_field_types():
+    with pytest.raises(TypeError, match="TrainConfig.epochs must be int, got '3'"):
+        presets.TrainConfig(epochs="3")
+    with pytest.raises(TypeError, match="model.message_passing must be bool, got 'False'"):
+        presets.TrainConfig(model_overrides={"message_passing": "False"})
+    with pytest.raises(ValueError, match="unknown field 'model.stackz'"):
+        presets.TrainConfig(model_overrides={"stackz": 2})
+    with pytest.raises(TypeError, match="AugmentConfig.zoom_range must be"):
+        presets.TrainConfig(augment=presets.AugmentConfig(zoom_range="0.9,1.1"))
+
+
+# ----------------------------------------------------------------------------- unreadable images
+
+
+def _faces_with_a_corrupt_image(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the bundled faces whose first training image (first in file order) is corrupt."""
+    root = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA, root)
+    corrupt = sorted((root / "lfpw" / "testset").glob("*.jpg"))[0]
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    return root, corrupt
+
+
+def test_an_unreadable_image_is_skipped_named_and_counted_with_workers(tmp_path, caplog):
+    root, corrupt = _faces_with_a_corrupt_image(tmp_path)
+    config = tiny_config(tmp_path, f"data_root={root}", "num_workers=1", "max_bad_fraction=0.2", "log_every=1")
+    with caplog.at_level(logging.WARNING, logger="labfast.train"):
+        summary = train(config, tmp_path / "run")
+    assert summary["steps"] == 4  # the batch that held it trained on its 3 readable faces
+    named = [record for record in caplog.records if corrupt.name in record.getMessage()]
+    assert len(named) == 2  # once per epoch
+    assert scalars(tmp_path / "run", "unreadable_images") == [1.0, 1.0]
+
+
+def test_more_unreadable_images_than_max_bad_fraction_end_the_run_clearly(tmp_path):
+    root, corrupt = _faces_with_a_corrupt_image(tmp_path)
+    config = tiny_config(tmp_path, f"data_root={root}", "max_bad_fraction=0.1")  # 1 of 8 > 0.8
+    with pytest.raises(RuntimeError, match=rf"1 of the 8 training images could not be read.*{corrupt.name}"):
+        train(config, tmp_path / "run")
 
 
 def test_run_folder_holds_config_metrics_and_checkpoints(tmp_path):
@@ -103,6 +293,26 @@ def test_torchrun_two_cpu_processes_with_gloo(tmp_path):
     state = checkpoint.load(out / "last.pt")
     # 8 faces over 2 processes with batch 2: 2 steps per process per epoch.
     assert state["step"] == 2 and state["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_torchrun_skips_a_step_together_when_one_process_has_no_readable_image(tmp_path):
+    """Batch 1 per process: the process that draws the corrupt image has nothing to train on.
+    Both must skip that step (one waiting in the gradient all-reduce for the other would hang)."""
+    root, corrupt = _faces_with_a_corrupt_image(tmp_path)
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+               "-m", "labfast", "train", "--config", "300w", "--data-root", str(root), "--out", str(out),
+               "--train-subset", "common", "--model", "tiny", "--val-fraction", "0", "--train-limit", "8",
+               "--batch-size", "1", "--epochs", "1", "--num-workers", "0", "--max-bad-fraction", "0.2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(corrupt.name) == 1  # named once, by the process that drew it
+    state = checkpoint.load(out / "last.pt")
+    # 8 faces over 2 processes with batch 1: 4 batches per process, one skipped by both
+    assert (state["epoch"], state["step"]) == (1, 3)
+    assert scalars(out, "unreadable_images") == [1.0]
 
 
 def test_bf16_autocast_and_channels_last_train(tmp_path):

@@ -1,4 +1,5 @@
-"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face`` for inference."""
+"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face`` for inference;
+``collate_readable``, the batch maker that drops the items whose image could not be read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import torch
 
+from .. import config_fields
 from .. import schemes as schemes_module
 from .sample import Sample
 from .transforms import apply_affine, color_jitter, crop_matrix, face_centre_and_side, flip_landmarks, occlude, warp_crop
@@ -40,6 +42,9 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 2.0)
     occlusion_probability: float = 0.3
     occlusion_size: tuple[float, float] = (0.1, 0.4)
+
+    def __post_init__(self) -> None:
+        config_fields.check(self)
 
 
 def read_image_bgr(path: str) -> np.ndarray:
@@ -88,6 +93,11 @@ class FaceDataset(torch.utils.data.Dataset):
         with a flip, ``landmarks[flip_permutation[j]] = affine @ original[j]``);
         ``index``: ``i``.
 
+    With ``skip_unreadable``, an image that cannot be read gives ``{"index": i, "unreadable":
+    message}`` (the message names the file) instead of raising, so that one corrupt file does not
+    end a training run; :func:`collate_readable` drops such items from the batch and lists their
+    messages, in the main process whichever worker read them.
+
     Training augmentation is drawn from a per-item generator seeded by ``(seed, epoch, index)``:
     the same triple gives the same crop in any worker process and any order. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
@@ -103,6 +113,7 @@ class FaceDataset(torch.utils.data.Dataset):
         augment: AugmentConfig = AugmentConfig(),
         seed: int = 0,
         margin: float = DEFAULT_MARGIN,
+        skip_unreadable: bool = False,
     ):
         self.samples = list(samples)
         self.scheme = schemes_module.get(scheme)
@@ -111,6 +122,7 @@ class FaceDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.margin = margin
+        self.skip_unreadable = skip_unreadable
         self.epoch = 0
         for index, sample in enumerate(self.samples):
             if sample.landmarks.shape != (self.scheme.num_points, 2):
@@ -134,6 +146,12 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
+        try:
+            image = self._image(sample)
+        except OSError as error:
+            if not self.skip_unreadable:
+                raise
+            return {"index": index, "unreadable": f"item {index}: {error}"}
         centre, side = face_centre_and_side(sample.box, self.margin)
         if self.train:
             # independent streams so that switching a photometric option off leaves the geometry unchanged
@@ -152,7 +170,7 @@ class FaceDataset(torch.utils.data.Dataset):
             flip = False
             matrix = crop_matrix(centre, side, self.input_size)
 
-        crop = _bgr_to_rgb_float(warp_crop(self._image(sample), matrix, self.input_size))
+        crop = _bgr_to_rgb_float(warp_crop(image, matrix, self.input_size))
         landmarks = apply_affine(sample.landmarks, matrix)
         if flip:
             landmarks = flip_landmarks(landmarks, self.scheme.flip_permutation)
@@ -174,3 +192,15 @@ class FaceDataset(torch.utils.data.Dataset):
         if rng.random() < config.occlusion_probability:
             crop = occlude(crop, rng, config.occlusion_size)
         return crop
+
+
+def collate_readable(items: list[dict]) -> dict:
+    """Batch the readable items (``torch.utils.data.default_collate``) and list the others.
+
+    Returns the collated batch plus ``"unreadable"``: the messages of the dropped items (a list of
+    str). When no item is readable the batch holds ``"unreadable"`` alone.
+    """
+    readable = [item for item in items if "unreadable" not in item]
+    batch = torch.utils.data.default_collate(readable) if readable else {}
+    batch["unreadable"] = [item["unreadable"] for item in items if "unreadable" in item]
+    return batch

@@ -25,12 +25,16 @@ from ._parse import AnnotationError, parse_floats, where
 def read_pts(path: str | os.PathLike) -> np.ndarray:
     """Read a ``.pts`` file -> ``(L, 2)`` float32, values as in the file (1-based for iBUG).
 
-    Raises ``AnnotationError`` naming the file and line for a line that is not two numbers, a
-    NaN / infinite value, a header whose ``n_points`` disagrees with the point lines, a missing
+    Raises ``AnnotationError`` naming the file and line for bytes that are not UTF-8, a line that
+    is not two numbers, a NaN / infinite value, a header whose ``n_points`` disagrees with the point lines, a missing
     ``}``, or text after it.
     """
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as error:
+        line = (error.object[:error.start].count(b"\n") + 1) if isinstance(error.object, bytes) else None
+        raise AnnotationError(f"{where(path, line)}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise AnnotationError(f"{where(path)}: empty .pts file")

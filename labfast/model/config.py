@@ -48,6 +48,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from labfast import config_fields
+
 _NORMALIZATIONS = ("imagenet", "per_image")
 
 
@@ -104,6 +106,7 @@ class LABConfig:
     fake_fraction_threshold: float = 0.8
 
     def __post_init__(self) -> None:
+        config_fields.check(self)  # a bool is a bool: the string 'False' must not switch a part on
         object.__setattr__(self, "fusion_stages", tuple(sorted(set(self.fusion_stages))))
         for key in ("input_size", "stacks", "hourglass_channels", "hourglass_depth",
                     "boundary_channels", "message_kernel", "regressor_width", "regressor_stem_kernel",

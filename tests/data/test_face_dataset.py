@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from labfast import schemes
-from labfast.data import AugmentConfig, FaceDataset, Sample, crop_face, read_300w, write_pts
+from labfast.data import AugmentConfig, FaceDataset, Sample, collate_readable, crop_face, read_300w, write_pts
 
 TOLERANCE_PX = 0.05
 DOT_SIGMA = 3.0
@@ -219,6 +219,33 @@ def test_unreadable_and_missing_images_raise_naming_the_path(tmp_path):
         dataset[0]
     with pytest.raises(OSError, match="absent.png"):
         dataset[1]
+
+
+def test_with_skip_unreadable_a_bad_image_gives_a_marker_naming_it(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    good = _face(np.random.default_rng(7), drawn=[])
+    bad = Sample(str(broken), good.landmarks, good.box)
+    dataset = FaceDataset([good, bad], SCHEME, input_size=64, train=True, skip_unreadable=True)
+    assert set(dataset[0]) == {"image", "landmarks", "affine", "index"}
+    marker = dataset[1]
+    assert set(marker) == {"index", "unreadable"} and marker["index"] == 1
+    assert "item 1" in marker["unreadable"] and str(broken) in marker["unreadable"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_collate_readable_drops_bad_items_and_lists_them_across_workers(tmp_path, num_workers):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    good = _face(np.random.default_rng(8), drawn=[])
+    samples = [good, Sample(str(broken), good.landmarks, good.box), good, good]
+    dataset = FaceDataset(samples, SCHEME, input_size=32, train=True, skip_unreadable=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=num_workers, collate_fn=collate_readable)
+    first, second = list(loader)
+    assert first["index"].tolist() == [0] and first["image"].shape == (1, 3, 32, 32)
+    assert len(first["unreadable"]) == 1 and "broken.jpg" in first["unreadable"][0]
+    assert second["index"].tolist() == [2, 3] and second["unreadable"] == []
+    assert collate_readable([dataset[1]]) == {"unreadable": [dataset[1]["unreadable"]]}
 
 
 def test_landmark_count_must_match_the_scheme():

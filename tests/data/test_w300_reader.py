@@ -91,6 +91,22 @@ def test_non_strict_skips_bad_files_and_logs_the_count(tree, caplog):
     assert "skipped 1 bad entries" in caplog.text and "face_0.pts:2" in caplog.text
 
 
+def test_non_utf8_pts_is_an_annotation_error_naming_the_file_and_line(tree):
+    root, _ = tree
+    (root / "ibug" / "face_0.pts").write_bytes(b"version: 1\nn_points: 68\n{\n1 2 \xe9\xff\n}\n")
+    with pytest.raises(AnnotationError, match=r"ibug/face_0.pts:4: not UTF-8 text"):
+        read_300w(root, "challenging")
+
+
+def test_non_strict_skips_a_non_utf8_pts_with_a_warning(tree, caplog):
+    root, _ = tree
+    (root / "ibug" / "face_0.pts").write_bytes(b"\xff\xfe1 2\n")  # a UTF-16 byte-order mark
+    with caplog.at_level(logging.WARNING, logger="labfast.data"):
+        samples = read_300w(root, "challenging", strict=False)
+    assert [s.image_path.rsplit("/", 1)[-1] for s in samples] == ["face_1.jpg"]
+    assert "skipped 1 bad entries" in caplog.text and "face_0.pts:1: not UTF-8" in caplog.text
+
+
 # --- the real files in ../shared/data/300w (README there: 2012 train faces, 554 common) ---
 
 def test_real_300w_counts(shared_data):

@@ -41,6 +41,29 @@ def test_bad_values_are_refused_by_name(overrides, message):
         config_by_name("tiny", **overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    # the strings a blind "JSON, else string" parser produced: 'False' is truthy
+    ({"message_passing": "False"}, "LABConfig.message_passing must be bool, got 'False'"),
+    ({"input_fusion": "no"}, "LABConfig.input_fusion must be bool, got 'no'"),
+    ({"discriminator": 0}, "LABConfig.discriminator must be bool, got 0"),
+    ({"fusion_stages": "1,2"}, r"LABConfig.fusion_stages must be tuple\[int, \.\.\.\], got '1,2'"),
+    ({"fusion_stages": (1.0, 2.0)}, r"LABConfig.fusion_stages\[0\] must be int, got 1.0"),
+    ({"stacks": 2.0}, "LABConfig.stacks must be int, got 2.0"),
+    ({"stacks": True}, "LABConfig.stacks must be int, got True"),
+    ({"heatmap_weight": "1"}, "LABConfig.heatmap_weight must be float, got '1'"),
+    ({"normalization": None}, "LABConfig.normalization must be str, got None"),
+])
+def test_values_of_the_wrong_type_are_refused_by_name(overrides, message):
+    with pytest.raises(TypeError, match=message):
+        config_by_name("tiny", **overrides)
+
+
+def test_json_spellings_of_tuples_and_floats_are_normalised():
+    config = LABConfig.from_dict({**config_by_name("tiny").to_dict(), "fusion_stages": [4, 2], "heatmap_weight": 2})
+    assert config.fusion_stages == (2, 4)
+    assert config.heatmap_weight == 2.0 and isinstance(config.heatmap_weight, float)
+
+
 def test_neighbour_graph_is_symmetric_and_covers_every_boundary():
     for name in schemes.names():
         scheme = schemes.get(name)

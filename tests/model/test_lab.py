@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from labfast import schemes
+from labfast import checkpoint, schemes
 from labfast.model import LAB, LABConfig, config_by_name, losses
 from labfast.model.estimator import boundary_neighbours
 
@@ -262,14 +262,46 @@ def test_message_passing_goes_through_the_labfast_op(monkeypatch):
     assert calls == [intra, 13, intra, 13, intra]
 
 
-def test_weights_only_checkpoint_rebuilds_the_same_model(tmp_path):
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     model = LAB("cofw", config_by_name("tiny", fusion_stages=(1, 4)), boundary_scheme="300w").eval()
     path = tmp_path / "lab.pt"
-    torch.save({"config": model.config.to_dict(), "scheme": "cofw", "boundary_scheme": "300w",
-                "state_dict": model.state_dict()}, path)
-    saved = torch.load(path, weights_only=True)
-    rebuilt = LAB(saved["scheme"], LABConfig.from_dict(saved["config"]), saved["boundary_scheme"]).eval()
-    rebuilt.load_state_dict(saved["state_dict"])
+    checkpoint.save(path, {**checkpoint.model_payload(model), "epoch": 3, "metrics": {"val_nme": 0.05}})
+    torch.load(path, weights_only=True)  # tensors and plain data only: no pickled code
+    rebuilt, info = checkpoint.load_model(path)
+    assert info["config"] == model.config and (info["scheme"], info["boundary_scheme"]) == ("cofw", "300w")
+    assert info["epoch"] == 3 and info["metrics"] == {"val_nme": 0.05}
     images = _images(n=1)
     with torch.no_grad():
         assert torch.equal(rebuilt(images).landmarks, model(images).landmarks)
+
+
+def test_checkpoint_write_that_dies_midway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"step": 1})
+
+    def dies_midway(payload, stream):
+        stream.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, {"step": 2})
+    monkeypatch.undo()
+    assert checkpoint.load(path)["step"] == 1
+    assert [entry.name for entry in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 0.99])
+def test_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, tiny_checkpoint, kept):
+    data = tiny_checkpoint.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {path} cannot be read.*truncated"):
+        checkpoint.load_model(path)
+
+
+def test_a_foreign_torch_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": LAB("300w", "tiny").state_dict()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="not a labfast checkpoint"):
+        checkpoint.load(path)
