@@ -272,6 +272,26 @@ def _check(landmarks: torch.Tensor, scheme: Scheme, size: int, sigma: float, dty
             raise ValueError(f"scheme {scheme.name!r}: boundary {name!r} has indices outside 0..{scheme.num_points - 1}")
 
 
+def check_finite_landmarks(landmarks: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first sample and landmark that hold a NaN or an infinity.
+
+    Without it the math degrades silently: a NaN point fails the repeat test (``NaN > tol`` is
+    false) and is dropped like a repeat, an infinite one turns its whole channel to zero. The one
+    place that looks at the values (one host sync, before any backend runs); the math below assumes
+    finite input. To run inside ``torch.compile(fullgraph=True)`` this is the function to turn
+    into a ``torch._check`` or to move before the compiled region.
+    """
+    finite = torch.isfinite(landmarks).all(dim=-1)  # (N, L)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    sample, landmark = bad[0].tolist()
+    raise ValueError(
+        f"landmarks must be finite: sample {sample} (batch index), landmark {landmark} is "
+        f"{landmarks[sample, landmark].tolist()} ({len(bad)} non-finite landmarks in all)"
+    )
+
+
 def boundary_heatmaps_ref(
     landmarks: torch.Tensor,
     scheme: Scheme | str,
@@ -282,6 +302,12 @@ def boundary_heatmaps_ref(
     """``(N, L, 2)`` landmarks (heatmap pixels) -> ``(N, K, size, size)`` heatmaps, plain PyTorch."""
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
+    check_finite_landmarks(landmarks)
+    return _heatmaps_ref(landmarks, scheme, size, sigma, dtype)
+
+
+def _heatmaps_ref(landmarks: torch.Tensor, scheme: Scheme, size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """The reference's computation on validated arguments."""
     curves = dense_curves(landmarks, scheme, size)
     return gaussian_cut(squared_distance_ref(curves, size, size, 3.0 * sigma), sigma).to(dtype)
 
@@ -300,9 +326,10 @@ def boundary_heatmaps(
     """
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
+    check_finite_landmarks(landmarks)
     choice = backend.select("boundary_heatmaps", landmarks, supported=("triton", "cuda"))
     if choice == "reference":
-        return boundary_heatmaps_ref(landmarks, scheme, size, sigma, dtype)
+        return _heatmaps_ref(landmarks, scheme, size, sigma, dtype)
     curves = dense_curves(landmarks, scheme, size).contiguous()
     if choice == "triton":
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton

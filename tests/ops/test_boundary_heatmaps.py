@@ -244,6 +244,32 @@ def test_bad_arguments_are_named():
         op.boundary_heatmaps(torch.zeros(1, 68, 2), "300w", dtype=torch.float64)
 
 
+# --- non-finite landmarks ---------------------------------------------------------------------
+
+def _entry_points(monkeypatch):
+    """Every way into the op: the reference, and the public op with each backend forced (the
+    check runs before dispatch, so even the CUDA path, unavailable here, reports the landmark)."""
+    def forced(name):
+        def run(landmarks):
+            monkeypatch.setenv("LABFAST_BACKEND_BOUNDARY_HEATMAPS", name)
+            return op.boundary_heatmaps(landmarks, "300w", size=16)
+        return run
+    return {"reference": lambda landmarks: op.boundary_heatmaps_ref(landmarks, "300w", size=16),
+            **{f"forced {name}": forced(name) for name in ("reference", "triton", "cuda")}}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("entry", ["reference", "forced reference", "forced triton", "forced cuda"])
+def test_non_finite_landmark_raises_naming_sample_and_landmark(entry, value, monkeypatch):
+    # Before the check a NaN point was dropped like a repeat (the heatmap of the other points came
+    # back) and an infinite one gave an all-zero channel; neither raised.
+    landmarks = torch.rand(3, 68, 2, generator=torch.Generator().manual_seed(4)) * 14 + 1
+    landmarks[2, 40, 1] = value
+    landmarks[2, 50, 0] = value
+    with pytest.raises(ValueError, match=r"finite: sample 2 \(batch index\), landmark 40 .*2 non-finite"):
+        _entry_points(monkeypatch)[entry](landmarks)
+
+
 # --- CUDA source -----------------------------------------------------------------------------
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
