@@ -1,10 +1,10 @@
-"""Boundary heatmaps (300-W scheme, K = 13, 64x64, sigma 1): the per-face OpenCV reference
-(``labfast.boundary.heatmaps``) vs the batched torch reference vs ``torch.compile`` of it vs the
-fused Triton and CUDA kernels, at batch 1 / 32 / 256.
+"""Boundary heatmaps (300-W scheme, K = 13, 64x64, sigma 1): the per-face OpenCV raster baseline
+(``labfast.boundary.heatmaps``, row ``opencv``; not the ground truth) vs the ground truth's batched
+torch reference vs ``torch.compile`` of it vs the fused Triton and CUDA kernels, at batch 1 / 32 / 256.
 
 Landmarks are real 300-W LFPW test faces (repeated to fill the batch), scaled 256 -> 64. GPU rows
 skip without CUDA (the CUDA row also without a built ``labfast._cuda``); on a CPU only batch 1 runs
-(the OpenCV and torch references and the compiled reference). Each group is one batch size, so
+(the OpenCV baseline, the torch reference and the compiled reference). Each group is one batch size, so
 pytest-benchmark's relative columns are ratios against the rows measured in the same run; each
 row's ``extra_info`` records device, versions and date. The fused rows include the spline densifier
 (the op as the training loop calls it).

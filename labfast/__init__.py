@@ -1,8 +1,10 @@
 """labfast: Look at Boundary (Wu et al., CVPR 2018) face alignment — fast, complete, honest.
 
-The public API: ``FaceAligner`` for inference, ``LAB`` / ``LABConfig`` for the model, and the
-modules ``schemes`` (landmark schemes), ``boundary`` (reference ground-truth heatmaps) and
-``metrics`` (NME, FR, AUC, CED). Names are imported on first use (PEP 562), so that
+The public API: ``FaceAligner`` for inference, ``LAB`` / ``LABConfig`` for the model,
+``boundary_heatmaps`` (the ground-truth boundary heatmaps, ``labfast.ops.boundary_heatmaps``), and
+the modules ``schemes`` (landmark schemes), ``boundary`` (the per-face OpenCV raster baseline of
+the heatmaps, for benchmarks; not the ground truth) and ``metrics`` (NME, FR, AUC, CED). Names
+are imported on first use (PEP 562), so that
 ``import labfast`` and ``labfast --help`` do not pay for torch and OpenCV up front.
 """
 import importlib
@@ -14,6 +16,7 @@ _EXPORTS = {
     "FaceAligner": "labfast.aligner",
     "LAB": "labfast.model",
     "LABConfig": "labfast.model",
+    "boundary_heatmaps": "labfast.ops",
     "boundary": None,
     "metrics": None,
     "schemes": None,

@@ -18,9 +18,9 @@ What is measured:
   forward/backward, ground-truth heatmaps made on the device by ``labfast.ops.boundary_heatmaps``,
   the discriminator's step, both optimiser steps) on random 256x256 images and synthetic 300-W faces.
 - ``infer``: faces/s and latency (median, p99) of ``model(images)`` in eval mode.
-- ``heatmaps``: heatmaps/s of the fused op vs the per-face NumPy/OpenCV reference
-  (``labfast.boundary.heatmaps`` one face at a time, as data loaders make them; always on the CPU)
-  vs the plain torch reference ``boundary_heatmaps_ref``.
+- ``heatmaps``: heatmaps/s of the fused op vs the per-face OpenCV raster baseline (row ``opencv``:
+  ``labfast.boundary.heatmaps`` one face at a time, as data loaders make them; always on the CPU;
+  not the ground truth, see its docstring) vs the plain torch reference ``boundary_heatmaps_ref``.
 - ``kernels``: every fused op at the shapes the model calls it with (recorded from one forward
   pass on the meta device), forward only, vs its ``*_ref`` and ``torch.compile(*_ref)``.
 
@@ -84,7 +84,7 @@ def _face_template() -> np.ndarray:
     """A frontal 300-W shaped face, ``(68, 2)`` in units of half the face width (x right, y down).
 
     Contour, brows, nose, eyes and lips as arcs and ellipses in the 300-W point order: a plausible
-    face, so that curve lengths (which set the OpenCV reference's cost) are those of real faces.
+    face, so that curve lengths (which set the OpenCV baseline's cost) are those of real faces.
     """
     points = np.zeros((68, 2))
     t = np.linspace(0.0, math.pi, 17)  # contour: left temple, chin, right temple
@@ -263,8 +263,8 @@ def prepare_heatmaps(batch: int, dtype: str, backend: str, device: torch.device,
                      seed: int = 0) -> Callable[[], Any]:
     """A callable making ``(batch, K, 64, 64)`` ground-truth heatmaps from synthetic faces.
 
-    ``opencv``: ``labfast.boundary.heatmaps`` one face per call on the CPU (NumPy landmarks, float32
-    out, whatever ``dtype``); ``reference``: ``boundary_heatmaps_ref``; ``fast (triton|cuda)``:
+    ``opencv``: the raster baseline ``labfast.boundary.heatmaps``, one face per call on the CPU (NumPy
+    landmarks, float32 out, whatever ``dtype``); ``reference``: ``boundary_heatmaps_ref``; ``fast (triton|cuda)``:
     ``boundary_heatmaps`` with that path forced. No ``compile`` row: the reference's chunk loop
     reads a tensor value on the host (graph break) and compiling it took minutes on the CPU.
     """

@@ -431,9 +431,7 @@ def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, sc
     logged["loss"] = loss.item()
     if d_optimizer is not None and target_heatmaps is not None:
         # d_fake: an estimate that does not lead to accurate landmarks is "fake" (LAB Sec. 3.3).
-        fake_targets = losses.fake_labels(output.landmarks.detach(), landmarks,
-                                          losses.landmark_normalizer(landmarks, scheme),
-                                          weights.fake_distance_threshold, weights.fake_fraction_threshold)
+        fake_targets = losses.fake_labels(output.landmarks.detach(), landmarks, scheme, weights)
         with autocast(config, device):
             # real and estimated heatmaps in one forward: DistributedDataParallel expects one per backward
             real_logits, fake_logits = discriminator(

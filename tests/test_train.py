@@ -338,3 +338,22 @@ def test_cross_data_set_regressor_trains_on_a_frozen_estimator_of_other_boundari
     without_source = presets.override(presets.get("cofw_300w_boundaries"), ["model=tiny"])
     with pytest.raises(ValueError, match="estimator_checkpoint"):
         build_model(without_source)
+
+
+def test_train_step_rejects_a_non_finite_landmark_naming_the_sample(tmp_path):
+    # The step's ground truth (labfast.ops.boundary_heatmaps) names the sample and the landmark,
+    # before any optimiser step; it used to surface only as "training loss is nan".
+    from labfast.train import _train_step
+
+    config = tiny_config(tmp_path)
+    model = build_model(config)
+    optimizer = torch.optim.Adam(model.parameters())
+    d_optimizer = torch.optim.Adam(model.discriminator.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    landmarks = torch.rand(2, 68, 2, generator=torch.Generator().manual_seed(0)) * 160 + 48
+    landmarks[1, 30, 0] = float("nan")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"sample 1 \(batch index\), landmark 30"):
+        _train_step(config, model, model.discriminator, optimizer, d_optimizer, scaler, torch.rand(2, 3, 256, 256),
+                    landmarks, model.scheme, model.boundary_scheme, torch.device("cpu"))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -9,8 +9,8 @@ were not re-checked line by line here; items marked "choice" are where the paper
 
 - Input 256×256 crop; boundary heatmaps at 64×64, a quarter of the input (paper).
   ``input_size`` may be another multiple of 64 (heatmaps are ``input_size // 4``). The heatmap σ
-  (paper Eq. 1: ``exp(-d²/2σ²)`` cut at 3σ) belongs to the ground truth (``labfast.boundary``),
-  not to the model.
+  (paper Eq. 1: ``exp(-d²/2σ²)`` cut at 3σ) belongs to the ground truth
+  (``labfast.ops.boundary_heatmaps``), not to the model.
 - Estimator: stacked hourglass (Newell et al. 2016) with intermediate supervision on every stack
   (paper). The paper's 300-W table has "LAB (4-stack)" and "LAB (8-stack)" rows, the 8-stack
   model giving the headline numbers: ``stacks = 8``. Channel widths are not given (choice, below).
@@ -25,9 +25,16 @@ were not re-checked line by line here; items marked "choice" are where the paper
   channels continue is not said (choice: 1×1 conv back to C before the next stage; after stage 4
   the 2C channels go to the head).
 - Discriminator (paper): judges estimated heatmaps; fake label
-  ``d_fake = 0 if Pr_s(Dist(s) < θ) < δ else 1``. We could not read numeric θ, δ (choice:
-  θ = 0.05 of the scheme's NME normaliser — half the 10 % failure threshold — and δ = 0.8). Its
-  layers are not described (choice: DCGAN-style strided convolutions).
+  ``d_fake = 0 if Pr_s(Dist(s) < θ) < δ else 1``, θ a distance threshold to the ground-truth
+  *boundaries*. ``discriminator_distance`` picks the reading of ``Dist``:
+  ``"boundary"`` (the paper's, the default) is the distance of each predicted landmark to the
+  dense ground-truth curve of its boundary, in heatmap pixels, with
+  θ = ``fake_boundary_threshold`` = 1.5 px at 64×64 (scaled with the heatmap size; choice: the
+  paper gives no number); ``"landmark"`` (the reading before, and what a checkpoint config
+  without the field loads as) is the distance to the ground-truth landmark over the scheme's NME
+  normaliser, θ = ``fake_distance_threshold`` = 0.05 (choice: half the 10 % failure threshold).
+  δ = 0.8 in both (choice). Its layers are not described (choice: DCGAN-style strided
+  convolutions).
 - Losses: MSE on the heatmaps of every stack (paper); a squared-error (L2) loss on the regressed
   coordinates (our reading of the paper; not re-verified); adversarial loss on the estimator.
   We found no loss weights (choice: heatmap 1, landmark 1, adversarial 0.01 — the adversarial term
@@ -51,6 +58,7 @@ from dataclasses import dataclass
 from labfast import config_fields
 
 _NORMALIZATIONS = ("imagenet", "per_image")
+_DISCRIMINATOR_DISTANCES = ("boundary", "landmark")
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,12 @@ class LABConfig:
         discriminator_channels: width of its first layer.
         normalization: ``"imagenet"`` (mean/std) or ``"per_image"`` (each image's own mean/std).
         heatmap_weight / landmark_weight / adversarial_weight: loss weights.
-        fake_distance_threshold: θ, landmark distance over the NME normaliser.
+        discriminator_distance: ``Dist`` of the fake label: ``"boundary"`` (predicted landmark to
+            its ground-truth boundary curve, the paper's reading) or ``"landmark"`` (to its
+            ground-truth point over the NME normaliser; checkpoints saved before the field load so).
+        fake_boundary_threshold: θ of the ``"boundary"`` reading, heatmap pixels at 64×64 (scaled
+            by ``heatmap_size / 64``).
+        fake_distance_threshold: θ of the ``"landmark"`` reading, landmark distance over the NME normaliser.
         fake_fraction_threshold: δ, share of landmarks within θ for a heatmap to count as real.
     """
 
@@ -102,6 +115,8 @@ class LABConfig:
     heatmap_weight: float = 1.0
     landmark_weight: float = 1.0
     adversarial_weight: float = 0.01
+    discriminator_distance: str = "boundary"
+    fake_boundary_threshold: float = 1.5
     fake_distance_threshold: float = 0.05
     fake_fraction_threshold: float = 0.8
 
@@ -136,6 +151,11 @@ class LABConfig:
             raise ValueError(
                 f"LABConfig.normalization={self.normalization!r} is not one of {_NORMALIZATIONS}"
             )
+        if self.discriminator_distance not in _DISCRIMINATOR_DISTANCES:
+            raise ValueError(
+                f"LABConfig.discriminator_distance={self.discriminator_distance!r} is not one of "
+                f"{_DISCRIMINATOR_DISTANCES}"
+            )
         if not 0.0 <= self.fake_fraction_threshold <= 1.0:
             raise ValueError(
                 f"LABConfig.fake_fraction_threshold (δ) must be in [0, 1], got {self.fake_fraction_threshold}"
@@ -162,6 +182,8 @@ class LABConfig:
         if unknown:
             raise ValueError(f"LABConfig has no field(s) {unknown}")
         values = dict(data)
+        # Configs saved before the field existed were trained with the point-to-point reading.
+        values.setdefault("discriminator_distance", "landmark")
         if "fusion_stages" in values:
             values["fusion_stages"] = tuple(values["fusion_stages"])
         return cls(**values)

@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from labfast.model.config import LABConfig
+from labfast.ops.boundary_heatmaps import dense_curves
 from labfast.schemes import Scheme
 
 
@@ -59,23 +61,76 @@ def landmark_normalizer(landmarks: torch.Tensor, scheme: Scheme) -> torch.Tensor
     return (landmarks[..., first, :] - landmarks[..., second, :]).norm(dim=-1)
 
 
-def fake_labels(
-    predicted: torch.Tensor,
-    target: torch.Tensor,
-    normalizer: torch.Tensor,
-    distance_threshold: float,
-    fraction_threshold: float,
-) -> torch.Tensor:
+def fake_labels(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, config: LABConfig) -> torch.Tensor:
     """``d_fake`` of LAB Sec. 3.3 for each face: ``0`` if ``Pr_s(Dist(s) < θ) < δ`` else ``1``.
 
-    ``Dist(s)`` is the point-to-point distance of landmark ``s`` to its ground truth divided by the
-    face's NME normaliser (``normalizer``, ``(N,)``), so ``θ`` reads like an NME (``0.05`` = 5 %).
-    Returns ``(N,)`` float labels, no gradient.
+    ``predicted`` and ``target`` are ``(N, L, 2)`` crop pixels (``config.input_size``). ``Dist`` by
+    ``config.discriminator_distance``:
+
+    - ``"boundary"`` (the paper: θ is a distance to the ground-truth *boundaries*):
+      :func:`boundary_distance` in heatmap pixels, ``θ = config.fake_boundary_threshold`` at 64×64
+      scaled by ``heatmap_size / 64``.
+    - ``"landmark"``: :func:`landmark_distance`, point to point over the NME normaliser, with
+      ``θ = config.fake_distance_threshold`` (an NME: ``0.05`` = 5 %).
+
+    ``δ = config.fake_fraction_threshold``. Returns ``(N,)`` float labels, no gradient.
     """
     with torch.no_grad():
-        distance = (predicted.float() - target.float()).norm(dim=-1) / normalizer.float().unsqueeze(-1)
-        fraction_close = (distance < distance_threshold).float().mean(dim=-1)
-        return (fraction_close >= fraction_threshold).float()
+        if config.discriminator_distance == "boundary":
+            size = config.heatmap_size
+            distance = boundary_distance(_heatmap_pixels(predicted, config), _heatmap_pixels(target, config),
+                                         scheme, size)
+            threshold = config.fake_boundary_threshold * size / 64
+        else:
+            distance = landmark_distance(predicted, target, landmark_normalizer(target.float(), scheme))
+            threshold = config.fake_distance_threshold
+        fraction_close = (distance < threshold).float().mean(dim=-1)
+        return (fraction_close >= config.fake_fraction_threshold).float()
+
+
+def _heatmap_pixels(landmarks: torch.Tensor, config: LABConfig) -> torch.Tensor:
+    """Crop pixels -> heatmap pixels, pixel centres onto pixel centres (as the ground truth is made)."""
+    return (landmarks.float() + 0.5) * (config.heatmap_size / config.input_size) - 0.5
+
+
+def landmark_distance(predicted: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor) -> torch.Tensor:
+    """``(N, L)`` distance of each landmark to its ground truth over the face's ``(N,)`` normaliser."""
+    return (predicted.float() - target.float()).norm(dim=-1) / normalizer.float().unsqueeze(-1)
+
+
+def boundary_distance(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, size: int) -> torch.Tensor:
+    """``(N, L)`` distance of each predicted landmark to its ground-truth boundary curve, in pixels.
+
+    The curve is the ground truth's own dense curve (``labfast.ops.boundary_heatmaps.dense_curves``
+    of ``target`` at heatmap side ``size``), the polyline whose distance field the heatmaps are
+    made of: point-to-segment distance, minimum over its segments. A landmark on several
+    boundaries (an eye corner ends an upper and a lower lid) takes the nearest; a landmark on none
+    (COFW's pupils, nose tip and chin, AFLW's chin) falls back to the distance to its own ground
+    truth point, in the same pixels. Vectorised over faces and landmarks.
+    """
+    curves = dense_curves(target.float(), scheme, size)  # (N, K, P, 2)
+    members, on_boundary = _landmark_boundaries(scheme, curves.device)  # (L, M), (L, M)
+    curves = curves[:, members]  # (N, L, M, P, 2)
+    start, segment = curves[..., :-1, :], curves[..., 1:, :] - curves[..., :-1, :]  # (N, L, M, P-1, 2)
+    offset = predicted.float()[:, :, None, None, :] - start
+    along = ((offset * segment).sum(-1) / (segment * segment).sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
+    to_curve = (offset - along.unsqueeze(-1) * segment).norm(dim=-1).amin(dim=-1)  # (N, L, M)
+    to_curve = torch.where(on_boundary, to_curve, torch.full_like(to_curve, float("inf"))).amin(dim=-1)
+    to_point = (predicted.float() - target.float()).norm(dim=-1)
+    return torch.where(on_boundary.any(dim=-1), to_curve, to_point)
+
+
+def _landmark_boundaries(scheme: Scheme, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L, M)`` indices of the boundaries each landmark lies on (M: the most any landmark has),
+    padded with boundary 0, and the ``(L, M)`` mask of the real entries."""
+    lists: list[list[int]] = [[] for _ in range(scheme.num_points)]
+    for k, indices in enumerate(scheme.boundaries.values()):
+        for landmark in set(indices):
+            lists[landmark].append(k)
+    width = max(1, max(len(entry) for entry in lists))
+    members = torch.tensor([entry + [0] * (width - len(entry)) for entry in lists], device=device)
+    on_boundary = torch.tensor([[i < len(entry) for i in range(width)] for entry in lists], device=device)
+    return members, on_boundary
 
 
 def discriminator_loss(

@@ -1,4 +1,11 @@
-"""Ground-truth boundary heatmaps on the model's device (LAB, Sec. 3.1).
+"""The ground-truth boundary heatmaps of labfast (LAB, Sec. 3.1), made on the model's device.
+
+This op *is* the definition (the training step makes its targets with it), and
+``boundary_heatmaps_ref`` below is its plain-PyTorch reference (the fast paths are judged by it;
+the tests check it against an independent NumPy oracle of the same definition to 2e-5).
+``labfast.boundary.heatmaps`` (rasterise + distance transform) is only the per-face OpenCV raster
+baseline the benchmarks compare against; it differs from this by construction (its docstring
+has the measured figures).
 
 Each boundary k of a scheme is a list of landmark indices. Its heatmap is
 
@@ -32,15 +39,9 @@ Distance. The exact distance of every pixel centre to the polyline of samples (p
 minimum over segments); no rasterised map, no distance transform. The Triton and CUDA kernels fuse
 distance, Gaussian and cut; they are forward only (ground truth needs no gradient).
 
-Difference to ``labfast.boundary.heatmaps`` (rasterise with OpenCV, ``cv2.distanceTransform``),
-measured on the 224 real 300-W LFPW test faces at 64x64, sigma 1 (landmarks 1-based .pts -> 0-based,
-``(x + 0.5) / 4 - 0.5``): max |difference| 0.41, mean 0.0025 over all 224 x 13 x 64 x 64 values.
-It comes from the reference, not from this op: rasterising rounds every sample to its nearest pixel
-centre (up to sqrt(2)/2 px off the curve), so its distance is within -0.71 .. +0.96 px of the exact
-one (its own docstring), and ``DIST_MASK_PRECISE`` is a 5x5-mask approximation (~2 % at sqrt(5)).
-With sigma = 1 the Gaussian's slope is at most 1/sqrt(e) per px, and the 3 sigma cut can add
-exp(-4.5) on one side: |difference| <= 0.96 / sqrt(e) + exp(-4.5) = 0.59, which the tests assert.
-The largest differences sit 1-2 px off the curve, where the Gaussian is steepest.
+Non-finite landmarks. ``check_finite_landmarks`` rejects NaN and inf before any backend runs,
+naming the sample and the landmark: the math would otherwise drop a NaN point like a repeat and
+turn an infinite one into an all-zero channel, silently.
 """
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ from labfast.schemes import Scheme, get
 REPEATED_POINT_PX = 1e-3
 """Consecutive points closer than this (pixels) are one point (chord-length spline needs chords > 0).
 
-Same tolerance as ``labfast.boundary.REPEAT_TOLERANCE``; that reference compares each point with
-the last point *kept*, this op with its raw predecessor (no sequential scan): they differ only on
-a chain of several steps each under 1e-3 px."""
+Same tolerance as ``labfast.boundary.REPEAT_TOLERANCE``; that raster baseline compares each point
+with the last point *kept*, this op with its raw predecessor (no sequential scan): they differ only
+on a chain of several steps each under 1e-3 px."""
 
 _ELEMENTS_PER_CHUNK = 1 << 24
 """The reference's distance pass holds about this many pixel x segment pairs at once."""
@@ -272,6 +273,26 @@ def _check(landmarks: torch.Tensor, scheme: Scheme, size: int, sigma: float, dty
             raise ValueError(f"scheme {scheme.name!r}: boundary {name!r} has indices outside 0..{scheme.num_points - 1}")
 
 
+def check_finite_landmarks(landmarks: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the first sample and landmark that hold a NaN or an infinity.
+
+    Without it the math degrades silently: a NaN point fails the repeat test (``NaN > tol`` is
+    false) and is dropped like a repeat, an infinite one turns its whole channel to zero. The one
+    place that looks at the values (one host sync, before any backend runs); the math below assumes
+    finite input. To run inside ``torch.compile(fullgraph=True)`` this is the function to turn
+    into a ``torch._check`` or to move before the compiled region.
+    """
+    finite = torch.isfinite(landmarks).all(dim=-1)  # (N, L)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    sample, landmark = bad[0].tolist()
+    raise ValueError(
+        f"landmarks must be finite: sample {sample} (batch index), landmark {landmark} is "
+        f"{landmarks[sample, landmark].tolist()} ({len(bad)} non-finite landmarks in all)"
+    )
+
+
 def boundary_heatmaps_ref(
     landmarks: torch.Tensor,
     scheme: Scheme | str,
@@ -282,6 +303,12 @@ def boundary_heatmaps_ref(
     """``(N, L, 2)`` landmarks (heatmap pixels) -> ``(N, K, size, size)`` heatmaps, plain PyTorch."""
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
+    check_finite_landmarks(landmarks)
+    return _heatmaps_ref(landmarks, scheme, size, sigma, dtype)
+
+
+def _heatmaps_ref(landmarks: torch.Tensor, scheme: Scheme, size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """The reference's computation on validated arguments."""
     curves = dense_curves(landmarks, scheme, size)
     return gaussian_cut(squared_distance_ref(curves, size, size, 3.0 * sigma), sigma).to(dtype)
 
@@ -295,14 +322,16 @@ def boundary_heatmaps(
 ) -> torch.Tensor:
     """``(N, L, 2)`` landmarks (heatmap pixels) -> ``(N, K, size, size)`` heatmaps in ``dtype``.
 
-    The spline is solved in float32 whatever the landmarks' dtype; the fused kernels compute the
-    distance, Gaussian and cut per pixel and write ``dtype`` directly. Forward only.
+    The spline is solved in float64 whatever the landmarks' dtype; the fused kernels compute the
+    distance, Gaussian and cut per pixel and write ``dtype`` directly. Forward only. Raises
+    ``ValueError`` naming the sample and landmark if any landmark is NaN or infinite.
     """
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
+    check_finite_landmarks(landmarks)
     choice = backend.select("boundary_heatmaps", landmarks, supported=("triton", "cuda"))
     if choice == "reference":
-        return boundary_heatmaps_ref(landmarks, scheme, size, sigma, dtype)
+        return _heatmaps_ref(landmarks, scheme, size, sigma, dtype)
     curves = dense_curves(landmarks, scheme, size).contiguous()
     if choice == "triton":
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton

@@ -92,10 +92,7 @@ def test_gradients_reach_every_parameter():
     _assert_useful_gradients(generator)
 
     model.zero_grad(set_to_none=True)
-    labels = losses.fake_labels(
-        out.landmarks, target_landmarks, losses.landmark_normalizer(target_landmarks, scheme),
-        config.fake_distance_threshold, config.fake_fraction_threshold,
-    )
+    labels = losses.fake_labels(out.landmarks, target_landmarks, scheme, config)
     d_loss = losses.discriminator_loss(
         model.discriminator(target_heatmaps), model.discriminator(out.heatmaps[-1].detach()), labels
     )

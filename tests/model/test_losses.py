@@ -4,27 +4,109 @@ import pytest
 import torch
 
 from labfast import schemes
-from labfast.model import losses
+from labfast.model import LABConfig, losses
+from labfast.schemes import Scheme
+
+
+def _line_and_dot() -> Scheme:
+    """Points 0-4 on one straight boundary, point 5 on none (like COFW's pupils); box normaliser."""
+    return Scheme("line_and_dot", 6, {"line": (0, 1, 2, 3, 4)}, tuple(range(6)), "box")
+
+
+def _line_face() -> torch.Tensor:
+    """``(1, 6, 2)`` crop pixels at 256: the line y = 128 from x = 40 to 200, the dot at (120, 48).
+    Box normaliser sqrt(160 * 80) = 113.1 px."""
+    face = torch.tensor([[40.0, 128.0], [80.0, 128.0], [120.0, 128.0], [160.0, 128.0], [200.0, 128.0], [120.0, 48.0]])
+    return face[None]
+
+
+LANDMARK = LABConfig(discriminator_distance="landmark", fake_distance_threshold=0.1, fake_fraction_threshold=0.8)
 
 
 def test_fake_label_counts_the_share_of_close_landmarks():
-    # 10 landmarks, θ = 0.1, δ = 0.8: 8 within θ -> 1 ("real"), 7 within θ -> 0 ("fake").
+    # 10 landmarks on no boundary, box normaliser 1 (a unit square), θ = 0.1, δ = 0.8:
+    # 8 within θ -> 1 ("real"), 7 within θ -> 0 ("fake").
+    scheme = Scheme("dots", 10, {}, tuple(range(10)), "box")
     target = torch.zeros(3, 10, 2)
-    predicted = torch.zeros(3, 10, 2)
-    predicted[0, 8:, 0] = 0.5   # 8 close
-    predicted[1, 7:, 0] = 0.5   # 7 close
-    predicted[2, :, 1] = 0.1    # all exactly at θ: "< θ" is strict, so none close
-    labels = losses.fake_labels(predicted, target, torch.ones(3), 0.1, 0.8)
-    assert labels.tolist() == [1.0, 0.0, 0.0]
+    target[:, 1] = 1.0  # the box of the ground truth is the unit square
+    predicted = target.clone()
+    predicted[0, 8:, 0] += 0.5   # 8 close
+    predicted[1, 7:, 0] += 0.5   # 7 close
+    predicted[2, :, 1] += 0.1    # all exactly at θ: "< θ" is strict, so none close
+    assert losses.fake_labels(predicted, target, scheme, LANDMARK).tolist() == [1.0, 0.0, 0.0]
 
 
-def test_fake_label_distance_is_normalised_per_face():
+def test_landmark_distance_is_normalised_per_face():
     target = torch.zeros(2, 4, 2)
     predicted = torch.full((2, 4, 2), 0.0)
-    predicted[..., 0] = 3.0  # 3 px off
-    # normaliser 40 px -> 0.075 < 0.1: close; normaliser 20 px -> 0.15: not close
-    labels = losses.fake_labels(predicted, target, torch.tensor([40.0, 20.0]), 0.1, 1.0)
-    assert labels.tolist() == [1.0, 0.0]
+    predicted[..., 0] = 3.0  # 3 px off: 3 / 40 = 0.075 and 3 / 20 = 0.15
+    distance = losses.landmark_distance(predicted, target, torch.tensor([40.0, 20.0]))
+    torch.testing.assert_close(distance, torch.tensor([[0.075] * 4, [0.15] * 4]))
+
+
+def test_landmarks_slid_along_their_boundary_are_real_for_the_boundary_reading_only():
+    # Points 0-3 slid 12 px along the line, point 4 12 px back along it: on the curve (distance 0)
+    # but 12 / 113.1 = 0.106 of the normaliser from their own points (> θ = 0.1). The dot is exact.
+    target = _line_face()
+    predicted = target.clone()
+    predicted[0, :4, 0] += 12.0
+    predicted[0, 4, 0] -= 12.0
+    scheme = _line_and_dot()
+    distance = losses.boundary_distance(predicted / 4, target / 4, scheme, 64)  # heatmap pixels
+    # Samples of a straight spline lie on the line to float32 rounding (~1e-5 px at 64).
+    assert distance.abs().max() <= 1e-4
+    assert losses.fake_labels(predicted, target, scheme, LABConfig()).tolist() == [1.0]
+    assert losses.fake_labels(predicted, target, scheme, LANDMARK).tolist() == [0.0]
+
+
+def test_boundary_distance_is_to_the_curve_and_off_boundary_points_fall_back_to_their_point():
+    # Heatmap pixels: each point of the line moved perpendicular by d_i (distance to the line d_i,
+    # also past the end: point 4 moves 2 px beyond it, along x, distance 2); the dot moved 1.5 px.
+    target = _line_face() / 4
+    predicted = target.clone()
+    predicted[0, :4, 1] += torch.tensor([0.5, -1.0, 2.0, 3.0])
+    predicted[0, 4, 0] += 2.0
+    predicted[0, 5] += torch.tensor([0.9, 1.2])
+    distance = losses.boundary_distance(predicted, target, _line_and_dot(), 64)
+    torch.testing.assert_close(distance, torch.tensor([[0.5, 1.0, 2.0, 3.0, 2.0, 1.5]]), atol=1e-4, rtol=0)
+
+
+def test_a_landmark_on_two_boundaries_takes_the_nearest():
+    # An eye: upper lid 0-1-2 (through y = 8), lower lid 0-3-2 (through y = 12), sharing the
+    # corners. Corner 0 predicted at the lower lid's middle is on the lower lid (distance 0) and
+    # about 4 px from the upper one: the nearest of its two boundaries counts.
+    scheme = Scheme("eye", 4, {"upper": (0, 1, 2), "lower": (0, 3, 2)}, tuple(range(4)), "box")
+    target = torch.tensor([[[10.0, 10.0], [14.0, 8.0], [18.0, 10.0], [14.0, 12.0]]])
+    predicted = target.clone()
+    predicted[0, 0] = target[0, 3]  # corner slid along the lower lid to its middle
+    distance = losses.boundary_distance(predicted, target, scheme, 64)
+    assert distance[0, 0].abs() <= 1e-4
+    assert distance[0, 1:].abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("input_size", [128, 256, 512])
+def test_boundary_threshold_is_1_5_heatmap_pixels_at_64_scaled_with_the_heatmap(input_size):
+    # θ = 1.5 px at 64x64 is 1.5 / 64 of the heatmap side at every size: all five line points
+    # moved off the line by 1.4 / 64 of the side are close, by 1.6 / 64 far (δ = 0.8, the dot exact).
+    scheme = _line_and_dot()
+    target = _line_face() * input_size / 256
+    config = LABConfig(input_size=input_size)
+    for fraction, label in [(1.4 / 64, 1.0), (1.6 / 64, 0.0)]:
+        predicted = target.clone()
+        predicted[0, :5, 1] += fraction * input_size
+        assert losses.fake_labels(predicted, target, scheme, config).tolist() == [label]
+
+
+def test_config_saved_before_the_reading_existed_keeps_the_landmark_reading():
+    # A checkpoint's config dict from before the field: it was trained with the point-to-point
+    # reading, so it loads as "landmark"; new configs default to (and save) "boundary".
+    old = LABConfig().to_dict()
+    del old["discriminator_distance"]
+    assert LABConfig.from_dict(old).discriminator_distance == "landmark"
+    assert LABConfig().discriminator_distance == "boundary"
+    assert LABConfig.from_dict(LABConfig().to_dict()).discriminator_distance == "boundary"
+    with pytest.raises(ValueError, match="discriminator_distance"):
+        LABConfig(discriminator_distance="points")
 
 
 def test_landmark_normalizer_inter_ocular_and_box():

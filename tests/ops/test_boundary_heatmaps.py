@@ -1,5 +1,7 @@
-"""Parity tests for labfast.ops.boundary_heatmaps: densifier vs scipy, op vs the OpenCV reference,
-Triton (interpreter) vs the torch reference, dispatch, and the nvcc compile check of the CUDA kernel."""
+"""Tests of labfast.ops.boundary_heatmaps, the ground truth: densifier vs scipy, the op vs an
+independent NumPy oracle of its definition on real faces, Triton (interpreter) vs the torch
+reference, non-finite landmarks, dispatch, and the nvcc compile check of the CUDA kernel.
+(Its distance from the OpenCV raster baseline ``labfast.boundary`` is pinned in tests/test_boundary.py.)"""
 from __future__ import annotations
 
 import importlib
@@ -114,22 +116,153 @@ def test_curve_outside_the_map_still_reaches_pixels_within_three_sigma():
     assert (heatmap[:, 1:] == 0).all()  # 3 px or more: cut
 
 
-def test_reference_is_close_to_the_opencv_reference_on_real_faces(shared_data):
-    # Exact distance vs rasterise + distanceTransform (labfast.boundary). labfast.boundary bounds
-    # its distance by d_exact - 0.71 <= d_ref <= d_exact + 0.96 px; exp(-d^2/2) changes by at most
-    # 1/sqrt(e) per px (sigma = 1), and the cut at 3 sigma can add exp(-4.5) on one side:
-    # max |difference| <= 0.96 / sqrt(e) + exp(-4.5) = 0.593. Measured over the 224 LFPW test faces:
-    # max 0.41, mean 0.0025 (see the op's docstring); on these 32 faces max 0.40, mean 0.0025.
-    # Shifting the landmarks by half a pixel (a wrong coordinate convention) doubles the mean to
-    # 0.0049 on the same faces: the mean bound 0.0035 sits between the two.
-    from labfast import boundary
+# --- the ground truth against an independent NumPy oracle ---------------------------------------
+#
+# The oracle re-implements the op's definition (module docstring) with different arithmetic:
+# repeats (within 1e-3 px of the raw predecessor) dropped; chord-length parameter u; for m >= 4
+# points the not-a-knot cubic spline solved as one dense system for the 4 (m - 1) coefficients of
+# its pieces (not the op's moment form), for m <= 3 the one polynomial of degree m - 1 through the
+# points (m = 1: a dot); 6 * size + 1 samples uniform in u; then the brute-force distance of every
+# pixel centre to every segment of the polyline, exp(-d^2 / 2 sigma^2) cut at 3 sigma. All float64.
 
-    faces = _real_faces(shared_data, 32)
-    expected = boundary.heatmaps(faces, "300w", size=64, sigma=1.0)
-    got = op.boundary_heatmaps_ref(torch.from_numpy(faces), "300w", size=64, sigma=1.0).numpy()
-    difference = np.abs(got - expected)
-    assert difference.max() <= 0.96 / math.sqrt(math.e) + math.exp(-4.5)
-    assert difference.mean() <= 0.0035
+BUNDLED_300W = Path(__file__).resolve().parents[2] / "data" / "300w_sample"
+
+
+def _oracle_curve(points: np.ndarray, num_samples: int) -> np.ndarray:
+    """``(n, 2)`` float64 points -> ``(num_samples, 2)`` samples of the op's curve."""
+    keep = np.ones(len(points), bool)
+    keep[1:] = np.hypot(*np.diff(points, axis=0).T) > 1e-3
+    q = points[keep]
+    m = len(q)
+    if m == 1:
+        return np.repeat(q, num_samples, axis=0)
+    chords = np.hypot(*np.diff(q, axis=0).T)
+    u = np.concatenate([[0.0], np.cumsum(chords)]) / chords.sum()
+    t = np.linspace(0.0, 1.0, num_samples)
+    if m <= 3:
+        return np.vander(t, m) @ np.linalg.solve(np.vander(u, m), q)
+    # Piece i: S_i(s) = c0 + c1 s + c2 s^2 + c3 s^3, s = t - u_i in [0, h_i].
+    h = np.diff(u)
+    pieces = m - 1
+    system = np.zeros((4 * pieces, 4 * pieces))
+    rhs = np.zeros((4 * pieces, 2))
+    row = 0
+    for i in range(pieces):
+        c = 4 * i
+        system[row, c] = 1.0  # S_i(0) = q_i
+        rhs[row] = q[i]
+        system[row + 1, c:c + 4] = [1.0, h[i], h[i] ** 2, h[i] ** 3]  # S_i(h_i) = q_{i+1}
+        rhs[row + 1] = q[i + 1]
+        row += 2
+    for i in range(pieces - 1):
+        c = 4 * i
+        system[row, c + 1:c + 4] = [1.0, 2 * h[i], 3 * h[i] ** 2]  # S_i'(h_i) = S_{i+1}'(0)
+        system[row, c + 5] = -1.0
+        system[row + 1, c + 2:c + 4] = [2.0, 6 * h[i]]  # S_i''(h_i) = S_{i+1}''(0)
+        system[row + 1, c + 6] = -2.0
+        row += 2
+    system[row, [3, 7]] = [1.0, -1.0]  # not-a-knot at u_1: one cubic on pieces 0 and 1
+    system[row + 1, [4 * pieces - 5, 4 * pieces - 1]] = [1.0, -1.0]  # and at u_{m-2}
+    coefficients = np.linalg.solve(system, rhs).reshape(pieces, 4, 2)
+    piece = np.clip(np.searchsorted(u, t, side="right") - 1, 0, pieces - 1)
+    s = (t - u[piece])[:, None]
+    c = coefficients[piece]
+    return c[:, 0] + c[:, 1] * s + c[:, 2] * s**2 + c[:, 3] * s**3
+
+
+def _oracle_squared_distance(curve: np.ndarray, size: int) -> np.ndarray:
+    """``(size, size)`` squared distance of every pixel centre to every segment, minimum (brute force)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    px, py = cols.reshape(-1, 1).astype(np.float64), rows.reshape(-1, 1).astype(np.float64)  # (H*W, 1)
+    ax, ay = curve[:-1, 0], curve[:-1, 1]  # (P-1,)
+    dx, dy = curve[1:, 0] - ax, curve[1:, 1] - ay
+    rx, ry = px - ax, py - ay  # (H*W, P-1)
+    t = np.clip((rx * dx + ry * dy) / np.maximum(dx * dx + dy * dy, 1e-300), 0.0, 1.0)
+    return ((rx - t * dx) ** 2 + (ry - t * dy) ** 2).min(axis=1).reshape(size, size)
+
+
+def _oracle_heatmaps(landmarks: np.ndarray, scheme: Scheme, size: int, sigma: float):
+    """``(N, L, 2)`` -> ``(N, K, size, size)`` heatmaps and squared distances, float64."""
+    num_samples = op.samples_per_boundary(size)
+    squared = np.stack([
+        np.stack([_oracle_squared_distance(_oracle_curve(face[list(indices)], num_samples), size)
+                  for indices in scheme.boundaries.values()])
+        for face in landmarks.astype(np.float64)
+    ])
+    return np.where(squared < 9 * sigma**2, np.exp(-squared / (2 * sigma**2)), 0.0), squared
+
+
+def _bundled_300w_faces() -> np.ndarray:
+    """``(40, 68, 2)`` float32: the bundled 300-W crops (256 px) in 64x64 heatmap pixels."""
+    from labfast.data.pts import read_pts
+
+    files = sorted(BUNDLED_300W.glob("*/testset/*.pts"))
+    assert len(files) == 40, f"data/300w_sample should hold 40 test crops, found {len(files)}"
+    points = np.stack([read_pts(path) for path in files]) - 1.0
+    return ((points + 0.5) * 64 / 256 - 0.5).astype(np.float32)
+
+
+def _wflw_faces(shared_data: Path, count: int) -> np.ndarray:
+    """``(count, 98, 2)`` float32 real WFLW test faces, each landmark box fit into the middle 48 px."""
+    path = (shared_data / "wflw_test_subset_annotations" / "data" / "WFLW" / "WFLW_annotations"
+            / "list_98pt_test" / "list_98pt_test_largepose.txt")
+    rows = [line.split()[:196] for line in path.read_text().splitlines()[:count]]
+    landmarks = np.array(rows, np.float64).reshape(-1, 98, 2)
+    low, high = landmarks.min(axis=1, keepdims=True), landmarks.max(axis=1, keepdims=True)
+    return (8.0 + 48.0 * (landmarks - low) / (high - low).max(axis=2, keepdims=True)).astype(np.float32)
+
+
+def _assert_matches_the_oracle(faces: np.ndarray, scheme: Scheme, sigma: float = 1.0) -> None:
+    # Tolerance 2e-5: the op rounds its samples to float32 (<= 3.8e-6 px at |x| <= 64) and takes
+    # the distance in float32 (relative ~1e-7); exp(-d^2/2) moves at most 1/sqrt(e) per px, so
+    # |op - oracle| <= ~1e-5 where both sit on the same side of the cut (measured: 1.4e-6). Pixels with d^2 within
+    # 1e-3 of 9 sigma^2 may fall on either side of the cut (a jump of exp(-4.5)) and are skipped.
+    expected, squared = _oracle_heatmaps(faces, scheme, 64, sigma)
+    got = op.boundary_heatmaps_ref(torch.from_numpy(faces), scheme, size=64, sigma=sigma).double().numpy()
+    keep = np.abs(squared - 9 * sigma**2) > 1e-3
+    assert keep.mean() > 0.99
+    error = np.abs(got - expected)[keep]
+    assert error.max() <= 2e-5, f"max |op - oracle| = {error.max():.3g}"
+
+
+def test_the_package_exports_this_op_as_the_ground_truth():
+    import labfast
+
+    assert labfast.boundary_heatmaps is op.boundary_heatmaps
+
+
+def test_oracle_spline_is_the_splprep_interpolant():
+    # The oracle itself, against scipy (same definition, third arithmetic): 5, 4, 3, 2, 1 points.
+    rng = np.random.default_rng(5)
+    for n in (5, 4, 3, 2, 1):
+        points = np.cumsum(rng.uniform(1, 6, (n, 2)), axis=0)
+        np.testing.assert_allclose(_oracle_curve(points, 97), _splprep_samples(points, 97), atol=1e-9, rtol=0)
+
+
+def test_ground_truth_matches_the_numpy_oracle_on_bundled_300w_faces():
+    _assert_matches_the_oracle(_bundled_300w_faces()[::10], get("300w"))  # 2 HELEN, 2 LFPW of the 40
+
+
+def test_ground_truth_matches_the_numpy_oracle_on_300w_faces(shared_data):
+    _assert_matches_the_oracle(_real_faces(shared_data, 224)[100::40], get("300w"))  # 4, none bundled
+
+
+def test_ground_truth_matches_the_numpy_oracle_on_wflw_faces_with_closed_eyebrows(shared_data):
+    scheme = get("wflw")
+    closed = [name for name, indices in scheme.boundaries.items() if indices[0] == indices[-1]]
+    assert closed == ["left_eyebrow", "right_eyebrow"]
+    _assert_matches_the_oracle(_wflw_faces(shared_data, 4), scheme)
+
+
+def test_ground_truth_matches_the_numpy_oracle_with_repeats_and_few_points():
+    # Repeated points (curves left with 1, 2, 3 and 4 distinct points) and sigma 1.5.
+    rng = np.random.default_rng(6)
+    points = rng.uniform(8, 56, (2, 4, 2))
+    faces = np.concatenate([points[:, [0, 0, 0, 0, 0]], points[:, [0, 1, 1, 1, 1]],
+                            points[:, [0, 0, 1, 2, 2]], points[:, [0, 1, 2, 2, 3]]], axis=1)
+    scheme = Scheme("four", 20, {f"curve{i}": tuple(range(5 * i, 5 * i + 5)) for i in range(4)},
+                    tuple(range(20)), "box")
+    _assert_matches_the_oracle(faces.astype(np.float32), scheme, sigma=1.5)
 
 
 # --- Triton kernel vs reference (interpreter on CPU) ---------------------------------------------
@@ -242,6 +375,32 @@ def test_bad_arguments_are_named():
         op.boundary_heatmaps(torch.zeros(1, 68, 2), "300w", size=0)
     with pytest.raises(TypeError, match="dtype must be"):
         op.boundary_heatmaps(torch.zeros(1, 68, 2), "300w", dtype=torch.float64)
+
+
+# --- non-finite landmarks ---------------------------------------------------------------------
+
+def _entry_points(monkeypatch):
+    """Every way into the op: the reference, and the public op with each backend forced (the
+    check runs before dispatch, so even the CUDA path, unavailable here, reports the landmark)."""
+    def forced(name):
+        def run(landmarks):
+            monkeypatch.setenv("LABFAST_BACKEND_BOUNDARY_HEATMAPS", name)
+            return op.boundary_heatmaps(landmarks, "300w", size=16)
+        return run
+    return {"reference": lambda landmarks: op.boundary_heatmaps_ref(landmarks, "300w", size=16),
+            **{f"forced {name}": forced(name) for name in ("reference", "triton", "cuda")}}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("entry", ["reference", "forced reference", "forced triton", "forced cuda"])
+def test_non_finite_landmark_raises_naming_sample_and_landmark(entry, value, monkeypatch):
+    # Before the check a NaN point was dropped like a repeat (the heatmap of the other points came
+    # back) and an infinite one gave an all-zero channel; neither raised.
+    landmarks = torch.rand(3, 68, 2, generator=torch.Generator().manual_seed(4)) * 14 + 1
+    landmarks[2, 40, 1] = value
+    landmarks[2, 50, 0] = value
+    with pytest.raises(ValueError, match=r"finite: sample 2 \(batch index\), landmark 40 .*2 non-finite"):
+        _entry_points(monkeypatch)[entry](landmarks)
 
 
 # --- CUDA source -----------------------------------------------------------------------------
