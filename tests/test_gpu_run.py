@@ -152,3 +152,47 @@ def test_prepare_reencodes_only_the_training_crops_and_reports_the_size(tmp_path
     assert (dest / "lfpw/testset/face.jpg").read_bytes() == (source / "lfpw/testset/face.jpg").read_bytes()
     assert (dest / "afw/face.jpg").stat().st_size < (source / "afw/face.jpg").stat().st_size
     assert "MiB of the 64 MiB allowed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- setup.py: CUDA_HOME
+
+
+def load_setup():
+    spec = importlib.util.spec_from_file_location("labfast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() runs only as __main__
+    return module
+
+
+def fake_toolkit_behind_a_wrapper(tmp_path: Path) -> tuple[Path, Path]:
+    """``tmp/cuda-13.0/bin/nvcc`` (answers ``--dryrun`` as nvcc does) and ``tmp/bin/nvcc``, a wrapper
+    script exec-ing it, as /usr/local/bin/nvcc does on this project's machines."""
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    real = toolkit / "bin" / "nvcc"
+    real.write_text(f'#!/bin/sh\necho "#$ _NVVM_BRANCH_=nvvm" >&2\necho "#$ _HERE_={toolkit}/bin" >&2\n')
+    wrapper_folder = tmp_path / "bin"
+    wrapper_folder.mkdir()
+    wrapper = wrapper_folder / "nvcc"
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    for script in (real, wrapper):
+        script.chmod(0o755)
+    return toolkit, wrapper_folder
+
+
+def test_setup_finds_the_toolkit_behind_an_nvcc_wrapper_script(tmp_path):
+    setup = load_setup()
+    toolkit, wrapper_folder = fake_toolkit_behind_a_wrapper(tmp_path)
+    # torch's guess, the wrapper's grandparent, would be tmp_path: no lib64/libcudart there
+    assert setup.resolve_cuda_home({"PATH": str(wrapper_folder)}) == str(toolkit)
+
+
+def test_setup_keeps_a_cuda_home_that_is_given(tmp_path):
+    setup = load_setup()
+    _, wrapper_folder = fake_toolkit_behind_a_wrapper(tmp_path)
+    assert setup.resolve_cuda_home({"PATH": str(wrapper_folder), "CUDA_HOME": "/opt/cuda"}) == "/opt/cuda"
+
+
+def test_setup_says_what_to_set_without_nvcc(tmp_path):
+    with pytest.raises(SystemExit, match="set CUDA_HOME"):
+        load_setup().resolve_cuda_home({"PATH": str(tmp_path)})
