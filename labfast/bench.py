@@ -2,11 +2,18 @@
 
     labfast bench [--what train|infer|heatmaps|kernels|all] [--batch 1,32,256] [--dtype fp32,bf16]
                   [--backend reference,compile,fast] [--config paper|small|tiny] [--repeats N] [--json PATH]
+    labfast bench --plan 'infer@256=reference,compile,fast+compile;infer@1=fast+cudagraphs;kernels@256' --budget 150
+
+``--plan`` names rows in the order they run (``SECTION@BATCH[=BACKEND,...]``), most wanted first;
+with ``--budget`` the rows not begun within that many seconds are recorded as ``skipped``. The JSON
+is rewritten after every row, so a run killed from outside still leaves the rows it finished
+(``benchmarks/gpu_run.sh`` asks for its rows this way on a lent GPU).
 
 Backends (each row names the one it measured; one that cannot run here is a row with the reason):
 - ``reference``: ``LABFAST_BACKEND=reference``, eager. Every ratio divides by this row, measured
   in the same run on the same device, same case, dtype and batch.
-- ``compile``: ``torch.compile`` of the reference model (or of the op's ``*_ref``).
+- ``compile``: ``torch.compile`` of the reference model (or of the op's ``*_ref``). Not by
+  default on a CPU, where compiling the model takes minutes: name it there to have it.
 - ``fast`` expands to ``fast`` (the ``labfast.ops`` fast paths, eager), ``fast+compile`` (fast
   paths inside ``torch.compile``) and, for inference, ``fast+cudagraphs``
   (``torch.compile(mode="reduce-overhead")``, CUDA graphs: the low-latency path). In the kernel
@@ -509,7 +516,7 @@ class Row:
     dtype: str
     batch: int
     unit: str
-    status: str = "ok"  # ok | unavailable | failed
+    status: str = "ok"  # ok | unavailable | failed | skipped (the time budget ran out first)
     reason: str | None = None
     throughput: float | None = None  # items (unit) per second at the median time
     median_ms: float | None = None
@@ -581,15 +588,25 @@ def measure_row(row: Row, prepare: Callable[[], Callable[[], Any]], items: int, 
 def measure_backends(rows: list[Row], backends: list[str], make_row: Callable[[str], Row],
                      prepare: Callable[[str], Callable[[], Any]], items: int, count_bytes: bool = False,
                      **common) -> None:
-    """One row per backend, the reference first: its FLOP count serves every row of the case."""
+    """One row per backend, the reference first: its FLOP count serves every row of the case.
+
+    A row not begun by ``deadline`` (``time.monotonic()``) is recorded as skipped, unmeasured;
+    ``on_row`` runs after each row."""
+    deadline, budget_s, on_row = common.pop("deadline", math.inf), common.pop("budget_s", None), common.pop("on_row", None)
     flops = None
     for backend in backends:
-        row = measure_row(make_row(backend), lambda: prepare(backend), items, flops=flops,
-                          count=backend == "reference", count_bytes=count_bytes, **common)
+        if time.monotonic() > deadline:
+            row = make_row(backend)
+            row.status, row.reason = "skipped", f"the time budget of {budget_s:g} s was spent before this row"
+        else:
+            row = measure_row(make_row(backend), lambda: prepare(backend), items, flops=flops,
+                              count=backend == "reference", count_bytes=count_bytes, **common)
         if backend == "reference":
             flops = row.flops
         rows.append(row)
         _log_row(row)
+        if on_row is not None:
+            on_row()
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -612,6 +629,16 @@ def add_ratios(rows: list[Row]) -> None:
 # ----------------------------------------------------------------------------- sections
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanItem:
+    """One entry of ``--plan``: a section at one batch size, with named row backends (``None``: the
+    section's backends for the ``--backend`` groups)."""
+
+    section: str
+    batch: int
+    backends: tuple[str, ...] | None = None
+
+
 @dataclasses.dataclass
 class Settings:
     what: tuple[str, ...]
@@ -621,43 +648,56 @@ class Settings:
     config: str
     repeats: int
     min_time: float
+    plan: tuple[PlanItem, ...] | None = None  # rows in this order instead of what x batches
+    budget_s: float | None = None  # rows not begun within this many seconds are recorded as skipped
 
 
-def run_benchmarks(settings: Settings, device: torch.device) -> dict:
-    """Every requested row, measured on ``device``; the JSON-ready result."""
+def run_benchmarks(settings: Settings, device: torch.device,
+                   on_row: Callable[[dict], None] | None = None) -> dict:
+    """Every requested row, measured on ``device``; the JSON-ready result. ``on_row`` gets the
+    result so far after each row (``labfast bench`` rewrites its JSON then, so a run killed from
+    outside leaves every row it finished)."""
     device_info = devices.describe(device)
     fallbacks = _FallbackLog()
     rows: list[Row] = []
-    common = dict(device=device, device_info=device_info, repeats=settings.repeats, min_time=settings.min_time)
+    deadline = time.monotonic() + settings.budget_s if settings.budget_s is not None else math.inf
+
+    def result() -> dict:
+        add_ratios(rows)
+        return {
+            "schema": 1,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git": git_commit(),
+            "device": device_info,
+            "versions": versions(),
+            "settings": dataclasses.asdict(settings),
+            "notes": _notes(device),
+            "fast_path_fallbacks": fallbacks.messages,
+            "rows": [dataclasses.asdict(row) for row in rows],
+        }
+
+    common = dict(device=device, device_info=device_info, repeats=settings.repeats, min_time=settings.min_time,
+                  deadline=deadline, budget_s=settings.budget_s, on_row=(lambda: on_row(result())) if on_row else None)
+    plan = settings.plan or tuple(PlanItem(section, batch) for batch in settings.batches
+                                  for section in SECTIONS if section in settings.what)
     with fallbacks.attached():
         for dtype in settings.dtypes:
-            for batch in settings.batches:
-                _run_cases(rows, settings, dtype, batch, common)
-    add_ratios(rows)
-    return {
-        "schema": 1,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
-        "device": device_info,
-        "versions": versions(),
-        "settings": dataclasses.asdict(settings),
-        "notes": _notes(device),
-        "fast_path_fallbacks": fallbacks.messages,
-        "rows": [dataclasses.asdict(row) for row in rows],
-    }
+            for item in plan:
+                _run_item(rows, settings, item, dtype, common)
+    return result()
 
 
-def _run_cases(rows: list[Row], settings: Settings, dtype: str, batch: int, common: dict) -> None:
-    device, config = common["device"], settings.config
-    if "train" in settings.what:
-        measure_backends(rows, model_backends("train", settings.groups),
+def _run_item(rows: list[Row], settings: Settings, item: PlanItem, dtype: str, common: dict) -> None:
+    device, config, batch = common["device"], settings.config, item.batch
+    if item.section == "train":
+        measure_backends(rows, list(item.backends or model_backends("train", settings.groups)),
                          lambda backend: Row("train", f"LAB {config} step", backend, dtype, batch, "images/s"),
                          lambda backend: prepare_train_step(config, batch, dtype, backend, device), batch, **common)
-    if "infer" in settings.what:
-        measure_backends(rows, model_backends("infer", settings.groups),
+    elif item.section == "infer":
+        measure_backends(rows, list(item.backends or model_backends("infer", settings.groups)),
                          lambda backend: Row("infer", f"LAB {config} forward", backend, dtype, batch, "faces/s"),
                          lambda backend: prepare_inference(config, batch, dtype, backend, device), batch, **common)
-    if "heatmaps" in settings.what:
+    elif item.section == "heatmaps":
         def heatmap_row(backend: str) -> Row:
             row = Row("heatmaps", f"boundary heatmaps {HEATMAP_SIZE}x{HEATMAP_SIZE}", backend,
                       "fp32" if backend == "opencv" else dtype, batch, "heatmaps/s")
@@ -667,15 +707,18 @@ def _run_cases(rows: list[Row], settings: Settings, dtype: str, batch: int, comm
             return row
 
         # OpenCV makes float32 on the CPU whatever the dtype: measured once per batch.
-        backends = [b for b in heatmap_backends(settings.groups) if b != "opencv" or dtype == settings.dtypes[0]]
+        backends = [b for b in item.backends or heatmap_backends(settings.groups)
+                    if b != "opencv" or dtype == settings.dtypes[0]]
         measure_backends(rows, backends, heatmap_row, lambda backend: prepare_heatmaps(batch, dtype, backend, device),
                          batch * _num_boundaries(), count_bytes=True, **common)
-    if "kernels" in settings.what:
+    elif item.section == "kernels":
         for case in kernel_cases(config, batch):
             inputs = sum(math.prod(shape) for shape in case.shapes if shape is not None) * DTYPES[dtype].itemsize
-            measure_backends(rows, kernel_backends(settings.groups),
+            measure_backends(rows, list(item.backends or kernel_backends(settings.groups)),
                              lambda backend: Row("kernels", case.label, backend, dtype, batch, "calls/s", bytes=inputs),
                              lambda backend: prepare_kernel(case, dtype, backend, device), 1, count_bytes=True, **common)
+    else:
+        raise ValueError(f"unknown bench section {item.section!r}; known: {', '.join(SECTIONS)}")
 
 
 def _num_boundaries() -> int:
@@ -845,12 +888,53 @@ def _batches(text: str) -> tuple[int, ...]:
     return batches
 
 
+def section_backends(section: str) -> list[str]:
+    """Every row backend ``section`` knows (what a ``--plan`` entry may name)."""
+    if section in ("train", "infer"):
+        return model_backends(section, BACKEND_GROUPS)
+    return heatmap_backends(BACKEND_GROUPS) if section == "heatmaps" else kernel_backends(BACKEND_GROUPS)
+
+
+def parse_plan(text: str) -> tuple[PlanItem, ...]:
+    """``SECTION@BATCH[=BACKEND,...];...`` -> plan items, with errors naming the bad entry."""
+    items = []
+    for entry in (part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        head, _, names = entry.partition("=")
+        section, at, batch = head.partition("@")
+        section = section.strip()
+        if section not in SECTIONS or not at:
+            raise SystemExit(f"labfast bench: --plan entry {entry!r} is not SECTION@BATCH[=BACKEND,...] "
+                             f"with SECTION one of {', '.join(SECTIONS)}")
+        (size,) = _batches(batch)
+        backends = None
+        if names.strip():
+            backends = tuple(part.strip() for part in names.split(","))
+            known = section_backends(section)
+            bad = [name for name in backends if name not in known]
+            if bad:
+                raise SystemExit(f"labfast bench: --plan entry {entry!r}: {', '.join(bad)} is not a {section} backend "
+                                 f"(known: {', '.join(known)})")
+        items.append(PlanItem(section, size, backends))
+    if not items:
+        raise SystemExit("labfast bench: --plan is empty")
+    return tuple(items)
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--what", default="all", help="train, infer, heatmaps, kernels or all (comma-separated)")
     parser.add_argument("--batch", default=None, help="batch sizes (default 1,32,256 on a GPU, 1,2 on a CPU)")
     parser.add_argument("--dtype", default=None, help="fp32, bf16 (default fp32,bf16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--backend", default="reference,compile,fast",
-                        help="reference, compile, fast (fast: eager, +compile, +cudagraphs; see the module doc)")
+    parser.add_argument("--backend", default=None,
+                        help="reference, compile, fast (fast: eager, +compile, +cudagraphs; see the module doc); default "
+                             "all three on a GPU, reference,fast on a CPU (compiling takes minutes there: opt in)")
+    parser.add_argument("--plan", default=None,
+                        help="rows in this order instead of --what x --batch: SECTION@BATCH[=BACKEND,...] entries "
+                             "separated by ';', e.g. 'infer@256=reference,fast+compile;infer@1=fast+cudagraphs;kernels@256' "
+                             "(backends as the rows name them; none given: those of --backend)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds: rows not begun by then are recorded as skipped (a row once begun runs to its end)")
     parser.add_argument("--config", default=None, choices=("paper", "small", "tiny"),
                         help="model preset (default paper on a GPU, tiny on a CPU)")
     parser.add_argument("--repeats", type=int, default=10, help="at least this many timed calls per row")
@@ -868,14 +952,18 @@ def settings_from_args(args, device: torch.device) -> Settings:
     what = _list(args.what, (*SECTIONS, "all"), "--what")
     if args.repeats < 1:
         raise SystemExit(f"labfast bench: --repeats {args.repeats} must be at least 1")
+    if args.budget is not None and not args.budget > 0:
+        raise SystemExit(f"labfast bench: --budget {args.budget} must be a positive number of seconds")
     return Settings(
         what=SECTIONS if "all" in what else what,
         batches=_batches(args.batch or ("1,32,256" if gpu else "1,2")),
         dtypes=_list(args.dtype or ("fp32,bf16" if gpu else "fp32"), tuple(DTYPES), "--dtype"),
-        groups=_list(args.backend, BACKEND_GROUPS, "--backend"),
+        groups=_list(args.backend or ("reference,compile,fast" if gpu else "reference,fast"), BACKEND_GROUPS, "--backend"),
         config=args.config or ("paper" if gpu else "tiny"),
         repeats=args.repeats,
         min_time=args.min_time if args.min_time is not None else (1.0 if gpu else 0.2),
+        plan=parse_plan(args.plan) if args.plan is not None else None,
+        budget_s=args.budget,
     )
 
 
@@ -886,10 +974,17 @@ def run(args) -> int:
         if args.threads < 1:
             raise SystemExit(f"labfast bench: --threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
-    result = run_benchmarks(settings, device)
-    print(format_table(result))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result = run_benchmarks(settings, device, on_row=lambda partial: _write_json(path, partial))
+    print(format_table(result))
+    _write_json(path, result)
     print(f"wrote {path}")
     return 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    """Atomically: a reader (or a kill) never meets half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(temporary, path)

@@ -49,6 +49,8 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     time_limit_minutes: float = 0.0  # stop (with a checkpoint) after this much training time (0: no limit)
+    # size epochs and lr milestones to this wall-clock budget, and stop at it (labfast.schedule; 0: off)
+    time_budget_minutes: float = 0.0
     log_every: int = 10
     train_limit: int = 0  # use only the first N training faces (0: all); for tests and demos
     max_bad_fraction: float = 0.01  # unreadable training images are skipped; more than this share ends the run

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from labfast import checkpoint, data, metrics, presets, schemes
+from labfast import checkpoint, data, metrics, presets, schedule, schemes
 from labfast.evaluate import predict_faces
 from labfast.model import LAB, config_by_name, losses
 from labfast.ops import boundary_heatmaps
@@ -126,6 +126,11 @@ def heatmap_coordinates(landmarks: torch.Tensor, input_size: int, heatmap_size: 
 def learning_rate(config: presets.TrainConfig, epoch: int, base: float) -> float:
     """Step decay: divided by 10 at each milestone epoch already reached."""
     return base * 0.1 ** sum(epoch >= milestone for milestone in config.lr_milestones)
+
+
+def planned_steps(config: presets.TrainConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole schedule (``max_steps`` caps it)."""
+    return min(config.max_steps, config.epochs * steps_per_epoch) if config.max_steps else config.epochs * steps_per_epoch
 
 
 def autocast(config: presets.TrainConfig, device: torch.device):
@@ -304,7 +309,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     steps_per_epoch = len(sampler) // config.batch_size
-    total_steps = config.epochs * steps_per_epoch if not config.max_steps else min(config.max_steps, config.epochs * steps_per_epoch)
+    total_steps = planned_steps(config, steps_per_epoch)
     writer = _ScalarLog(out) if runtime.is_main else None
 
     def save_last(next_epoch: int, next_skip: int, best: float, unreadable: int) -> None:
@@ -318,11 +323,17 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             state["grad_scaler"] = scaler.state_dict()
         checkpoint.save(out / "last.pt", state)
 
-    # under a time limit the step count is unknown: show the rate and elapsed time, not a false ETA
-    progress = tqdm(total=None if config.time_limit_minutes > 0 else total_steps, initial=step,
+    # under a time limit the step count is unknown (a time budget fixes it after two epochs): show the
+    # rate and elapsed time, not a false ETA
+    length_unknown = config.time_limit_minutes > 0 or config.time_budget_minutes > 0
+    progress = tqdm(total=None if length_unknown else total_steps, initial=step,
                     disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     finished = step >= total_steps
     deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
+    budget = schedule.TimeBudget(config) if config.time_budget_minutes > 0 else None
+    if budget is not None:
+        deadline = min(deadline, budget.deadline)
+    timed_out = False
     epoch = start_epoch
     last_written = time.monotonic()
     while not finished and epoch < config.epochs:
@@ -366,7 +377,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
                 writer.add(step, epoch, {**terms, "images_per_second": images_per_second,
                                          "lr": optimizer.param_groups[0]["lr"]})
             if step >= total_steps or time.monotonic() > deadline:
-                finished = True
+                finished, timed_out = True, time.monotonic() > deadline
                 break
             if (runtime.is_main and batches_done < steps_per_epoch
                     and _checkpoint_due(config, step, time.monotonic() - last_written)):
@@ -375,7 +386,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
         epoch_done = batches_done >= steps_per_epoch
         next_epoch, next_skip = (epoch + 1, 0) if epoch_done else (epoch, batches_done)
         val_nme = math.nan
-        if runtime.is_main and epoch_done and val_faces:
+        if runtime.is_main and (epoch_done or timed_out) and val_faces:  # a run stopped by the clock keeps its best
             val_nme = validation_nme(model, val_faces, device, config.batch_size)
             writer.add(step, epoch, {"val_nme": val_nme})
             progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(val_faces)} held-out faces")
@@ -390,6 +401,14 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             last_written = time.monotonic()
         if runtime.world_size > 1:
             dist.barrier()
+        if budget is not None and epoch_done:
+            sized = budget.epoch_finished(config, epoch, steps_per_epoch * config.batch_size * runtime.world_size)
+            if sized is not None:
+                config = sized
+                total_steps = planned_steps(config, steps_per_epoch)
+                progress.total = total_steps if config.time_limit_minutes <= 0 else None
+                if runtime.is_main:
+                    (out / "config.json").write_text(json.dumps(presets.to_dict(config), indent=2) + "\n")
         epoch, skip_batches = next_epoch, next_skip
         if epoch_done:
             unreadable_in_epoch = 0

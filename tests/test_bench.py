@@ -1,6 +1,7 @@
 """``labfast bench``: the CPU smoke run end to end, and the arithmetic behind its columns."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -117,3 +118,65 @@ def test_bad_arguments_name_the_flag():
     with pytest.raises(SystemExit, match="--backend"):
         main(["bench", "--backend", "turbo", "--device", "cpu"])
     assert math.isfinite(bench.time_calls(lambda: None, torch.device("cpu"), 3, 0.0).median_s)
+
+
+# ----------------------------------------------------------------------------- --plan and --budget
+
+
+def test_plan_parses_sections_batches_and_row_backends_in_order():
+    plan = bench.parse_plan("infer@256=reference,compile,fast+compile; infer@1=fast+cudagraphs;"
+                            "train@32=reference,compile,fast;heatmaps@256;kernels@256=reference,fast (triton)")
+    assert [(item.section, item.batch) for item in plan] == [
+        ("infer", 256), ("infer", 1), ("train", 32), ("heatmaps", 256), ("kernels", 256)]
+    assert plan[0].backends == ("reference", "compile", "fast+compile") and plan[3].backends is None
+    assert plan[4].backends == ("reference", "fast (triton)")
+
+
+@pytest.mark.parametrize("text, named", [
+    ("infer@256=turbo", "turbo is not a infer backend"), ("train@8=fast+cudagraphs", "fast+cudagraphs is not a train backend"),
+    ("render@8", "'render@8'"), ("infer@0", "--batch"), ("infer", "'infer'"), (";", "--plan is empty"),
+])
+def test_bad_plan_entries_are_named(text, named):
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        bench.parse_plan(text)
+
+
+def _plan_settings(budget_s):
+    return bench.Settings(what=bench.SECTIONS, batches=(1,), dtypes=("fp32",), groups=("reference",), config="tiny",
+                          repeats=1, min_time=0.0, budget_s=budget_s,
+                          plan=bench.parse_plan("heatmaps@2=reference,opencv;infer@1=reference"))
+
+
+def test_plan_rows_run_in_its_order_and_each_row_reaches_the_json(tmp_path):
+    partial_counts = []
+    result = bench.run_benchmarks(_plan_settings(None), torch.device("cpu"),
+                                  on_row=lambda partial: partial_counts.append(len(partial["rows"])))
+    assert [(r["section"], r["batch"], r["backend"], r["status"]) for r in result["rows"]] == [
+        ("heatmaps", 2, "reference", "ok"), ("heatmaps", 2, "opencv", "ok"), ("infer", 1, "reference", "ok")]
+    assert partial_counts == [1, 2, 3]
+
+
+def test_rows_not_begun_within_the_budget_are_recorded_as_skipped():
+    result = bench.run_benchmarks(_plan_settings(1e-9), torch.device("cpu"))  # spent before the first row
+    assert [r["status"] for r in result["rows"]] == ["skipped"] * 3
+    assert all("time budget of 1e-09 s" in r["reason"] and r["throughput"] is None for r in result["rows"])
+    assert result["settings"]["budget_s"] == 1e-9
+
+
+def test_compile_is_opt_in_on_the_cpu():
+    args = build_parser_args(["bench", "--device", "cpu"])
+    assert bench.settings_from_args(args, torch.device("cpu")).groups == ("reference", "fast")
+    assert bench.settings_from_args(args, torch.device("cuda")).groups == ("reference", "compile", "fast")
+
+
+def build_parser_args(argv):
+    import sys
+
+    from labfast.cli import build_parser
+
+    saved = sys.argv
+    sys.argv = ["labfast", *argv]
+    try:
+        return build_parser().parse_args(argv)
+    finally:
+        sys.argv = saved

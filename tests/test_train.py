@@ -357,3 +357,58 @@ def test_train_step_rejects_a_non_finite_landmark_naming_the_sample(tmp_path):
         _train_step(config, model, model.discriminator, optimizer, d_optimizer, scaler, torch.rand(2, 3, 256, 256),
                     landmarks, model.scheme, model.boundary_scheme, torch.device("cpu"))
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+# ----------------------------------------------------------------------------- time budget (labfast.schedule)
+
+
+def test_time_budget_fits_whole_epochs_into_the_time_left():
+    from labfast.schedule import PLANNED_SHARE, fitted_epochs
+
+    # 100 s left at 10 s an epoch: floor(100 * 0.95 / 10) = 9 more after the 2 done
+    assert PLANNED_SHARE == 0.95 and fitted_epochs(2, 100.0, 10.0, preset_epochs=60) == 11
+    assert fitted_epochs(2, 100.0, 10.0, preset_epochs=5) == 5  # never past the preset's schedule
+    assert fitted_epochs(2, -3.0, 10.0, preset_epochs=60) == 2  # over time already: stop now
+
+
+def test_time_budget_keeps_milestones_at_their_fractions_of_the_schedule():
+    from labfast.schedule import scaled_milestones
+
+    assert scaled_milestones((40, 55), preset_epochs=60, epochs=30, epochs_done=2) == (20, 28)  # 27.5 rounds to 28
+    assert scaled_milestones((40, 55), preset_epochs=60, epochs=3, epochs_done=2) == (2, 3)  # 2 and 2.75
+
+
+def test_time_budget_sizes_the_schedule_from_the_second_epochs_wall_time():
+    from labfast.schedule import TimeBudget
+
+    config = presets.get("300w")  # 60 epochs, milestones (40, 55)
+    config.time_budget_minutes = 2.0
+    budget = TimeBudget(config, now=0.0)
+    assert budget.deadline == 120.0
+    assert budget.epoch_finished(config, 0, images=1911, now=14.0) is None  # warm-up epoch: no measurement
+    sized = budget.epoch_finished(config, 1, images=1911, now=20.0)
+    # 6 s an epoch, 100 s left: 2 done + floor(95 / 6) = 15 more -> 17 epochs; 40/60 and 55/60 of 17
+    assert sized.epochs == 17 and sized.lr_milestones == (11, 16)
+    assert budget.epoch_finished(sized, 2, images=1911, now=26.0) is None  # decided once
+
+
+def test_time_budget_run_trains_the_sized_schedule_and_records_it(tmp_path):
+    """A 1000-epoch tiny schedule under a budget: sized down after two epochs, the saved config says
+    so, and every sized epoch ran (the run stopped at the schedule's end, not at the clock)."""
+    config = tiny_config(tmp_path, "epochs=1000", "lr_milestones=600,900", "time_budget_minutes=0.2",
+                         "val_fraction=0.2", "train_limit=10", "batch_size=8")
+    run = tmp_path / "run"
+    summary = train(config, run)
+    saved = presets.from_dict(json.loads((run / "config.json").read_text()))
+    assert 2 <= saved.epochs < 1000
+    assert saved.lr_milestones == (max(2, round(0.6 * saved.epochs)), max(2, round(0.9 * saved.epochs)))
+    assert summary["steps"] <= saved.epochs  # one step an epoch (8 of 8 faces)
+    assert (run / "best.pt").is_file()
+
+
+def test_a_run_stopped_by_the_clock_mid_epoch_still_validates_and_keeps_a_best_checkpoint(tmp_path):
+    # 0.0001 min: the deadline passes during the first step, in the middle of a 2-step epoch
+    config = tiny_config(tmp_path, "time_limit_minutes=0.0001", "val_fraction=0.2", "train_limit=10")
+    summary = train(config, tmp_path / "run")
+    assert summary["steps"] == 1 and len(scalars(tmp_path / "run", "val_nme")) == 1
+    assert checkpoint.load(tmp_path / "run" / "best.pt")["step"] == 1
