@@ -4,8 +4,9 @@
   heatmaps bilinearly resized to the image (``labfast.ops.input_fusion``).
 - Feature fusion after each stage listed in ``config.fusion_stages``:
   ``F ⊕ (F ⊗ T(M ⊕ F))`` with T a small hourglass ending in a sigmoid (``C`` channels, one gate
-  per feature channel), M shrunk to the stage's size as ``config.fusion_resize`` says, then a 1×1 conv + BN + ReLU from ``2C`` back to ``C`` so the next ResNet
-  stage keeps its standard shape (the paper does not say how the ``2C`` channels continue);
+  per feature channel; M shrunk to the stage's size as ``config.fusion_resize`` says), then a
+  1×1 conv + BN + ReLU from ``2C`` back to ``C`` so the next ResNet stage keeps its standard
+  shape (the paper does not say how the ``2C`` channels continue);
   after stage 4 the ``2C`` channels go straight to the head.
 - Head: global average pool and a linear layer to ``2L`` coordinates in crop-normalised units
   (``0`` at the crop centre, ``±0.5`` at its edges); ``LAB`` maps them to input pixels.
