@@ -273,12 +273,13 @@ def _feature_concat_fwd_kernel(
     pixel_mask = pixels < H * W
     is_heatmap = channels < K
     is_feature = (channels >= K) & (channels < K + C)
-    resized = _resized_tile(heatmaps_ptr, n, channels, is_heatmap, pixels, pixel_mask, K, H, W, h, w,
-                            BLOCK_C, BLOCK, AREA_Y, AREA_X, TAPS_Y, TAPS_X, ACC)
     feature_offsets = (n.to(tl.int64) * C + (channels - K)[:, None]) * (H * W) + pixels[None, :]
-    features = tl.load(features_ptr + feature_offsets, mask=is_feature[:, None] & pixel_mask[None, :],
-                       other=0.0).to(ACC)
-    values = tl.where(is_heatmap[:, None], resized, features)
+    values = tl.load(features_ptr + feature_offsets, mask=is_feature[:, None] & pixel_mask[None, :],
+                     other=0.0).to(ACC)
+    if tl.program_id(1) * BLOCK_C < K:  # only blocks holding heatmap channels run the taps (64 at 64 -> 8)
+        resized = _resized_tile(heatmaps_ptr, n, channels, is_heatmap, pixels, pixel_mask, K, H, W, h, w,
+                                BLOCK_C, BLOCK, AREA_Y, AREA_X, TAPS_Y, TAPS_X, ACC)
+        values = tl.where(is_heatmap[:, None], resized, values)
     out_offsets = (n.to(tl.int64) * (K + C) + channels[:, None]) * (H * W) + pixels[None, :]
     tl.store(out_ptr + out_offsets, values.to(out_ptr.dtype.element_ty),
              mask=(channels < K + C)[:, None] & pixel_mask[None, :])

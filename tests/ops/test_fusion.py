@@ -107,7 +107,8 @@ def test_input_fusion_matches_reference(image_shape, heatmap_shape, dtype):
 # (N, K, h, w) heatmaps, (C, H, W) features: same size; 2× down; non-integer up-sampling; the
 # model's 64 -> 32 / 16 / 8 (heatmaps to ResNet stages 2-4 at input 256; stage 1 keeps 64);
 # non-integer down-sampling on both axes; one axis shrinking (12 -> 5) while the other grows (5 -> 8).
-# The forward's pixel block is min(256, H·W) as on a GPU launch: 64 (8×8) to 256 (≥ 16×16).
+# The launch parameters are those of a GPU launch: pixel blocks of min(256, H·W) (16 for 4×4 up
+# to 256), 16-channel blocks, 16-pixel adjoint tiles.
 CONCAT_SHAPES = [
     ((1, 1, 13, 17), (4, 13, 17)),
     ((2, 3, 16, 16), (5, 8, 8)),
@@ -117,6 +118,7 @@ CONCAT_SHAPES = [
     ((1, 2, 64, 64), (3, 8, 8)),
     ((2, 2, 13, 17), (3, 5, 7)),
     ((1, 2, 12, 5), (3, 5, 8)),
+    ((1, 18, 16, 16), (20, 4, 4)),  # 16-channel blocks: heatmaps only, both, features only
 ]
 RESIZE_MODES = ["area", "bilinear"]
 
