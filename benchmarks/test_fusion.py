@@ -2,8 +2,9 @@
 
 GPU cases (skipped without CUDA; the CUDA rows also skip unless ``labfast._cuda`` is built) use
 the model's shapes: input fusion of an ``N×3×256×256`` image with K = 13 boundary heatmaps of
-64×64; ``M ⊕ F`` and ``F ⊕ (F ⊗ T)`` at the ResNet-18 stage shapes 64×64×64, 128×32×32,
-256×16×16, 512×8×8 (heatmaps 13×64×64); batch 1 / 32 / 256, fp32 and bf16, forward alone and
+64×64; ``M ⊕ F`` (heatmaps shrunk by area, the default, and bilinearly, the old behaviour) and
+``F ⊕ (F ⊗ T)`` at the ResNet-18 stage shapes 64×64×64, 128×32×32, 256×16×16, 512×8×8 (heatmaps
+13×64×64); batch 1 / 32 / 256, fp32 and bf16, forward alone and
 forward + backward. One CPU case per op (reference and its compiled form) runs anywhere. Each
 group holds one shape, so pytest-benchmark's relative columns are the ratios against the
 reference measured in the same run; each row's ``extra_info`` records device, versions, date and
@@ -12,6 +13,8 @@ the fewest bytes the op must move (divide by the time for the achieved bandwidth
     pytest benchmarks/test_fusion.py --benchmark-group-by=group \\
         --benchmark-json benchmarks/results/fusion-<device>-<date>.json
 """
+
+from functools import partial
 
 import pytest
 import torch
@@ -26,7 +29,13 @@ STAGES = [(64, 64), (128, 32), (256, 16), (512, 8)]  # (channels, size) of the R
 IMPLEMENTATIONS = ("reference", "compiled_reference", "triton", "cuda")
 OPS = {
     "input_fusion": (fusion.input_fusion, fusion.input_fusion_ref, ("triton", "cuda")),
-    "heatmap_feature_concat": (fusion.heatmap_feature_concat, fusion.heatmap_feature_concat_ref, ("triton", "cuda")),
+    **{
+        f"heatmap_feature_concat_{resize}": (
+            partial(fusion.heatmap_feature_concat, resize=resize),
+            partial(fusion.heatmap_feature_concat_ref, resize=resize), ("triton", "cuda"),
+        )
+        for resize in ("area", "bilinear")
+    },
     "feature_fusion": (fusion.feature_fusion, fusion.feature_fusion_ref, ("triton", "cuda")),
 }
 
@@ -42,7 +51,7 @@ def make_inputs(op, batch, channels, size, dtype, device, requires_grad):
     heatmaps = rand(batch, NUM_BOUNDARIES, HEATMAP_SIZE, HEATMAP_SIZE)
     if op == "input_fusion":
         return rand(batch, channels, size, size), heatmaps
-    if op == "heatmap_feature_concat":
+    if op.startswith("heatmap_feature_concat"):
         return heatmaps, rand(batch, channels, size, size)
     return rand(batch, channels, size, size), rand(batch, channels, size, size)
 
@@ -51,10 +60,11 @@ def minimum_bytes(op, inputs, backward):
     """Bytes read and written by a perfect fused kernel: inputs once, output once (and the same
     again for backward: upstream gradient in, input gradients out, inputs re-read)."""
     inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
-    image_or_features = inputs[1] if op == "heatmap_feature_concat" else inputs[0]
+    concat = op.startswith("heatmap_feature_concat")
+    image_or_features = inputs[1] if concat else inputs[0]
     batch, channels, height, width = image_or_features.shape
-    out_channels = {"input_fusion": channels * (NUM_BOUNDARIES + 1),
-                    "heatmap_feature_concat": NUM_BOUNDARIES + channels, "feature_fusion": 2 * channels}[op]
+    out_channels = (NUM_BOUNDARIES + channels if concat else
+                    {"input_fusion": channels * (NUM_BOUNDARIES + 1), "feature_fusion": 2 * channels}[op])
     out_bytes = batch * out_channels * height * width * image_or_features.element_size()
     forward = inputs_bytes + out_bytes
     return forward + (out_bytes + 2 * inputs_bytes if backward else 0)
@@ -97,7 +107,9 @@ def measure(benchmark, monkeypatch, op, name, batch, channels, size, dtype, devi
 
 
 CASES = [("input_fusion", 3, IMAGE_SIZE)] + [
-    (op, channels, size) for op in ("heatmap_feature_concat", "feature_fusion") for channels, size in STAGES
+    (op, channels, size)
+    for op in ("heatmap_feature_concat_area", "heatmap_feature_concat_bilinear", "feature_fusion")
+    for channels, size in STAGES
 ]
 
 

@@ -2,7 +2,10 @@
 //   input fusion            I (+) (I * up(M_1)) (+) ... (+) (I * up(M_K))  -> (N, C (K+1), H, W)
 //   heatmap-feature concat  up(M) (+) F                                    -> (N, K + C, H, W)
 //   feature fusion          F (+) (F * T)                                  -> (N, 2C, H, W)
-// forward and backward. up() is bilinear resizing with align_corners=False, ATen's rule.
+// forward and backward. up() resizes each axis on its own: bilinearly with align_corners=False
+// (ATen's rule), or, for an axis that shrinks in an area-mode heatmap-feature concat, as the mean of
+// the source pixels floor(o n / m) ... ceil((o + 1) n / m) - 1 (F.adaptive_avg_pool2d's bins; see
+// labfast.ops.fusion.resize_heatmaps). Input fusion is always bilinear.
 //
 // Layout of this file:
 //   1. torch-free kernels and extern "C" launchers (raw pointers, cudaStream_t). CPU CI compiles
@@ -38,62 +41,103 @@ template <> __device__ __forceinline__ void store<__nv_bfloat16>(__nv_bfloat16* 
   *p = __float2bfloat16_rn(v);
 }
 
-// The two taps of output index dst: value = (1 - lambda1) x[i0] + lambda1 x[i1].
-struct Taps {
-  int i0, i1;
-  float lambda1;
+// How one axis is resized from in_size to out_size; scale = in_size / out_size in fp32.
+struct Axis {
+  int in_size, out_size;
+  float scale;
+  bool area;  // area-average (the axis shrinks); else bilinear
 };
 
-__device__ __forceinline__ Taps source_taps(int dst, float scale, int in_size) {
-  float src = fmaxf((dst + 0.5f) * scale - 0.5f, 0.0f);
+// The taps of output index dst on one axis.
+// Bilinear: value = (1 - lambda1) x[i0] + lambda1 x[i1].
+// Area: value = weight * (x[i0] + ... + x[i1 - 1]), weight = 1 / (i1 - i0).
+struct Taps {
+  int i0, i1;
+  float lambda1;  // bilinear: the weight of i1; area: the weight of every tap
+  bool area;
+};
+
+__device__ __forceinline__ Taps source_taps(int dst, const Axis& axis) {
   Taps t;
-  t.i0 = min(static_cast<int>(src), in_size - 1);  // truncation == floor since src >= 0
+  t.area = axis.area;
+  if (axis.area) {
+    t.i0 = static_cast<int>(static_cast<int64_t>(dst) * axis.in_size / axis.out_size);
+    t.i1 = static_cast<int>((static_cast<int64_t>(dst + 1) * axis.in_size + axis.out_size - 1) / axis.out_size);
+    t.lambda1 = __frcp_rn(static_cast<float>(t.i1 - t.i0));  // correctly rounded even with fast math
+    return t;
+  }
+  float src = fmaxf((dst + 0.5f) * axis.scale - 0.5f, 0.0f);
+  t.i0 = min(static_cast<int>(src), axis.in_size - 1);  // truncation == floor since src >= 0
   t.lambda1 = fminf(fmaxf(src - t.i0, 0.0f), 1.0f);
-  t.i1 = t.i0 < in_size - 1 ? t.i0 + 1 : t.i0;
+  t.i1 = t.i0 < axis.in_size - 1 ? t.i0 + 1 : t.i0;
   return t;
+}
+
+__device__ __forceinline__ int tap_count(const Taps& t) { return t.area ? t.i1 - t.i0 : 2; }
+__device__ __forceinline__ int tap_source(const Taps& t, int tap) {
+  return t.area ? t.i0 + tap : (tap == 0 ? t.i0 : t.i1);
+}
+__device__ __forceinline__ float tap_weight_of(const Taps& t, int tap) {
+  return t.area ? t.lambda1 : (tap == 0 ? 1.0f - t.lambda1 : t.lambda1);
 }
 
 // Weight with which the output whose taps are t reads source index i.
 __device__ __forceinline__ float tap_weight(const Taps& t, int i) {
+  if (t.area) return t.i0 <= i && i < t.i1 ? t.lambda1 : 0.0f;
   return (t.i0 == i ? 1.0f - t.lambda1 : 0.0f) + (t.i1 == i ? t.lambda1 : 0.0f);
 }
 
 // Inclusive range of output indices that can read source index i (a superset: outputs outside
-// it have weight zero). Output o reads floor(src(o)) and the index after it, src(o) =
+// it have weight zero). Bilinear: output o reads floor(src(o)) and the index after it, src(o) =
 // (o + 0.5) scale - 0.5, so it reads i only if i - 1 <= src(o) < i + 1; one index of slack on
-// each side absorbs rounding.
-__device__ __forceinline__ void readers(int i, float scale, int in_size, int out_size, int* first,
-                                        int* last) {
-  *first = max(static_cast<int>((i - 0.5f) / scale - 0.5f) - 1, 0);
-  *last = i == in_size - 1 ? out_size - 1
-                           : min(static_cast<int>((i + 1.5f) / scale - 0.5f) + 1, out_size - 1);
+// each side absorbs rounding. Area (exact, integers): bin o holds i when
+// floor(i m / n) <= o <= ceil((i + 1) m / n) - 1.
+__device__ __forceinline__ void readers(int i, const Axis& axis, int* first, int* last) {
+  if (axis.area) {
+    *first = static_cast<int>(static_cast<int64_t>(i) * axis.out_size / axis.in_size);
+    *last = min(static_cast<int>((static_cast<int64_t>(i + 1) * axis.out_size + axis.in_size - 1) / axis.in_size) - 1,
+                axis.out_size - 1);
+    return;
+  }
+  *first = max(static_cast<int>((i - 0.5f) / axis.scale - 0.5f) - 1, 0);
+  *last = i == axis.in_size - 1 ? axis.out_size - 1
+                                : min(static_cast<int>((i + 1.5f) / axis.scale - 0.5f) + 1, axis.out_size - 1);
 }
 
+// sum_y w_y (sum_x w_x plane[y, x]); for bilinear the same association as ATen's upsample_bilinear2d.
 template <typename T>
-__device__ __forceinline__ float bilinear(const T* plane, int w, const Taps& ty, const Taps& tx) {
-  // same association as ATen's upsample_bilinear2d
-  return (1.0f - ty.lambda1) * ((1.0f - tx.lambda1) * load(plane + ty.i0 * w + tx.i0) +
-                                tx.lambda1 * load(plane + ty.i0 * w + tx.i1)) +
-         ty.lambda1 * ((1.0f - tx.lambda1) * load(plane + ty.i1 * w + tx.i0) +
-                       tx.lambda1 * load(plane + ty.i1 * w + tx.i1));
+__device__ __forceinline__ float resample(const T* plane, int w, const Taps& ty, const Taps& tx) {
+  float value = 0.0f;
+  for (int a = 0; a < tap_count(ty); ++a) {
+    const T* row = plane + static_cast<int64_t>(tap_source(ty, a)) * w;
+    float row_value = 0.0f;
+    for (int b = 0; b < tap_count(tx); ++b) row_value += tap_weight_of(tx, b) * load(row + tap_source(tx, b));
+    value += tap_weight_of(ty, a) * row_value;
+  }
+  return value;
+}
+
+// Axis of a resize from in_size to out_size; area only when asked and the axis shrinks.
+inline Axis make_axis(int in_size, int out_size, bool area) {
+  return Axis{in_size, out_size, static_cast<float>(in_size) / out_size, area && in_size > out_size};
 }
 
 // One thread per (n, output pixel).
 template <typename T>
 __global__ void input_fusion_forward_kernel(const T* __restrict__ image, const T* __restrict__ heatmaps,
                                             T* __restrict__ out, int64_t N, int C, int K, int H, int W,
-                                            int h, int w, float scale_y, float scale_x) {
+                                            int h, int w, Axis axis_y, Axis axis_x) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * HW;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = index / HW, pixel = index % HW;
-    const Taps ty = source_taps(static_cast<int>(pixel / W), scale_y, h);
-    const Taps tx = source_taps(static_cast<int>(pixel % W), scale_x, w);
+    const Taps ty = source_taps(static_cast<int>(pixel / W), axis_y);
+    const Taps tx = source_taps(static_cast<int>(pixel % W), axis_x);
     const T* image_n = image + n * C * HW + pixel;
     T* out_n = out + n * C * (K + 1) * HW + pixel;
     for (int c = 0; c < C; ++c) out_n[c * HW] = image_n[c * HW];
     for (int k = 0; k < K; ++k) {
-      const float m = bilinear(heatmaps + (n * K + k) * h * w, w, ty, tx);
+      const float m = resample(heatmaps + (n * K + k) * h * w, w, ty, tx);
       for (int c = 0; c < C; ++c) store(out_n + (C + k * C + c) * HW, load(image_n + c * HW) * m);
     }
   }
@@ -103,19 +147,19 @@ __global__ void input_fusion_forward_kernel(const T* __restrict__ image, const T
 template <typename T>
 __global__ void input_fusion_backward_image_kernel(const T* __restrict__ grad, const T* __restrict__ heatmaps,
                                                    T* __restrict__ grad_image, int64_t N, int C, int K,
-                                                   int H, int W, int h, int w, float scale_y,
-                                                   float scale_x) {
+                                                   int H, int W, int h, int w, Axis axis_y,
+                                                   Axis axis_x) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * HW;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = index / HW, pixel = index % HW;
-    const Taps ty = source_taps(static_cast<int>(pixel / W), scale_y, h);
-    const Taps tx = source_taps(static_cast<int>(pixel % W), scale_x, w);
+    const Taps ty = source_taps(static_cast<int>(pixel / W), axis_y);
+    const Taps tx = source_taps(static_cast<int>(pixel % W), axis_x);
     const T* grad_n = grad + n * C * (K + 1) * HW + pixel;
     for (int c = 0; c < C; ++c) {
       float total = load(grad_n + c * HW);
       for (int k = 0; k < K; ++k)
-        total += load(grad_n + (C + k * C + c) * HW) * bilinear(heatmaps + (n * K + k) * h * w, w, ty, tx);
+        total += load(grad_n + (C + k * C + c) * HW) * resample(heatmaps + (n * K + k) * h * w, w, ty, tx);
       store(grad_image + (n * C + c) * HW + pixel, total);
     }
   }
@@ -127,8 +171,8 @@ __global__ void input_fusion_backward_image_kernel(const T* __restrict__ grad, c
 template <typename T, bool kWithImage>
 __global__ void resize_adjoint_kernel(const T* __restrict__ grad, const T* __restrict__ image,
                                       T* __restrict__ grad_heatmaps, int64_t N, int C, int K,
-                                      int grad_channels, int H, int W, int h, int w, float scale_y,
-                                      float scale_x) {
+                                      int grad_channels, int H, int W, int h, int w, Axis axis_y,
+                                      Axis axis_x) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   const int64_t hw = static_cast<int64_t>(h) * w;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * K * hw;
@@ -137,16 +181,16 @@ __global__ void resize_adjoint_kernel(const T* __restrict__ grad, const T* __res
     const int k = static_cast<int>(nk % K);
     const int i = static_cast<int>(index % hw / w), j = static_cast<int>(index % w);
     int oy_first, oy_last, ox_first, ox_last;
-    readers(i, scale_y, h, H, &oy_first, &oy_last);
-    readers(j, scale_x, w, W, &ox_first, &ox_last);
+    readers(i, axis_y, &oy_first, &oy_last);
+    readers(j, axis_x, &ox_first, &ox_last);
     const T* grad_k = grad + (n * grad_channels + (kWithImage ? C + static_cast<int64_t>(k) * C : k)) * HW;
     const T* image_n = kWithImage ? image + n * C * HW : image;  // image is null otherwise
     float total = 0.0f;
     for (int oy = oy_first; oy <= oy_last; ++oy) {
-      const float wy = tap_weight(source_taps(oy, scale_y, h), i);
+      const float wy = tap_weight(source_taps(oy, axis_y), i);
       if (wy == 0.0f) continue;
       for (int ox = ox_first; ox <= ox_last; ++ox) {
-        const float wx = tap_weight(source_taps(ox, scale_x, w), j);
+        const float wx = tap_weight(source_taps(ox, axis_x), j);
         if (wx == 0.0f) continue;
         const int64_t pixel = static_cast<int64_t>(oy) * W + ox;
         float g = 0.0f;
@@ -166,16 +210,16 @@ __global__ void resize_adjoint_kernel(const T* __restrict__ grad, const T* __res
 template <typename T>
 __global__ void heatmap_feature_concat_forward_kernel(const T* __restrict__ heatmaps, const T* __restrict__ features,
                                                       T* __restrict__ out, int64_t N, int K, int C, int H, int W,
-                                                      int h, int w, float scale_y, float scale_x) {
+                                                      int h, int w, Axis axis_y, Axis axis_x) {
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < N * (K + C) * HW;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = index / ((K + C) * HW), pixel = index % HW;
     const int channel = static_cast<int>(index / HW % (K + C));
     if (channel < K) {
-      const Taps ty = source_taps(static_cast<int>(pixel / W), scale_y, h);
-      const Taps tx = source_taps(static_cast<int>(pixel % W), scale_x, w);
-      store(out + index, bilinear(heatmaps + (n * K + channel) * h * w, w, ty, tx));
+      const Taps ty = source_taps(static_cast<int>(pixel / W), axis_y);
+      const Taps tx = source_taps(static_cast<int>(pixel % W), axis_x);
+      store(out + index, resample(heatmaps + (n * K + channel) * h * w, w, ty, tx));
     } else {
       out[index] = features[(n * C + channel - K) * HW + pixel];
     }
@@ -230,7 +274,8 @@ cudaError_t dispatch(int dtype, Launch launch) {
 
 }  // namespace labfast_fusion
 
-// ---- extern "C" launchers: dtype is 0 fp32, 1 fp16, 2 bf16; scales are h/H and w/W in fp32 ----
+// ---- extern "C" launchers: dtype is 0 fp32, 1 fp16, 2 bf16; area (heatmap-feature concat only):
+//      area-average the axes that shrink, else bilinear ----
 
 extern "C" cudaError_t labfast_input_fusion_forward(int dtype, const void* image, const void* heatmaps,
                                                    void* out, int64_t N, int C, int K, int H, int W,
@@ -240,7 +285,7 @@ extern "C" cudaError_t labfast_input_fusion_forward(int dtype, const void* image
     using T = decltype(zero);
     input_fusion_forward_kernel<T><<<blocks_for(N * H * W), kThreads, 0, stream>>>(
         static_cast<const T*>(image), static_cast<const T*>(heatmaps), static_cast<T*>(out), N, C, K,
-        H, W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+        H, W, h, w, make_axis(h, H, false), make_axis(w, W, false));
   });
 }
 
@@ -252,7 +297,7 @@ extern "C" cudaError_t labfast_input_fusion_backward_image(int dtype, const void
     using T = decltype(zero);
     input_fusion_backward_image_kernel<T><<<blocks_for(N * H * W), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<const T*>(heatmaps), static_cast<T*>(grad_image), N, C,
-        K, H, W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+        K, H, W, h, w, make_axis(h, H, false), make_axis(w, W, false));
   });
 }
 
@@ -265,20 +310,20 @@ extern "C" cudaError_t labfast_input_fusion_backward_heatmaps(int dtype, const v
     using T = decltype(zero);
     resize_adjoint_kernel<T, true><<<blocks_for(N * K * h * w), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<const T*>(image), static_cast<T*>(grad_heatmaps), N, C,
-        K, C * (K + 1), H, W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+        K, C * (K + 1), H, W, h, w, make_axis(h, H, false), make_axis(w, W, false));
   });
 }
 
 extern "C" cudaError_t labfast_heatmap_feature_concat_forward(int dtype, const void* heatmaps,
                                                              const void* features, void* out, int64_t N, int K,
-                                                             int C, int H, int W, int h, int w,
+                                                             int C, int H, int W, int h, int w, int area,
                                                              cudaStream_t stream) {
   using namespace labfast_fusion;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     heatmap_feature_concat_forward_kernel<T><<<blocks_for(N * (K + C) * H * W), kThreads, 0, stream>>>(
         static_cast<const T*>(heatmaps), static_cast<const T*>(features), static_cast<T*>(out), N, K, C, H,
-        W, h, w, static_cast<float>(h) / H, static_cast<float>(w) / W);
+        W, h, w, make_axis(h, H, area != 0), make_axis(w, W, area != 0));
   });
 }
 
@@ -286,13 +331,13 @@ extern "C" cudaError_t labfast_heatmap_feature_concat_forward(int dtype, const v
 extern "C" cudaError_t labfast_heatmap_feature_concat_backward_heatmaps(int dtype, const void* grad,
                                                                        void* grad_heatmaps, int64_t N, int K,
                                                                        int C, int H, int W, int h, int w,
-                                                                       cudaStream_t stream) {
+                                                                       int area, cudaStream_t stream) {
   using namespace labfast_fusion;
   return dispatch(dtype, [&](auto zero) {
     using T = decltype(zero);
     resize_adjoint_kernel<T, false><<<blocks_for(N * K * h * w), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), nullptr, static_cast<T*>(grad_heatmaps), N, C, K, K + C, H, W, h, w,
-        static_cast<float>(h) / H, static_cast<float>(w) / W);
+        make_axis(h, H, area != 0), make_axis(w, W, area != 0));
   });
 }
 
@@ -416,7 +461,7 @@ at::Tensor input_fusion_backward_heatmaps(const at::Tensor& grad_in, const at::T
   return grad_heatmaps;
 }
 
-at::Tensor heatmap_feature_concat_forward(const at::Tensor& heatmaps_in, const at::Tensor& features_in) {
+at::Tensor heatmap_feature_concat_forward(const at::Tensor& heatmaps_in, const at::Tensor& features_in, bool area) {
   const char* op = "labfast_cuda::heatmap_feature_concat_forward";
   check(features_in, features_in, op, "features");
   check(heatmaps_in, features_in, op, "heatmaps");
@@ -427,14 +472,14 @@ at::Tensor heatmap_feature_concat_forward(const at::Tensor& heatmaps_in, const a
   at::Tensor out = at::empty({N, K + C, H, W}, features.options());
   if (out.numel() == 0) return out;
   check_launch(labfast_heatmap_feature_concat_forward(dtype_code(features, op, "features"), heatmaps.data_ptr(),
-                                                      features.data_ptr(), out.data_ptr(), N, K, C, H, W, h, w,
+                                                      features.data_ptr(), out.data_ptr(), N, K, C, H, W, h, w, area,
                                                       c10::cuda::getCurrentCUDAStream().stream()),
                op);
   return out;
 }
 
 // grad (N, K + C, H, W); returns dL/dheatmaps (N, K, h, w) (dL/dfeatures is grad[:, K:]).
-at::Tensor heatmap_feature_concat_backward_heatmaps(const at::Tensor& grad_in, const at::Tensor& heatmaps) {
+at::Tensor heatmap_feature_concat_backward_heatmaps(const at::Tensor& grad_in, const at::Tensor& heatmaps, bool area) {
   const char* op = "labfast_cuda::heatmap_feature_concat_backward_heatmaps";
   check(heatmaps, heatmaps, op, "heatmaps");
   check(grad_in, heatmaps, op, "grad");
@@ -447,7 +492,7 @@ at::Tensor heatmap_feature_concat_backward_heatmaps(const at::Tensor& grad_in, c
   at::Tensor grad_heatmaps = at::empty({N, K, h, w}, heatmaps.options());
   if (grad_heatmaps.numel() == 0) return grad_heatmaps;
   check_launch(labfast_heatmap_feature_concat_backward_heatmaps(dtype_code(grad, op, "grad"), grad.data_ptr(),
-                                                                grad_heatmaps.data_ptr(), N, K, C, H, W, h, w,
+                                                                grad_heatmaps.data_ptr(), N, K, C, H, W, h, w, area,
                                                                 c10::cuda::getCurrentCUDAStream().stream()),
                op);
   return grad_heatmaps;
@@ -504,8 +549,8 @@ TORCH_LIBRARY_FRAGMENT(labfast_cuda, m) {
   m.def("input_fusion_forward(Tensor image, Tensor heatmaps) -> Tensor");
   m.def("input_fusion_backward_image(Tensor grad, Tensor image, Tensor heatmaps) -> Tensor");
   m.def("input_fusion_backward_heatmaps(Tensor grad, Tensor image, Tensor heatmaps) -> Tensor");
-  m.def("heatmap_feature_concat_forward(Tensor heatmaps, Tensor features) -> Tensor");
-  m.def("heatmap_feature_concat_backward_heatmaps(Tensor grad, Tensor heatmaps) -> Tensor");
+  m.def("heatmap_feature_concat_forward(Tensor heatmaps, Tensor features, bool area) -> Tensor");
+  m.def("heatmap_feature_concat_backward_heatmaps(Tensor grad, Tensor heatmaps, bool area) -> Tensor");
   m.def("feature_fusion_forward(Tensor features, Tensor gate) -> Tensor");
   m.def("feature_fusion_backward(Tensor grad, Tensor features, Tensor gate) -> (Tensor, Tensor)");
 }

@@ -7,13 +7,17 @@ materialised resized heatmaps):
 - ``HeatmapFeatureConcat``: ``up(M) ⊕ F`` -> ``(N, K + C, H, W)``;
 - ``FeatureFusion``: ``F ⊕ (F ⊗ T)`` -> ``(N, 2C, H, W)``.
 
-``up`` is bilinear resizing with ``align_corners=False``, computed in the kernel with the same
-source-index rule as ``F.interpolate`` (ATen's ``area_pixel_compute_source_index``).
+``up`` resizes each axis on its own: bilinearly with ``align_corners=False``, with the same
+source-index rule as ``F.interpolate`` (ATen's ``area_pixel_compute_source_index``), or, for an axis
+that shrinks when ``HeatmapFeatureConcat`` is asked for area resizing, as the mean of the source
+pixels ``floor(o n / m) … ceil((o + 1) n / m) - 1`` (``F.adaptive_avg_pool2d``'s bins; see
+``labfast.ops.fusion.resize_heatmaps``). Either way an output reads a few *taps* per axis with
+weights, and the 2-D value is ``Σ_y w_y Σ_x w_x M[y, x]``.
 
 Backward of the resize (its adjoint, ``up^T``) is a *gather*, not an atomic scatter: one program
 owns a ``TILE × TILE`` block of heatmap pixels, loads the window of output-gradient pixels that can
 reach it, and applies ``Wy · G · Wxᵀ`` with two small matmuls, where ``Wy``/``Wx`` hold the exact
-forward bilinear weights (zero where an output pixel does not touch a source pixel). Why a gather:
+forward weights (bilinear or area; zero where an output pixel does not touch a source pixel). Why a gather:
 it is deterministic (no float atomics whose order changes run to run), it needs no zeroed fp32
 scratch buffer, and at the model's 64 -> 256 upsampling every heatmap pixel receives ~36
 contributions, which would make atomics contend. The window is a conservative superset of the
@@ -69,22 +73,57 @@ def _source_index(dst, scale, in_size, ACC: tl.constexpr):
 
 
 @triton.jit
-def _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w, ACC: tl.constexpr):
-    """``up(M)[n, k, pixels]`` as a ``(len(k), len(pixels))`` tile in ``ACC``; M is ``(N, K, h, w)``."""
+def _area_bin(dst, in_size, out_size):
+    """Area bin ``[start, end)`` of output index ``dst`` on an axis shrinking ``in_size -> out_size``:
+    ``start = floor(dst n / m)``, ``end = ceil((dst + 1) n / m)`` (ATen's adaptive pooling bins)."""
+    start = dst * in_size // out_size
+    end = ((dst + 1) * in_size + out_size - 1) // out_size
+    return start, end
+
+
+@triton.jit
+def _axis_tap(dst, tap, in_size, out_size, AREA: tl.constexpr, ACC: tl.constexpr):
+    """Tap number ``tap`` of output index ``dst`` on one axis: ``(source index, weight, in use)``.
+
+    Bilinear: taps 0 and 1 are ``i0`` and ``i1`` of ``_source_index``. Area: tap ``t`` is source
+    ``start + t`` with weight ``1 / (end - start)``, in use while ``start + t < end``.
+    """
+    if AREA:
+        start, end = _area_bin(dst, in_size, out_size)
+        index = start + tap
+        in_use = index < end
+        weight = tl.where(in_use, _ratio(1, end - start, ACC), 0.0)
+        index = tl.minimum(index, in_size - 1)  # a valid address; its load is masked off
+    else:
+        i0, i1, lambda1 = _source_index(dst, _ratio(in_size, out_size, ACC), in_size, ACC)
+        in_use = i0 >= 0  # both taps always
+        index = tl.where(tap == 0, i0, i1)
+        weight = tl.where(tap == 0, 1.0 - lambda1, lambda1)
+    return index, weight, in_use
+
+
+@triton.jit
+def _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w,
+                  ROWS: tl.constexpr, COLS: tl.constexpr, AREA_Y: tl.constexpr, AREA_X: tl.constexpr,
+                  TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr, ACC: tl.constexpr):
+    """``up(M)[n, k, pixels]`` as a ``(ROWS, COLS) = (len(k), len(pixels))`` tile in ``ACC``; M is
+    ``(N, K, h, w)``. ``AREA_*``: area-average that axis (it shrinks); ``TAPS_*``: taps per output
+    on that axis (2 for bilinear, the longest area bin otherwise)."""
     oy = pixels // W
     ox = pixels % W
-    y0, y1, ly = _source_index(oy, _ratio(h, H, ACC), h, ACC)
-    x0, x1, lx = _source_index(ox, _ratio(w, W, ACC), w, ACC)
     base = heatmaps_ptr + n.to(tl.int64) * K * h * w + k[:, None] * (h * w)
     mask = k_mask[:, None] & pixel_mask[None, :]
-    v00 = tl.load(base + (y0 * w + x0)[None, :], mask=mask, other=0.0).to(ACC)
-    v01 = tl.load(base + (y0 * w + x1)[None, :], mask=mask, other=0.0).to(ACC)
-    v10 = tl.load(base + (y1 * w + x0)[None, :], mask=mask, other=0.0).to(ACC)
-    v11 = tl.load(base + (y1 * w + x1)[None, :], mask=mask, other=0.0).to(ACC)
-    lx0 = (1.0 - lx)[None, :]
-    lx1 = lx[None, :]
-    # same association as ATen's upsample_bilinear2d
-    return (1.0 - ly)[None, :] * (lx0 * v00 + lx1 * v01) + ly[None, :] * (lx0 * v10 + lx1 * v11)
+    result = tl.zeros((ROWS, COLS), dtype=ACC)
+    # Σ_y w_y (Σ_x w_x v): for bilinear the same association as ATen's upsample_bilinear2d
+    for tap_y in range(TAPS_Y):
+        iy, weight_y, use_y = _axis_tap(oy, tap_y, h, H, AREA_Y, ACC)
+        row = tl.zeros((ROWS, COLS), dtype=ACC)
+        for tap_x in range(TAPS_X):
+            ix, weight_x, use_x = _axis_tap(ox, tap_x, w, W, AREA_X, ACC)
+            value = tl.load(base + (iy * w + ix)[None, :], mask=mask & (use_y & use_x)[None, :], other=0.0)
+            row += weight_x[None, :] * value.to(ACC)
+        result += weight_y[None, :] * row
+    return result
 
 
 @triton.jit
@@ -99,7 +138,8 @@ def _input_fusion_fwd_kernel(
     pixel_mask = pixels < H * W
     k = tl.arange(0, BLOCK_K)
     k_mask = k < K
-    resized = _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w, ACC)
+    resized = _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w, BLOCK_K, BLOCK,
+                            False, False, 2, 2, ACC)
     image_base = image_ptr + n.to(tl.int64) * C * H * W
     out_base = out_ptr + n.to(tl.int64) * C * (K + 1) * H * W
     for c in range(C):
@@ -123,7 +163,8 @@ def _input_fusion_bwd_image_kernel(
     k = tl.arange(0, BLOCK_K)
     k_mask = k < K
     mask = k_mask[:, None] & pixel_mask[None, :]
-    resized = _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w, ACC)
+    resized = _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w, BLOCK_K, BLOCK,
+                            False, False, 2, 2, ACC)
     grad_base = grad_ptr + n.to(tl.int64) * C * (K + 1) * H * W
     for c in range(C):
         direct = tl.load(grad_base + c * H * W + pixels, mask=pixel_mask, other=0.0).to(ACC)
@@ -136,40 +177,53 @@ def _input_fusion_bwd_image_kernel(
 
 
 @triton.jit
-def _tap_weights(out_index, out_size, src_index, scale, in_size, ACC: tl.constexpr):
+def _tap_weights(out_index, out_size, src_index, in_size, AREA: tl.constexpr, ACC: tl.constexpr):
     """``(len(src_index), len(out_index))`` matrix of the weight with which output ``o`` reads source
-    ``i`` in the forward resize (both taps; zero where it does not read it, or ``o`` is out of range)."""
-    i0, i1, lambda1 = _source_index(out_index, scale, in_size, ACC)
+    ``i`` in the forward resize (all taps; zero where it does not read it, or ``o`` is out of range)."""
     valid = (out_index < out_size)[None, :]
     src = src_index[:, None]
-    weight = tl.where((i0[None, :] == src) & valid, (1.0 - lambda1)[None, :], 0.0)
-    return weight + tl.where((i1[None, :] == src) & valid, lambda1[None, :], 0.0)
+    if AREA:
+        start, end = _area_bin(out_index, in_size, out_size)
+        inside = (src >= start[None, :]) & (src < end[None, :]) & valid
+        weight = tl.where(inside, _ratio(1, end - start, ACC)[None, :], 0.0)
+    else:
+        i0, i1, lambda1 = _source_index(out_index, _ratio(in_size, out_size, ACC), in_size, ACC)
+        weight = tl.where((i0[None, :] == src) & valid, (1.0 - lambda1)[None, :], 0.0)
+        weight += tl.where((i1[None, :] == src) & valid, lambda1[None, :], 0.0)
+    return weight
 
 
 @triton.jit
-def _first_reader(src_start, scale):
-    """A lower bound on the first output index whose taps reach source index ``src_start - 1``.
+def _first_reader(src_start, in_size, out_size, AREA: tl.constexpr, ACC: tl.constexpr):
+    """A lower bound on the first output index whose taps reach source indices ``>= src_start``.
 
-    Output ``o`` reads ``floor(src(o))`` and the index after it, with ``src(o) = (o+0.5)·scale - 0.5``,
-    so it reaches rows ``>= src_start`` only if ``src(o) >= src_start - 1``, i.e.
-    ``o >= (src_start - 0.5) / scale - 0.5``; one index of slack absorbs rounding.
+    Bilinear: output ``o`` reads ``floor(src(o))`` and the index after it, with
+    ``src(o) = (o+0.5)·scale - 0.5``, so it reaches rows ``>= src_start`` only if
+    ``src(o) >= src_start - 1``, i.e. ``o >= (src_start - 0.5) / scale - 0.5``; one index of slack
+    absorbs rounding. Area: bin ``o`` ends at ``ceil((o + 1) n / m) > src_start`` exactly when
+    ``o >= floor(src_start m / n)`` (integers, no slack needed).
     """
-    first = ((src_start.to(tl.float32) - 0.5) / scale - 0.5).to(tl.int32) - 1
+    if AREA:
+        first = src_start * out_size // in_size
+    else:
+        scale = _ratio(in_size, out_size, ACC).to(tl.float32)
+        first = ((src_start.to(tl.float32) - 0.5) / scale - 0.5).to(tl.int32) - 1
     return tl.maximum(first, 0)
 
 
 @triton.jit
 def _resize_adjoint_kernel(
     grad_ptr, image_ptr, out_ptr, grad_channels, C, K, H, W, h, w,
-    HAS_IMAGE: tl.constexpr, TILE: tl.constexpr, SPAN_Y: tl.constexpr, SPAN_X: tl.constexpr,
-    CHUNK: tl.constexpr, ACC: tl.constexpr,
+    HAS_IMAGE: tl.constexpr, AREA_Y: tl.constexpr, AREA_X: tl.constexpr, TILE: tl.constexpr,
+    SPAN_Y: tl.constexpr, SPAN_X: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid ``(N * K, cdiv(h, TILE), cdiv(w, TILE))``: dL/dM = upᵀ(G) for one ``TILE²`` heatmap block.
 
     ``grad`` is ``(N, grad_channels, H, W)``. With ``HAS_IMAGE`` (input fusion),
     ``G_k = Σ_c grad[:, C + k C + c] · I_c`` (image ``(N, C, H, W)``); otherwise (heatmap–feature
-    concat) ``G_k = grad[:, k]``. Output ``(N, K, h, w)``. ``SPAN_Y × SPAN_X`` output pixels starting
-    at ``_first_reader`` cover every reader of the block (see ``_resize_adjoint_spans``).
+    concat) ``G_k = grad[:, k]``. Output ``(N, K, h, w)``. ``AREA_*``: that axis was area-averaged
+    (else bilinear). ``SPAN_Y × SPAN_X`` output pixels starting at ``_first_reader`` cover every
+    reader of the block (see ``_resize_adjoint_spans``).
     """
     nk = tl.program_id(0)
     n = nk // K
@@ -178,11 +232,9 @@ def _resize_adjoint_kernel(
     col_start = tl.program_id(2) * TILE
     rows = row_start + tl.arange(0, TILE)
     cols = col_start + tl.arange(0, TILE)
-    scale_y = _ratio(h, H, ACC)
-    scale_x = _ratio(w, W, ACC)
-    oy = _first_reader(row_start, scale_y.to(tl.float32)) + tl.arange(0, SPAN_Y)
-    ox_first = _first_reader(col_start, scale_x.to(tl.float32))
-    weight_y = _tap_weights(oy, H, rows, scale_y, h, ACC)  # (TILE, SPAN_Y)
+    oy = _first_reader(row_start, h, H, AREA_Y, ACC) + tl.arange(0, SPAN_Y)
+    ox_first = _first_reader(col_start, w, W, AREA_X, ACC)
+    weight_y = _tap_weights(oy, H, rows, h, AREA_Y, ACC)  # (TILE, SPAN_Y)
     grad_base = grad_ptr + n.to(tl.int64) * grad_channels * H * W
     image_base = image_ptr + n.to(tl.int64) * C * H * W
     result = tl.zeros((TILE, TILE), dtype=ACC)
@@ -198,7 +250,7 @@ def _resize_adjoint_kernel(
                 window += grad.to(ACC) * image.to(ACC)
         else:
             window = tl.load(grad_base + k * H * W + offsets, mask=mask, other=0.0).to(ACC)
-        weight_x = tl.trans(_tap_weights(ox, W, cols, scale_x, w, ACC))  # (CHUNK, TILE)
+        weight_x = tl.trans(_tap_weights(ox, W, cols, w, AREA_X, ACC))  # (CHUNK, TILE)
         partial = tl.dot(weight_y, window, input_precision="ieee")  # (TILE, CHUNK)
         result += tl.dot(partial, weight_x, input_precision="ieee")
     out_mask = (rows < h)[:, None] & (cols < w)[None, :]
@@ -209,21 +261,25 @@ def _resize_adjoint_kernel(
 @triton.jit
 def _feature_concat_fwd_kernel(
     heatmaps_ptr, features_ptr, out_ptr, K, C, H, W, h, w,
-    BLOCK_C: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK: tl.constexpr, AREA_Y: tl.constexpr, AREA_X: tl.constexpr,
+    TAPS_Y: tl.constexpr, TAPS_X: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid ``(N, cdiv(K + C, BLOCK_C), cdiv(H*W, BLOCK))``: out ``(N, K + C, H, W)`` =
-    ``up(M) ⊕ F``; a channel block may straddle the boundary between the two parts."""
+    ``up(M) ⊕ F``; a channel block may straddle the boundary between the two parts. ``AREA_*`` and
+    ``TAPS_*`` as in ``_resized_tile``."""
     n = tl.program_id(0)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pixels = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     pixel_mask = pixels < H * W
     is_heatmap = channels < K
     is_feature = (channels >= K) & (channels < K + C)
-    resized = _resized_tile(heatmaps_ptr, n, channels, is_heatmap, pixels, pixel_mask, K, H, W, h, w, ACC)
     feature_offsets = (n.to(tl.int64) * C + (channels - K)[:, None]) * (H * W) + pixels[None, :]
-    features = tl.load(features_ptr + feature_offsets, mask=is_feature[:, None] & pixel_mask[None, :],
-                       other=0.0).to(ACC)
-    values = tl.where(is_heatmap[:, None], resized, features)
+    values = tl.load(features_ptr + feature_offsets, mask=is_feature[:, None] & pixel_mask[None, :],
+                     other=0.0).to(ACC)
+    if tl.program_id(1) * BLOCK_C < K:  # only blocks holding heatmap channels run the taps (64 at 64 -> 8)
+        resized = _resized_tile(heatmaps_ptr, n, channels, is_heatmap, pixels, pixel_mask, K, H, W, h, w,
+                                BLOCK_C, BLOCK, AREA_Y, AREA_X, TAPS_Y, TAPS_X, ACC)
+        values = tl.where(is_heatmap[:, None], resized, values)
     out_offsets = (n.to(tl.int64) * (K + C) + channels[:, None]) * (H * W) + pixels[None, :]
     tl.store(out_ptr + out_offsets, values.to(out_ptr.dtype.element_ty),
              mask=(channels < K + C)[:, None] & pixel_mask[None, :])
@@ -266,29 +322,48 @@ def _feature_fusion_bwd_kernel(grad_ptr, features_ptr, gate_ptr, grad_features_p
 # launch helpers
 
 
-def _resize_adjoint_spans(src_size: int, out_size: int) -> int:
+def _area_taps(src_size: int, out_size: int) -> int:
+    """The longest area bin ``ceil((o + 1) n / m) - floor(o n / m)`` of an axis shrinking ``n -> m``
+    (``n / m`` for an integer factor, one more for some bins otherwise)."""
+    return max(-(-(o + 1) * src_size // out_size) - o * src_size // out_size for o in range(out_size))
+
+
+def _resize_adjoint_spans(src_size: int, out_size: int, area: bool) -> int:
     """Output pixels per axis that can read a ``_TILE``-long run of source pixels (a power of two).
 
-    Readers of sources ``[s, s + TILE)`` satisfy ``s - 1 <= src(o) < s + TILE`` with
+    Bilinear: readers of sources ``[s, s + TILE)`` satisfy ``s - 1 <= src(o) < s + TILE`` with
     ``src(o) = (o + 0.5)·scale - 0.5``: an interval of length ``(TILE + 1) / scale`` in ``o``;
     + 2 for its end points, + 1 for ``_first_reader``'s slack, + 1 for rounding.
+    Area: readers are ``floor(s m / n) <= o <= ceil((s + TILE) m / n) - 1``, at most
+    ``TILE m / n + 2`` outputs.
     """
-    readers = math.ceil((_TILE + 1) * out_size / src_size) + 4
+    if area:
+        readers = math.ceil(_TILE * out_size / src_size) + 2
+    else:
+        readers = math.ceil((_TILE + 1) * out_size / src_size) + 4
     return max(_CHUNK, triton.next_power_of_2(readers))
 
 
-def resize_adjoint(grad: torch.Tensor, image: torch.Tensor | None, heatmaps_shape, heatmaps_dtype):
-    """dL/dM ``(N, K, h, w)`` from ``grad`` ``(N, *, H, W)`` (contiguous); see ``_resize_adjoint_kernel``."""
+def _area_axes(heatmaps_size, out_size, area: bool) -> tuple[bool, bool]:
+    """Which of the two axes are area-averaged: with ``area``, those that shrink."""
+    return tuple(area and source > target for source, target in zip(heatmaps_size, out_size))
+
+
+def resize_adjoint(grad: torch.Tensor, image: torch.Tensor | None, heatmaps_shape, heatmaps_dtype,
+                   area: bool):
+    """dL/dM ``(N, K, h, w)`` from ``grad`` ``(N, *, H, W)`` (contiguous); see ``_resize_adjoint_kernel``.
+    ``area``: the forward area-averaged the axes that shrink (else bilinear on both)."""
     n, k, h, w = heatmaps_shape
     _, grad_channels, H, W = grad.shape
+    area_y, area_x = _area_axes((h, w), (H, W), area)
     out = torch.empty((n, k, h, w), dtype=heatmaps_dtype, device=grad.device)
     grid = (n * k, triton.cdiv(h, _TILE), triton.cdiv(w, _TILE))
     channels = 0 if image is None else image.shape[1]
     _resize_adjoint_kernel[grid](
         grad, grad if image is None else image, out, grad_channels, channels, k, H, W, h, w,
-        HAS_IMAGE=image is not None, TILE=_TILE, SPAN_Y=_resize_adjoint_spans(h, H),
-        SPAN_X=_resize_adjoint_spans(w, W), CHUNK=_CHUNK, ACC=_accumulator(grad.dtype),
-        num_warps=4,
+        HAS_IMAGE=image is not None, AREA_Y=area_y, AREA_X=area_x, TILE=_TILE,
+        SPAN_Y=_resize_adjoint_spans(h, H, area_y), SPAN_X=_resize_adjoint_spans(w, W, area_x),
+        CHUNK=_CHUNK, ACC=_accumulator(grad.dtype), num_warps=4,
     )
     return out
 
@@ -326,28 +401,32 @@ class InputFusion(torch.autograd.Function):
                 BLOCK=_PIXEL_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
             )
         if ctx.needs_input_grad[1]:
-            grad_heatmaps = resize_adjoint(grad, image, heatmaps.shape, heatmaps.dtype)
+            grad_heatmaps = resize_adjoint(grad, image, heatmaps.shape, heatmaps.dtype, area=False)
         return grad_image, grad_heatmaps
 
 
 class HeatmapFeatureConcat(torch.autograd.Function):
-    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``(N, K + C, H, W)`` in the features' dtype."""
+    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``(N, K + C, H, W)`` in the features' dtype.
+    ``area``: area-average the axes that shrink (``resize="area"``); else bilinear on both."""
 
     @staticmethod
-    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
         heatmaps = heatmaps.contiguous()
         features = features.contiguous()
         n, c, H, W = features.shape
         k, h, w = heatmaps.shape[1:]
+        area_y, area_x = _area_axes((h, w), (H, W), area)
         out = torch.empty((n, k + c, H, W), dtype=features.dtype, device=features.device)
         block = min(_PIXEL_BLOCK, triton.next_power_of_2(H * W))
         grid = (n, triton.cdiv(k + c, _CHANNEL_BLOCK), triton.cdiv(H * W, block))
         _feature_concat_fwd_kernel[grid](
             heatmaps, features, out, k, c, H, W, h, w, BLOCK_C=_CHANNEL_BLOCK, BLOCK=block,
-            ACC=_accumulator(features.dtype), num_warps=4,
+            AREA_Y=area_y, AREA_X=area_x, TAPS_Y=_area_taps(h, H) if area_y else 2,
+            TAPS_X=_area_taps(w, W) if area_x else 2, ACC=_accumulator(features.dtype), num_warps=4,
         )
         ctx.heatmaps_shape = heatmaps.shape
         ctx.heatmaps_dtype = heatmaps.dtype
+        ctx.area = area
         return out
 
     @staticmethod
@@ -359,10 +438,10 @@ class HeatmapFeatureConcat(torch.autograd.Function):
                 grad_heatmaps = grad[:, :k].to(ctx.heatmaps_dtype, copy=True)
             else:
                 grad_heatmaps = resize_adjoint(grad.contiguous(), None, ctx.heatmaps_shape,
-                                               ctx.heatmaps_dtype)
+                                               ctx.heatmaps_dtype, ctx.area)
         if ctx.needs_input_grad[1]:
             grad_features = grad[:, k:]  # F is copied unchanged: its gradient is that slice
-        return grad_heatmaps, grad_features
+        return grad_heatmaps, grad_features, None
 
 
 class FeatureFusion(torch.autograd.Function):

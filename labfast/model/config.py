@@ -56,6 +56,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from labfast import config_fields
+from labfast.ops.fusion import RESIZE_MODES
 
 _NORMALIZATIONS = ("imagenet", "per_image")
 _DISCRIMINATOR_DISTANCES = ("boundary", "landmark")
@@ -80,6 +81,11 @@ class LABConfig:
             regressor's compute; the CPU presets shrink it.
         input_fusion: feed ``I ⊕ (I ⊗ M_k)`` (3(K+1) channels) instead of the bare image.
         fusion_stages: ResNet stages (1-4) followed by feature fusion (ablation: fusion levels).
+        fusion_resize: how feature fusion shrinks the heatmaps to each stage's size (``M`` of
+            ``T(M ⊕ F)``): ``"area"`` (mean over each output cell) or ``"bilinear"`` (two source
+            rows and columns per output, which skips most rows from 64 to 8 and can drop a thin
+            boundary; see ``labfast.ops.fusion.resize_heatmaps``). Configs saved before the field
+            existed (checkpoints, ``from_dict``) were trained with ``"bilinear"`` and load as such.
         transform_channels: width of the small hourglass T of feature fusion.
         transform_depth: down-sampling steps of T.
         discriminator: build the boundary effectiveness discriminator.
@@ -107,6 +113,7 @@ class LABConfig:
     regressor_stem_kernel: int = 7
     input_fusion: bool = True
     fusion_stages: tuple[int, ...] = (1, 2, 3, 4)
+    fusion_resize: str = "area"
     transform_channels: int = 32
     transform_depth: int = 2
     discriminator: bool = True
@@ -151,6 +158,8 @@ class LABConfig:
             raise ValueError(
                 f"LABConfig.normalization={self.normalization!r} is not one of {_NORMALIZATIONS}"
             )
+        if self.fusion_resize not in RESIZE_MODES:
+            raise ValueError(f"LABConfig.fusion_resize={self.fusion_resize!r} is not one of {RESIZE_MODES}")
         if self.discriminator_distance not in _DISCRIMINATOR_DISTANCES:
             raise ValueError(
                 f"LABConfig.discriminator_distance={self.discriminator_distance!r} is not one of "
@@ -182,8 +191,10 @@ class LABConfig:
         if unknown:
             raise ValueError(f"LABConfig has no field(s) {unknown}")
         values = dict(data)
-        # Configs saved before the field existed were trained with the point-to-point reading.
+        # Configs saved before these fields existed were trained with the point-to-point reading
+        # and resized the heatmaps bilinearly.
         values.setdefault("discriminator_distance", "landmark")
+        values.setdefault("fusion_resize", "bilinear")
         if "fusion_stages" in values:
             values["fusion_stages"] = tuple(values["fusion_stages"])
         return cls(**values)

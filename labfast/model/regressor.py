@@ -4,8 +4,9 @@
   heatmaps bilinearly resized to the image (``labfast.ops.input_fusion``).
 - Feature fusion after each stage listed in ``config.fusion_stages``:
   ``F ⊕ (F ⊗ T(M ⊕ F))`` with T a small hourglass ending in a sigmoid (``C`` channels, one gate
-  per feature channel), then a 1×1 conv + BN + ReLU from ``2C`` back to ``C`` so the next ResNet
-  stage keeps its standard shape (the paper does not say how the ``2C`` channels continue);
+  per feature channel; M shrunk to the stage's size as ``config.fusion_resize`` says), then a
+  1×1 conv + BN + ReLU from ``2C`` back to ``C`` so the next ResNet stage keeps its standard
+  shape (the paper does not say how the ``2C`` channels continue);
   after stage 4 the ``2C`` channels go straight to the head.
 - Head: global average pool and a linear layer to ``2L`` coordinates in crop-normalised units
   (``0`` at the crop centre, ``±0.5`` at its edges); ``LAB`` maps them to input pixels.
@@ -19,10 +20,12 @@ from labfast import ops
 from labfast.model.config import LABConfig
 from labfast.model.hourglass import Hourglass
 from labfast.model.resnet import RESNET18_BLOCKS, init_resnet_, resnet_stages, resnet_stem
+from labfast.ops.fusion import RESIZE_MODES
 
 
 class FeatureFusion(nn.Module):
-    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``F ⊕ (F ⊗ T(M ⊕ F))``.
+    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``F ⊕ (F ⊗ T(M ⊕ F))``, M resized to
+    ``(H, W)`` with ``resize`` (``"area"`` or ``"bilinear"``, ``labfast.ops.heatmap_feature_concat``).
 
     ``T``: 1×1 conv ``K + C -> t``, hourglass of ``depth`` steps at width ``t``, 1×1 conv
     ``t -> C``, sigmoid. With ``reduce`` the fused ``2C`` channels go through 1×1 conv + BN + ReLU
@@ -31,8 +34,11 @@ class FeatureFusion(nn.Module):
     """
 
     def __init__(self, num_boundaries: int, channels: int, transform_channels: int, depth: int,
-                 reduce: bool) -> None:
+                 reduce: bool, resize: str) -> None:
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"LABConfig.fusion_resize={resize!r} is not one of {RESIZE_MODES}")
+        self.resize = resize
         self.transform = nn.Sequential(
             nn.Conv2d(num_boundaries + channels, transform_channels, 1),
             Hourglass(depth, transform_channels),
@@ -46,7 +52,7 @@ class FeatureFusion(nn.Module):
         ) if reduce else nn.Identity()
 
     def forward(self, heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        gate = self.transform(ops.heatmap_feature_concat(heatmaps, features))
+        gate = self.transform(ops.heatmap_feature_concat(heatmaps, features, self.resize))
         return self.reduce(ops.feature_fusion(features, gate.to(features.dtype)))
 
 
@@ -66,7 +72,7 @@ class BoundaryAwareRegressor(nn.Module):
         self.fusions = nn.ModuleDict({
             str(stage): FeatureFusion(
                 num_boundaries, width * 2 ** (stage - 1), config.transform_channels,
-                config.transform_depth, reduce=stage != last,
+                config.transform_depth, reduce=stage != last, resize=config.fusion_resize,
             )
             for stage in config.fusion_stages
         })

@@ -2,7 +2,8 @@
 
 - input fusion ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``: the image and its K boundary-masked copies,
   the heatmaps bilinearly resized to the image size;
-- ``heatmap_feature_concat``: ``M ⊕ F``, the input of the transform T, M resized to F's size;
+- ``heatmap_feature_concat``: ``M ⊕ F``, the input of the transform T, M resized to F's size
+  (``resize="area"``: axes that shrink are area-averaged, see ``resize_heatmaps``);
 - feature fusion ``F ⊕ (F ⊗ T)``, T the sigmoid output of the small hourglass.
 
 ⊕ is channel concatenation and ⊗ the element-wise product. Each public function dispatches via
@@ -20,22 +21,52 @@ import torch.nn.functional as F
 from labfast.ops import backend
 
 
-def _resize(heatmaps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if heatmaps.shape[-2:] == size:
+RESIZE_MODES = ("area", "bilinear")
+
+
+def resize_heatmaps(heatmaps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """``(N, K, h, w)`` -> ``(N, K, *size)``.
+
+    ``"bilinear"``: bilinear interpolation (``align_corners=False``) on both axes.
+    ``"area"``: every axis that shrinks is area-averaged, every axis that grows (or keeps its size)
+    is interpolated bilinearly; the two act on different axes, so the order does not matter.
+    Bilinear down-sizing reads only the two source rows nearest each output row: from 64 to 8 it
+    skips 6 rows in 8, and a thin boundary between the rows it reads vanishes. Area averaging reads
+    every row. Output ``o`` of an axis shrinking from ``n`` to ``m`` is the mean of source indices
+    ``floor(o n / m) … ceil((o + 1) n / m) - 1`` (``F.adaptive_avg_pool2d``, which is also what
+    ``F.interpolate(mode="area")`` computes): for an integer factor ``f = n / m`` that is the mean of
+    ``f`` pixels, the exact area average; for a non-integer ratio each output averages every source
+    pixel its cell touches, whole pixels with equal weights, so neighbouring outputs share a pixel
+    (e.g. 3 -> 2: ``(x0 + x1) / 2`` and ``(x1 + x2) / 2``). LAB's own sizes are powers of two
+    (heatmaps at ``input_size / 4``, ResNet stages at ``input_size / 4 … / 32``), so the model only
+    meets integer factors.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
+    if mode == "area":
+        shrunk = (min(size[0], heatmaps.shape[-2]), min(size[1], heatmaps.shape[-1]))
+        if shrunk != tuple(heatmaps.shape[-2:]):
+            heatmaps = F.adaptive_avg_pool2d(heatmaps, shrunk)
+    if tuple(heatmaps.shape[-2:]) == tuple(size):
         return heatmaps
     return F.interpolate(heatmaps, size=size, mode="bilinear", align_corners=False)
 
 
 def input_fusion_ref(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)``, ``(N, K, h, w)`` -> ``(N, C * (K + 1), H, W)``: ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``."""
-    resized = _resize(heatmaps.to(image.dtype), image.shape[-2:])
+    """``(N, C, H, W)``, ``(N, K, h, w)`` -> ``(N, C * (K + 1), H, W)``: ``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``.
+
+    The heatmaps are resized bilinearly (the model up-sizes them here, 4x).
+    """
+    resized = resize_heatmaps(heatmaps.to(image.dtype), image.shape[-2:], "bilinear")
     masked = image.unsqueeze(1) * resized.unsqueeze(2)  # (N, K, C, H, W)
     return torch.cat([image, masked.flatten(1, 2)], dim=1)
 
 
-def heatmap_feature_concat_ref(heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``(N, K, h, w)``, ``(N, C, H, W)`` -> ``(N, K + C, H, W)``: ``M ⊕ F`` with M resized to F's size."""
-    return torch.cat([_resize(heatmaps.to(features.dtype), features.shape[-2:]), features], dim=1)
+def heatmap_feature_concat_ref(heatmaps: torch.Tensor, features: torch.Tensor, resize: str = "area") -> torch.Tensor:
+    """``(N, K, h, w)``, ``(N, C, H, W)`` -> ``(N, K + C, H, W)``: ``M ⊕ F`` with M resized to F's size
+    by ``resize_heatmaps(..., mode=resize)``."""
+    resized = resize_heatmaps(heatmaps.to(features.dtype), features.shape[-2:], resize)
+    return torch.cat([resized, features], dim=1)
 
 
 def feature_fusion_ref(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -70,17 +101,19 @@ def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
     return input_fusion_ref(image, heatmaps)
 
 
-def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor, resize: str = "area") -> torch.Tensor:
     """``M ⊕ F``; see ``heatmap_feature_concat_ref`` (same signature and result)."""
     _check_maps("heatmap_feature_concat", features=features, heatmaps=heatmaps)
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"heatmap_feature_concat: resize={resize!r} is not one of {RESIZE_MODES}")
     choice = backend.select("fusion", features, supported=("triton", "cuda"))
     if choice == "triton":
         from labfast.kernels.fusion import HeatmapFeatureConcat
 
-        return HeatmapFeatureConcat.apply(heatmaps, features)
+        return HeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
     if choice == "cuda":
-        return _CudaHeatmapFeatureConcat.apply(heatmaps, features)
-    return heatmap_feature_concat_ref(heatmaps, features)
+        return _CudaHeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
+    return heatmap_feature_concat_ref(heatmaps, features, resize)
 
 
 def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -123,25 +156,27 @@ class _CudaInputFusion(torch.autograd.Function):
 
 
 class _CudaHeatmapFeatureConcat(torch.autograd.Function):
-    """``csrc/fusion.cu``'s ``M ⊕ F``; heatmaps are cast to the features' dtype first, as in the reference."""
+    """``csrc/fusion.cu``'s ``M ⊕ F``; heatmaps are cast to the features' dtype first, as in the reference.
+    ``area``: area-average the axes that shrink (``resize="area"``)."""
 
     @staticmethod
-    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
         cast = heatmaps.to(features.dtype)
         ctx.save_for_backward(cast)
         ctx.heatmaps_dtype = heatmaps.dtype
-        return torch.ops.labfast_cuda.heatmap_feature_concat_forward(cast, features)
+        ctx.area = area
+        return torch.ops.labfast_cuda.heatmap_feature_concat_forward(cast, features, area)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (heatmaps,) = ctx.saved_tensors
         grad_heatmaps = grad_features = None
         if ctx.needs_input_grad[0]:
-            grad_heatmaps = torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, heatmaps)
+            grad_heatmaps = torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, heatmaps, ctx.area)
             grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
         if ctx.needs_input_grad[1]:
             grad_features = grad[:, heatmaps.shape[1]:]  # F is copied unchanged
-        return grad_heatmaps, grad_features
+        return grad_heatmaps, grad_features, None
 
 
 class _CudaFeatureFusion(torch.autograd.Function):

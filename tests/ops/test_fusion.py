@@ -18,12 +18,15 @@ errors of the order of the values themselves and fails.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from labfast.kernels.fusion import FeatureFusion, HeatmapFeatureConcat, InputFusion
 from labfast.ops import backend
@@ -34,6 +37,7 @@ from labfast.ops.fusion import (
     heatmap_feature_concat_ref,
     input_fusion,
     input_fusion_ref,
+    resize_heatmaps,
 )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -100,23 +104,87 @@ def test_input_fusion_matches_reference(image_shape, heatmap_shape, dtype):
     check_parity(InputFusion.apply, input_fusion_ref, [image, heatmaps], dtype)
 
 
-# (N, K, h, w) heatmaps, (C, H, W) features: same size; the model's 64 -> 8 (here 16 -> 8)
-# down-sampling; non-integer up-sampling.
+# (N, K, h, w) heatmaps, (C, H, W) features: same size; 2× down; non-integer up-sampling; the
+# model's 64 -> 32 / 16 / 8 (heatmaps to ResNet stages 2-4 at input 256; stage 1 keeps 64);
+# non-integer down-sampling on both axes; one axis shrinking (12 -> 5) while the other grows (5 -> 8).
+# The launch parameters are those of a GPU launch: pixel blocks of min(256, H·W) (16 for 4×4 up
+# to 256), 16-channel blocks, 16-pixel adjoint tiles.
 CONCAT_SHAPES = [
     ((1, 1, 13, 17), (4, 13, 17)),
     ((2, 3, 16, 16), (5, 8, 8)),
     ((2, 2, 7, 9), (3, 13, 17)),
+    ((1, 2, 64, 64), (3, 32, 32)),
+    ((1, 2, 64, 64), (3, 16, 16)),
+    ((1, 2, 64, 64), (3, 8, 8)),
+    ((2, 2, 13, 17), (3, 5, 7)),
+    ((1, 2, 12, 5), (3, 5, 8)),
+    ((1, 18, 16, 16), (20, 4, 4)),  # 16-channel blocks: heatmaps only, both, features only
 ]
+RESIZE_MODES = ["area", "bilinear"]
 
 
 @interpreted
+@pytest.mark.parametrize("resize", RESIZE_MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heatmap_shape, feature_shape", CONCAT_SHAPES, ids=str)
-def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, dtype):
+def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, dtype, resize):
     generator = torch.Generator().manual_seed(0)
     heatmaps = torch.rand(heatmap_shape, generator=generator)
     features = torch.randn((heatmap_shape[0], *feature_shape), generator=generator)
-    check_parity(HeatmapFeatureConcat.apply, heatmap_feature_concat_ref, [heatmaps, features], dtype)
+    check_parity(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"),
+                 partial(heatmap_feature_concat_ref, resize=resize), [heatmaps, features], dtype)
+
+
+def boundary_row(position: float, size: int = 64) -> torch.Tensor:
+    """``(1, 1, size, size)`` float64 heatmap of a horizontal boundary at row coordinate ``position``:
+    the ground truth's profile ``exp(-d² / 2σ²)``, σ = 1 heatmap pixel, cut at 3σ (LAB Eq. 1)."""
+    distance = (torch.arange(size, dtype=torch.float64) - position).abs()
+    profile = torch.where(distance < 3, torch.exp(-distance ** 2 / 2), 0.0)
+    return profile[:, None].expand(size, size)[None, None].clone()
+
+
+@pytest.mark.parametrize("implementation", ["reference", pytest.param("triton", marks=interpreted)])
+def test_bilinear_down_sizing_drops_a_thin_boundary_that_area_keeps(implementation):
+    """64 -> 8, as for ResNet stage 4. Bilinear reads only rows 8o + 3 and 8o + 4 (source coordinate
+    8o + 3.5): a boundary at y = 7.5 lights rows 5-10 (d < 3σ) and vanishes (0.00), one at 11.5 sits
+    on rows 11 and 12 and gives e^(-1/8) = 0.88. Area averages all 8 rows of a cell: the 7.5 line
+    gives (e^(-25/8) + e^(-9/8) + e^(-1/8)) / 8 = 0.16 in each of the cells on either side, the 11.5
+    line twice that in its cell. Float64: only summation rounding (1e-15) separates the figures."""
+    features = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+
+    def strongest(position, resize):
+        heatmaps = boundary_row(position)
+        if implementation == "triton":
+            out = HeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
+        else:
+            out = heatmap_feature_concat_ref(heatmaps, features, resize)
+        return out[0, 0].max().item()
+
+    half_line = (math.exp(-25 / 8) + math.exp(-9 / 8) + math.exp(-1 / 8)) / 8
+    assert strongest(7.5, "bilinear") == 0.0
+    assert strongest(11.5, "bilinear") == pytest.approx(math.exp(-1 / 8), abs=1e-12)
+    assert strongest(7.5, "area") == pytest.approx(half_line, abs=1e-12)
+    assert round(half_line, 2) == 0.16
+    assert strongest(11.5, "area") == pytest.approx(2 * half_line, abs=1e-12)
+
+
+def test_area_resize_with_a_non_integer_ratio_averages_every_pixel_a_cell_touches():
+    """Output ``o`` of ``n -> m`` averages source pixels ``floor(o n/m) … ceil((o+1) n/m) - 1`` with
+    equal weights (``F.adaptive_avg_pool2d``, ``F.interpolate(mode="area")``): 3 -> 2 shares the
+    middle pixel."""
+    column = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64).view(1, 1, 3, 1)
+    assert resize_heatmaps(column, (2, 1), "area").flatten().tolist() == [1.5, 3.0]
+    heatmaps = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(resize_heatmaps(heatmaps, (5, 7), "area"),
+                               F.interpolate(heatmaps, size=(5, 7), mode="area"), rtol=1e-15, atol=1e-15)
+
+
+def test_area_mode_interpolates_an_axis_that_grows():
+    """Area mode shrinks by area and grows bilinearly, axis by axis: 4 rows -> 2 (pairs averaged),
+    2 columns -> 3 (bilinear, align_corners=False: source columns 0, 0.5, 1 after clamping)."""
+    heatmaps = torch.tensor([[0.0, 4.0], [2.0, 6.0], [8.0, 0.0], [8.0, 2.0]], dtype=torch.float64)[None, None]
+    expected = torch.tensor([[1.0, 3.0, 5.0], [8.0, 4.5, 1.0]], dtype=torch.float64)[None, None]
+    torch.testing.assert_close(resize_heatmaps(heatmaps, (2, 3), "area"), expected, rtol=0, atol=1e-15)
 
 
 @interpreted
@@ -130,20 +198,24 @@ def test_feature_fusion_matches_reference(shape, dtype):
 
 
 # (h, w) -> (H, W) pairs that stress the window of the resize adjoint: odd ratios both ways, a
-# single output or source pixel, sizes that are not multiples of the 16-pixel tile.
+# single output or source pixel, sizes that are not multiples of the 16-pixel tile, long area
+# bins (64 -> 3, 50 -> 7: bins of 22 and 8 pixels, several 16-pixel tiles per bin).
 @interpreted
+@pytest.mark.parametrize("resize", RESIZE_MODES)
 @pytest.mark.parametrize(
     "source, target",
-    [((7, 5), (5, 7)), ((3, 16), (16, 3)), ((33, 20), (64, 9)), ((1, 4), (4, 1)), ((18, 17), (18, 17))],
+    [((7, 5), (5, 7)), ((3, 16), (16, 3)), ((33, 20), (64, 9)), ((1, 4), (4, 1)), ((18, 17), (18, 17)),
+     ((64, 50), (3, 7))],
     ids=str,
 )
-def test_resize_adjoint_matches_reference_for_any_ratio(source, target):
+def test_resize_adjoint_matches_reference_for_any_ratio(source, target, resize):
     generator = torch.Generator().manual_seed(0)
     heatmaps = torch.rand((1, 1, *source), generator=generator, dtype=torch.float64)
     features = torch.randn((1, 1, *target), generator=generator, dtype=torch.float64)
     grad_out = torch.randn((1, 2, *target), generator=generator, dtype=torch.float64)
-    out, grads = run(HeatmapFeatureConcat.apply, [heatmaps, features], grad_out)
-    expected_out, expected_grads = run(heatmap_feature_concat_ref, [heatmaps, features], grad_out)
+    out, grads = run(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"), [heatmaps, features], grad_out)
+    expected_out, expected_grads = run(partial(heatmap_feature_concat_ref, resize=resize), [heatmaps, features],
+                                       grad_out)
     # float64 on both sides; the only difference is summation order (~1e-16 relative)
     torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-12, atol=1e-12)
@@ -154,10 +226,13 @@ def test_resize_adjoint_matches_reference_for_any_ratio(source, target):
     "function, shapes",
     [
         (InputFusion.apply, [(1, 2, 5, 7), (1, 2, 3, 4)]),
-        (HeatmapFeatureConcat.apply, [(1, 2, 3, 4), (1, 2, 5, 7)]),
+        (lambda h, f: HeatmapFeatureConcat.apply(h, f, False), [(1, 2, 3, 4), (1, 2, 5, 7)]),
+        (lambda h, f: HeatmapFeatureConcat.apply(h, f, True), [(1, 2, 8, 6), (1, 2, 4, 3)]),
+        (lambda h, f: HeatmapFeatureConcat.apply(h, f, True), [(1, 2, 7, 5), (1, 2, 3, 8)]),
         (FeatureFusion.apply, [(2, 3, 4, 5), (2, 3, 4, 5)]),
     ],
-    ids=["input_fusion", "heatmap_feature_concat", "feature_fusion"],
+    ids=["input_fusion", "heatmap_feature_concat_bilinear", "heatmap_feature_concat_area_2x",
+         "heatmap_feature_concat_area_non_integer", "feature_fusion"],
 )
 def test_gradcheck_float64(function, shapes):
     generator = torch.Generator().manual_seed(0)
@@ -186,9 +261,18 @@ def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
     torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
     for grad, expected in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
-    heatmaps_big = torch.rand(2, 3, 10, 12, generator=generator)[..., ::2, ::2]  # (2, 3, 5, 6)
-    out, _ = run(HeatmapFeatureConcat.apply, [heatmaps_big, features])
-    torch.testing.assert_close(out, heatmap_feature_concat_ref(heatmaps_big, features), rtol=1e-6, atol=1e-6)
+    heatmaps_small = torch.rand(2, 3, 10, 12, generator=generator)[..., ::2, ::2]  # (2, 3, 5, 6), strided
+    heatmaps_big = torch.rand(2, 3, 24, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 8, 6, 8, generator=generator)
+    for heatmaps_in in (heatmaps_small, heatmaps_big):  # up-sized; area-averaged 4× down
+        for resize in RESIZE_MODES:
+            out, grads = run(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"),
+                             [heatmaps_in, features], grad_out)
+            expected_out, expected_grads = run(partial(heatmap_feature_concat_ref, resize=resize),
+                                               [heatmaps_in, features], grad_out)
+            torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+            for grad, expected in zip(grads, expected_grads):
+                torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
 
 
 @interpreted
@@ -248,6 +332,11 @@ def test_forced_cuda_on_cpu_raises_a_clear_error(clean_backend_env):
     assert backend.forced("fusion") == "cuda"
 
 
+def test_an_unknown_resize_mode_is_refused():
+    with pytest.raises(ValueError, match="heatmap_feature_concat: resize='nearest'"):
+        heatmap_feature_concat(torch.rand(1, 2, 8, 8), torch.rand(1, 3, 4, 4), resize="nearest")
+
+
 def test_bad_shapes_name_the_argument():
     with pytest.raises(ValueError, match="feature_fusion: gate has shape"):
         feature_fusion(torch.rand(1, 4, 4, 4), torch.rand(1, 4, 4, 5))
@@ -257,9 +346,19 @@ def test_bad_shapes_name_the_argument():
         heatmap_feature_concat(torch.rand(2, 2, 4, 4), torch.rand(1, 3, 4, 4))
 
 
-GPU_CASES = {  # the model's shapes at batch 2: 256² image with 13 heatmaps of 64², a 64 -> 8 stage
+GPU_CASES = {  # the model's shapes at batch 2: 256² image with 13 heatmaps of 64², 64 -> 8 / 32 stages
     "input_fusion": (input_fusion, input_fusion_ref, [(2, 3, 256, 256), (2, 13, 64, 64)]),
-    "heatmap_feature_concat": (heatmap_feature_concat, heatmap_feature_concat_ref, [(2, 13, 64, 64), (2, 512, 8, 8)]),
+    **{
+        f"heatmap_feature_concat_{resize}_{size}": (
+            partial(heatmap_feature_concat, resize=resize), partial(heatmap_feature_concat_ref, resize=resize),
+            [(2, 13, 64, 64), (2, channels, size, size)],
+        )
+        for resize in RESIZE_MODES for channels, size in ((512, 8), (128, 32))
+    },
+    "heatmap_feature_concat_area_non_integer": (
+        partial(heatmap_feature_concat, resize="area"), partial(heatmap_feature_concat_ref, resize="area"),
+        [(2, 13, 64, 64), (2, 64, 13, 24)],
+    ),
     "feature_fusion": (feature_fusion, feature_fusion_ref, [(2, 64, 64, 64), (2, 64, 64, 64)]),
 }
 
