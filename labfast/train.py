@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from labfast import checkpoint, data, metrics, presets, schedule, schemes
 from labfast.evaluate import predict_faces
-from labfast.model import LAB, config_by_name, losses
+from labfast.model import LAB, LABConfig, config_by_name, losses
 from labfast.ops import boundary_heatmaps
 
 logger = logging.getLogger("labfast.train")
@@ -176,6 +176,22 @@ def restore_training_state(path: Path, device: torch.device, model: torch.nn.Mod
     return state
 
 
+def resumed_model_config(path: Path, config: presets.TrainConfig) -> LABConfig:
+    """The model configuration ``last.pt`` was trained with: a resumed run goes on with it.
+
+    Rebuilding it from the preset instead would silently change what a run trains whenever a
+    default changed since it started (``LABConfig.from_dict`` gives fields a checkpoint predates
+    their old meaning, e.g. bilinear ``fusion_resize``).
+    """
+    saved = LABConfig.from_dict(checkpoint.load(path, map_location="cpu")["config"])
+    given = config_by_name(config.model, input_size=config.input_size, **config.model_overrides)
+    changed = {k: v for k, v in given.to_dict().items() if saved.to_dict().get(k) != v and k != "name"}
+    if changed:
+        logger.warning("resuming %s with the model configuration it was trained with; the given one differs in %s",
+                       path, ", ".join(f"{k}={v!r} (saved {getattr(saved, k)!r})" for k, v in changed.items()))
+    return saved
+
+
 def _checkpoint_due(config: presets.TrainConfig, step: int, seconds_since_write: float) -> bool:
     """A mid-epoch ``last.pt`` is due every ``checkpoint_every_steps`` steps or ``_minutes`` minutes."""
     by_steps = config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0
@@ -201,10 +217,12 @@ def _count_unreadable(batch: dict[str, Any], runtime: Runtime) -> tuple[int, boo
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(config: presets.TrainConfig) -> LAB:
+def build_model(config: presets.TrainConfig, model_config: LABConfig | None = None) -> LAB:
+    """The LAB of ``config``; ``model_config`` (a resumed run's saved one) replaces the preset's."""
     scheme = schemes.get(DATASET_SCHEMES.get(config.dataset, config.dataset))
     boundary_scheme = schemes.get(config.boundary_dataset) if config.boundary_dataset else scheme
-    model_config = config_by_name(config.model, input_size=config.input_size, **config.model_overrides)
+    if model_config is None:
+        model_config = config_by_name(config.model, input_size=config.input_size, **config.model_overrides)
     model = LAB(scheme, model_config, boundary_scheme=boundary_scheme)
     if config.estimator_checkpoint:
         source = checkpoint.load(config.estimator_checkpoint)
@@ -270,7 +288,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             f"{len(train_faces)} training faces cannot fill one batch of {config.batch_size} on "
             f"{runtime.world_size} process(es); lower batch_size"
         )
-    model = build_model(config).to(device)
+    model = build_model(config, resumed_model_config(out / "last.pt", config) if resume else None).to(device)
     set_training_mode(model)
     scheme, boundary_scheme = model.scheme, model.boundary_scheme
     if config.channels_last:

@@ -412,3 +412,18 @@ def test_a_run_stopped_by_the_clock_mid_epoch_still_validates_and_keeps_a_best_c
     summary = train(config, tmp_path / "run")
     assert summary["steps"] == 1 and len(scalars(tmp_path / "run", "val_nme")) == 1
     assert checkpoint.load(tmp_path / "run" / "best.pt")["step"] == 1
+
+
+def test_resume_goes_on_with_the_model_configuration_of_last_pt(tmp_path):
+    # A run started before fusion_resize / discriminator_distance existed saved a config without
+    # them; rebuilt from today's preset it would switch to area resize and the boundary Dist.
+    train(tiny_config(tmp_path, "max_steps=1"), tmp_path / "old")
+    state = checkpoint.load(tmp_path / "old" / "last.pt")
+    for field in ("fusion_resize", "discriminator_distance"):
+        del state["config"][field]
+    checkpoint.save(tmp_path / "old" / "last.pt", state)
+    train(tiny_config(tmp_path, "max_steps=2"), tmp_path / "old", resume=True)
+    resumed = checkpoint.load(tmp_path / "old" / "last.pt")
+    assert resumed["step"] == 2
+    assert resumed["config"]["fusion_resize"] == "bilinear"
+    assert resumed["config"]["discriminator_distance"] == "landmark"
