@@ -31,8 +31,9 @@ What is measured:
 - ``kernels``: every fused op at the shapes the model calls it with (recorded from one forward
   pass on the meta device), forward only, vs its ``*_ref`` and ``torch.compile(*_ref)``.
 
-Figures: FLOPs are those of the reference computation counted by ``FlopCounterMode`` (2 per
-multiply-accumulate of convolutions and matrix products; element-wise work is not counted), the
+Figures: FLOPs are those of the reference computation counted by ``labfast.roofline`` (torch's
+flop formulas, 2 per multiply-accumulate of convolutions and matrix products, with grouped
+convolutions' backward corrected; element-wise work is not counted), the
 same figure dividing every backend's time; bytes are inputs + outputs of the op. The share of peak
 is a roofline share: achieved / min(peak FLOP/s, intensity x bandwidth), with the vendor peaks of
 ``labfast.devices`` (none on a CPU). ``bf16`` runs the model under ``torch.autocast`` and the ops
@@ -62,7 +63,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from labfast import devices
 
@@ -472,11 +472,16 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (convolutions and matrix products, forward and backward)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
+    """FLOPs of one call of ``fn`` (convolutions and matrix products, forward and backward).
+
+    Counted by ``labfast.roofline``: torch's own ``FlopCounterMode`` over-counts the backward of
+    grouped convolutions about ``groups``-fold, which would inflate a training step's TFLOP/s.
+    """
+    from labfast import roofline
+
+    with roofline.recording() as traffic:
         fn()
-    return int(counter.get_total_flops())
+    return traffic.flops
 
 
 def roofline(flops: int | None, moved_bytes: int | None, seconds: float, device: dict, dtype: str) -> dict:
@@ -762,7 +767,8 @@ class _FallbackLog(logging.Handler):
 def _notes(device: torch.device) -> list[str]:
     notes = [
         "ratios divide by the reference row of the same section, case, dtype and batch, measured in this run",
-        "FLOPs: the reference computation's, by torch.utils.flop_counter.FlopCounterMode (convolutions and "
+        "FLOPs: the reference computation's, by labfast.roofline (torch's flop formulas, grouped convolutions' "
+        "backward corrected; convolutions and "
         "matrix products, 2 per multiply-accumulate; element-wise work not counted)",
         "bytes: inputs + outputs of the call (kernels, heatmaps); models report FLOPs only",
         f"inputs: random {INPUT_SIZE}x{INPUT_SIZE} images, synthetic 300-W faces (labfast.bench.synthetic_faces)",
@@ -944,6 +950,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (torch.set_num_threads; default torch's); on a shared CPU "
                              "1 thread avoids the spin-waiting of oversubscribed threads")
+    parser.add_argument("--predict", action="store_true",
+                        help="also print the predicted roofline (labfast.roofline) of --config at the largest --batch "
+                             "per --dtype, and measured / predicted per row; on a CPU the prediction replaces the "
+                             "measurement (its ceilings are H100 and H200)")
     parser.add_argument("--json", default="labfast_bench.json", help="where the JSON of the table goes")
 
 
@@ -976,8 +986,24 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = None
+    if args.predict:
+        from labfast import roofline
+
+        batch = max(settings.batches)
+        predictions = [roofline.predict(settings.config, batch, dtype) for dtype in settings.dtypes]
+        for prediction in predictions:
+            print(roofline.format_prediction(prediction) + "\n")
+        if device.type != "cuda":
+            _write_json(path, {"environment": environment(device), "prediction": predictions})
+            print(f"wrote {path} (the prediction only: on a {device.type} there is no GPU row to compare)")
+            return 0
     result = run_benchmarks(settings, device, on_row=lambda partial: _write_json(path, partial))
     print(format_table(result))
+    if predictions is not None:
+        result["prediction"] = predictions
+        result["measured_over_predicted"] = roofline.compare(result["rows"], predictions, result["device"]["name"])
+        print(roofline.format_comparison(result["measured_over_predicted"]))
     _write_json(path, result)
     print(f"wrote {path}")
     return 0

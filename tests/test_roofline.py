@@ -92,3 +92,50 @@ def test_ceilings_state_their_figures():
     assert by_name["H100 measured"].bandwidth == pytest.approx(3.0e12)
     assert by_name["H200 measured"].bandwidth == pytest.approx(4.3e12)
     assert all(c.source for c in by_name.values())
+
+
+def test_measured_rows_are_read_against_the_prediction_of_their_device():
+    prediction = roofline.predict("tiny", 2, "bf16")
+    rows = {row["name"]: row for row in prediction["rows"]}
+    kernel = next(name for name in rows if name.startswith("feature_fusion") and name.endswith("forward"))
+    measured = [
+        {"section": "infer", "case": "LAB tiny forward", "backend": "fast", "dtype": "bf16", "batch": 2, "median_ms": 1.0},
+        {"section": "train", "case": "LAB tiny step", "backend": "fast", "dtype": "bf16", "batch": 2, "median_ms": 4.0},
+        {"section": "kernels", "case": kernel[:-len(" forward")], "backend": "fast (triton)", "dtype": "bf16",
+         "batch": 2, "median_ms": 0.01},
+        {"section": "infer", "case": "LAB tiny forward", "backend": "fast", "dtype": "bf16", "batch": 32, "median_ms": 1.0},
+        {"section": "infer", "case": "LAB tiny forward", "backend": "fast", "dtype": "bf16", "batch": 2, "median_ms": None},
+    ]
+    compared = roofline.compare(measured, [prediction], "NVIDIA H200")
+    assert [(c["section"], c["batch"]) for c in compared] == [("infer", 2), ("train", 2), ("kernels", 2)]
+    infer, train, kernels = compared
+    assert all(c["ceiling"] == "H200 measured" for c in compared)
+    assert infer["predicted_ms"] == pytest.approx(rows["inference batch 2"]["eager_seconds"]["H200 measured"] * 1e3)
+    heatmaps = next(r for n, r in rows.items() if n.startswith("boundary_heatmaps"))["bound_seconds"]["H200 measured"]
+    train_eager = rows["training step batch 2 (without ground truth)"]["eager_seconds"]["H200 measured"]
+    assert train["predicted_ms"] == pytest.approx((train_eager + heatmaps) * 1e3)
+    assert kernels["predicted_ms"] == pytest.approx(rows[kernel]["bound_seconds"]["H200 measured"] * 1e3)
+    assert infer["measured_over_predicted"] == pytest.approx(1.0 / infer["predicted_ms"])
+    assert roofline.compare(measured, [prediction], "NVIDIA A100-SXM4-80GB") == []
+    assert "H200 measured" in roofline.format_comparison(compared)
+
+
+def test_bench_predict_on_a_cpu_writes_the_prediction_instead_of_measuring(tmp_path, capsys):
+    import json
+
+    from labfast import cli
+
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "--predict", "--config", "tiny", "--batch", "1,2", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert "rows" not in result and [p["batch"] for p in result["prediction"]] == [2]
+    assert "Predicted roofline: config tiny, fp32, batch 2" in capsys.readouterr().out
+
+
+def test_composite_operators_under_inference_mode_are_counted_by_their_parts():
+    # under inference_mode conv2d reaches the mode undecomposed; its FLOPs are its convolution's
+    inputs = torch.zeros(2, 8, 16, 16)
+    weight = torch.zeros(4, 8, 3, 3)
+    with torch.inference_mode(), roofline.recording() as traffic:
+        F.conv2d(inputs, weight, padding=1)
+    assert traffic.flops == 2 * 2 * 4 * 8 * 3 * 3 * 16 * 16
