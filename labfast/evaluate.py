@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from labfast import checkpoint, data, metrics, plots
+from labfast.cpu_inference import add_threads_argument, set_threads
 
 logger = logging.getLogger("labfast.evaluate")
 
@@ -207,6 +208,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: beside the checkpoint)")
+    add_threads_argument(parser)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -217,6 +219,8 @@ def resolve_device(name: str) -> torch.device:
 
 def run(args) -> int:
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        set_threads(args.threads)
     model, info = checkpoint.load_model(args.checkpoint, device=device)
     if model.scheme.name != args.dataset:
         raise SystemExit(f"labfast eval: {args.checkpoint} predicts the {model.scheme.name} scheme, not {args.dataset}")
