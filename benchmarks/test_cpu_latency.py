@@ -88,10 +88,19 @@ def measure(rounds: int, faces: list, threads: tuple[int, ...] = (1, 2), warmup:
                    "p90_ms": float(np.percentile(values, 90)), "rounds": len(values)} for name, values in times.items()}
 
 
+def optional_versions() -> dict:
+    """Versions of the runtimes measured here that ``labfast.bench.versions`` does not list."""
+    found = {}
+    for name in ("onnxruntime", "dlib"):
+        if importlib.util.find_spec(name) is not None:
+            found[name] = __import__(name).__version__
+    return found
+
+
 def describe_machine() -> dict:
     """CPU, cores, the load other processes put on it while measured, versions, date."""
     return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-            "load_average": list(os.getloadavg()), "versions": bench.versions(),
+            "load_average": list(os.getloadavg()), "versions": {**bench.versions(), **optional_versions()},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
