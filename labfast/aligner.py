@@ -24,6 +24,7 @@ import torch
 
 from labfast import schemes
 from labfast.checkpoint import load_model
+from labfast.cpu_inference import DEFAULT_THREADS, RUNTIMES, inference_runtime, set_threads
 from labfast.data import crop_face
 from labfast.detect import detect_faces, to_landmark_box
 
@@ -88,19 +89,31 @@ class FaceAligner:
             ``labfast/weights/lab_300w.pt`` (an error says so if this install has none).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         batch_size: faces per forward pass, across images.
+        threads: CPU threads (torch's intra-op threads, process-wide, and ONNX Runtime's); ``None``
+            takes ``labfast.cpu_inference.DEFAULT_THREADS`` (1: more threads made batch-1 inference
+            several times slower on a shared CPU; that module says why). Ignored on CUDA.
+        flip: average each face's landmarks with those of its mirrored crop (test-time augmentation,
+            twice the compute); boundary heatmaps stay those of the unmirrored crop.
+        runtime: ``"auto"`` (ONNX Runtime on the CPU where installed and checked equal to eager,
+            else eager PyTorch), ``"torch"`` or ``"onnxruntime"``; ``labfast.cpu_inference``.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                 batch_size: int = 64):
+                 batch_size: int = 64, threads: int | None = None, flip: bool = False, runtime: str = "auto"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else default_weights()
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.flip = bool(flip)
+        self.threads = set_threads(threads) if self.device.type == "cpu" else None
         self.model, self.info = load_model(self.checkpoint, self.device)
         self.scheme = schemes.get(self.info["scheme"])
         self.boundary_scheme = schemes.get(self.info.get("boundary_scheme", self.info["scheme"]))
         self.input_size = int(self.info["config"].input_size)
+        self.forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
 
     def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray], boxes=None,
                 heatmaps: bool = False) -> list[Face] | list[list[Face]]:
@@ -131,6 +144,19 @@ class FaceAligner:
         results = self._align(images, face_boxes, heatmaps)
         return results[0] if single else results
 
+    def _landmarks(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Crop-space landmarks ``(N, L, 2)`` and last-stack boundary heatmaps ``(N, K, h, w)``;
+        with ``flip``, landmarks averaged with the mirrored crop's, mapped back through
+        ``x -> S - 1 - x`` and the scheme's flip permutation."""
+        landmarks, boundary = (output.float().cpu().numpy() for output in self.forward(batch))
+        if self.flip:
+            mirrored = self.forward(batch.flip(-1))[0].float().cpu().numpy()
+            unflipped = np.empty_like(mirrored)
+            unflipped[:, np.asarray(self.scheme.flip_permutation)] = mirrored  # mirrored point i is point permutation[i]
+            unflipped[..., 0] = self.input_size - 1 - unflipped[..., 0]
+            landmarks = (landmarks + unflipped) / 2
+        return landmarks, boundary
+
     @torch.inference_mode()
     def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], heatmaps: bool) -> list[list[Face]]:
         owners = [(index, box) for index, boxes in enumerate(face_boxes) for box in boxes]
@@ -143,10 +169,8 @@ class FaceAligner:
                 crops.append(crop)
                 affines.append(np.asarray(affine, np.float64))
             batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, torch.float32)
-            output = self.model(batch)
-            landmarks = output.landmarks.float().cpu().numpy()
-            boundary = output.heatmaps[-1].float().cpu().numpy() if heatmaps else None
-            heatmap_size = output.heatmaps[-1].shape[-1]
+            landmarks, boundary = self._landmarks(batch)
+            heatmap_size = boundary.shape[-1]
             for position, ((index, box), affine) in enumerate(zip(chunk, affines)):
                 crop_to_image = np.vstack([cv2.invertAffineTransform(affine), [0.0, 0.0, 1.0]])
                 original = landmarks[position] @ crop_to_image[:2, :2].T + crop_to_image[:2, 2]

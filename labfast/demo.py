@@ -18,9 +18,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from labfast import checkpoint, metrics, plots, presets
 from labfast.aligner import FaceAligner, default_weights
+from labfast.cpu_inference import add_threads_argument, set_threads
 from labfast.data import read_image_bgr
 from labfast.evaluate import format_table, predict_faces, resolve_device
 from labfast.overlay import draw_faces
@@ -41,6 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-root", default=str(BUNDLED_DATA), help="300-W layout folder (default: bundled sample)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overlays", type=int, default=8, help="how many faces get an overlay picture")
+    add_threads_argument(parser)
 
 
 def demo_training_config(data_root: str, minutes: float) -> presets.TrainConfig:
@@ -62,6 +65,8 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        set_threads(args.threads)
     weights = Path(args.checkpoint) if args.checkpoint else _shipped_weights()
     train_first = args.train or weights is None
     if train_first and not args.train:
@@ -97,7 +102,7 @@ def run(args) -> int:
 
 def _write_overlays(weights: Path, faces: list, folder: Path, device) -> None:
     """Per face: predicted landmarks (white) over the predicted boundary heatmaps, annotation in green."""
-    aligner = FaceAligner(weights, device=device)
+    aligner = FaceAligner(weights, device=device, threads=torch.get_num_threads())  # as --threads set it
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
     for face in faces:

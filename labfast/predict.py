@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from labfast.cpu_inference import add_threads_argument
+
 logger = logging.getLogger("labfast.predict")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="labfast-predictions", help="output folder")
     parser.add_argument("--pts", action="store_true", help="also write one 1-based iBUG .pts file per face")
     parser.add_argument("--no-overlay", action="store_true", help="do not draw overlay images / videos")
+    parser.add_argument("--flip", action="store_true", help="average with the prediction for the mirrored face (2x compute)")
+    add_threads_argument(parser)
 
 
 @dataclass
@@ -270,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"labfast predict: --batch must be at least 1, got {args.batch}")
     images, videos = collect_inputs(args.inputs)
     boxes = read_boxes(args.boxes) if args.boxes else None
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch)
+    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip)
     if args.scheme is not None and args.scheme != aligner.scheme.name:
         raise SystemExit(f"labfast predict: checkpoint {aligner.checkpoint} predicts scheme {aligner.scheme.name!r}, not {args.scheme!r}")
     os.makedirs(args.out, exist_ok=True)

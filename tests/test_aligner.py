@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from labfast import aligner as aligner_module
 from labfast.aligner import FaceAligner
+from labfast.cpu_inference import TorchModel
 from labfast.data import box_from_landmarks, read_pts
 from labfast.model import LABOutput
 
@@ -57,8 +58,8 @@ def test_landmarks_and_heatmaps_map_back_to_original_pixels(tiny_checkpoint):
     at most 0.007 px, with the float32 crop affine of ``crop_face``); a half-crop-pixel slip in the mapping (the usual bug) would move it by 0.2 px (upscaled crop) to
     1.2 px (downscaled crop).
     """
-    aligner = FaceAligner(tiny_checkpoint, device="cpu", batch_size=2)
-    aligner.model = CentroidModel(aligner.scheme.num_points, aligner.boundary_scheme.num_boundaries)
+    aligner = FaceAligner(tiny_checkpoint, device="cpu", batch_size=2, runtime="torch")
+    aligner.forward = TorchModel(CentroidModel(aligner.scheme.num_points, aligner.boundary_scheme.num_boundaries))
     cases = [  # (dot centre, dot sigma, face box): upscaled, downscaled and off-centre crops
         ((301.3, 207.6), 3.0, (260.0, 170.0, 340.0, 250.0)),
         ((320.25, 240.75), 6.0, (100.0, 40.0, 560.0, 420.0)),

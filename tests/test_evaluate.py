@@ -7,7 +7,7 @@ import torch
 
 from labfast import checkpoint, cli, schemes
 from labfast.demo import BUNDLED_DATA
-from labfast.evaluate import evaluate, predict_faces
+from labfast.evaluate import MISSED_NME, YUNET_MODEL, box_iou, evaluate, match_detections, predict_faces
 from labfast.data import read_300w
 from labfast.model import LABOutput, config_by_name
 
@@ -77,3 +77,70 @@ def test_eval_command_prints_rows_and_writes_json_and_ced(tiny_checkpoint, tmp_p
 def test_eval_refuses_a_checkpoint_of_another_scheme(tiny_checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="300w scheme, not wflw"):
         cli.main(["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "wflw", "--data-root", str(tmp_path)])
+
+
+def _annotated_box_detector(faces, drop=()):
+    """A stand-in detector that finds each face exactly at its annotated box, except the faces in ``drop``."""
+    by_path = {face.image_path: face.box for face in faces}
+    dropped = {faces[index].image_path for index in drop}
+
+    def detect(image, calls=iter(faces)):
+        face = next(calls)
+        return np.zeros((0, 4)) if face.image_path in dropped else by_path[face.image_path][None]
+    return detect
+
+
+def test_detector_boxes_at_the_annotation_give_the_gt_figures(tiny_checkpoint):
+    model, _ = checkpoint.load_model(tiny_checkpoint)
+    faces = read_300w(BUNDLED_DATA, "common")
+    gt = evaluate(model, "300w", BUNDLED_DATA, ("common",), torch.device("cpu"))["common"]
+    detected = evaluate(model, "300w", BUNDLED_DATA, ("common",), torch.device("cpu"), boxes="detector",
+                        detect=_annotated_box_detector(faces))["common"]
+    assert detected["missed"] == 0 and gt["missed"] == 0
+    np.testing.assert_allclose(detected["nmes"], gt["nmes"], rtol=1e-6)
+
+
+def test_missed_faces_count_as_failures_with_the_missed_nme(tiny_checkpoint):
+    model, _ = checkpoint.load_model(tiny_checkpoint)
+    faces = read_300w(BUNDLED_DATA, "common")
+    gt = evaluate(model, "300w", BUNDLED_DATA, ("common",), torch.device("cpu"))["common"]
+    row = evaluate(model, "300w", BUNDLED_DATA, ("common",), torch.device("cpu"), boxes="detector",
+                   detect=_annotated_box_detector(faces, drop=(0, 7)))["common"]
+    assert row["missed"] == 2 and row["faces"] == 40
+    nmes = np.array(row["nmes"])
+    assert nmes[0] == nmes[7] == MISSED_NME
+    kept = np.ones(40, bool)
+    kept[[0, 7]] = False
+    np.testing.assert_allclose(nmes[kept], np.array(gt["nmes"])[kept], rtol=1e-6)
+    # the two missed faces fail on top of whatever failed with the annotated boxes
+    assert row["fr"] == pytest.approx(100 * np.mean((np.array(gt["nmes"]) > 0.1) | ~kept))
+
+
+def test_a_detection_that_overlaps_too_little_is_a_miss():
+    face = read_300w(BUNDLED_DATA, "common")[0]
+    x0, y0, x1, y1 = face.box.astype(np.float64)
+    beside = np.array([[x1, y0, 2 * x1 - x0, y1]])  # same size, just to the right: IoU 0
+    assert match_detections([face], detect=lambda image: beside) == [None]
+    overlapping = np.array([beside[0], [x0 + 2, y0, x1 + 2, y1]])
+    np.testing.assert_array_equal(match_detections([face], detect=lambda image: overlapping)[0], overlapping[1])
+
+
+def test_yunet_finds_the_bundled_faces_close_to_their_landmark_boxes(shared_data):
+    if not YUNET_MODEL.is_file():
+        pytest.skip(f"YuNet model {YUNET_MODEL} is absent")
+    faces = read_300w(BUNDLED_DATA, "common")
+    matched = match_detections(faces)
+    assert all(box is not None for box in matched)
+    overlaps = [box_iou(box[None], face.box.astype(np.float64))[0] for box, face in zip(matched, faces)]
+    # on the 2012 training faces the converted box had median IoU 0.90 with the landmark box
+    assert np.median(overlaps) > 0.8
+
+
+def test_eval_command_records_the_box_source(tiny_checkpoint, tmp_path, capsys, shared_data):
+    if not YUNET_MODEL.is_file():
+        pytest.skip(f"YuNet model {YUNET_MODEL} is absent")
+    assert cli.main(["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "300w", "--subset", "common",
+                     "--data-root", str(BUNDLED_DATA), "--boxes", "detector", "--out", str(tmp_path)]) == 0
+    assert "detector boxes" in capsys.readouterr().out
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["boxes"] == "detector" and report["results"]["common"]["missed"] == 0

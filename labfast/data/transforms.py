@@ -122,13 +122,104 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float,
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def occlude(image: np.ndarray, rng: np.random.Generator, size_range: tuple[float, float]) -> np.ndarray:
-    """Paint one rectangle of random grey-level noise, sides ``size_range`` of the crop, anywhere."""
+def jitter_box(box: np.ndarray, rng: np.random.Generator, shift_std: float, scale_std: float) -> np.ndarray:
+    """A face box moved and resized the way a detector's box errs: ``(4,)`` float64 ``x0, y0, x1, y1``.
+
+    The centre moves by ``shift_std * side`` per axis and the box is scaled about it by
+    ``exp(scale_std * z)`` (aspect kept), ``side = max(w, h)``, each ``z`` standard normal clipped
+    to +-3 so that a rare draw cannot push the face out of the crop.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0)
+    shift_x, shift_y, log_scale = np.clip(rng.standard_normal(3), -3.0, 3.0) * [shift_std, shift_std, scale_std]
+    centre_x, centre_y = (x0 + x1) / 2 + shift_x * side, (y0 + y1) / 2 + shift_y * side
+    half_w, half_h = (x1 - x0) / 2 * math.exp(log_scale), (y1 - y0) / 2 * math.exp(log_scale)
+    return np.array([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h])
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma in all three channels; (H, W, 3) RGB float in [0, 1]."""
+    grey = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+
+
+def shift_hue(image: np.ndarray, rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    """Turn the hue by a uniform angle in ``+-max_degrees``; (H, W, 3) RGB float in [0, 1]."""
+    hsv = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2HSV)  # float input: H in [0, 360)
+    hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-max_degrees, max_degrees), 360.0)
+    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
+
+
+def gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float]) -> np.ndarray:
+    """``image ** g``, ``log g`` uniform over ``log gamma_range`` (under- and over-exposure alike)."""
+    exponent = math.exp(rng.uniform(math.log(gamma_range[0]), math.log(gamma_range[1])))
+    return np.power(np.clip(image, 0.0, 1.0), exponent).astype(np.float32)
+
+
+def illumination_gradient(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Side lighting: multiply by a linear ramp from ``1 - s`` to ``1 + s`` across the crop in a
+    random direction, ``s`` uniform in ``[0, strength]``."""
     height, width = image.shape[:2]
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    amount = rng.uniform(0.0, strength)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    along = (xs - (width - 1) / 2) * math.cos(angle) + (ys - (height - 1) / 2) * math.sin(angle)
+    reach = max(1.0, (abs(math.cos(angle)) * (width - 1) + abs(math.sin(angle)) * (height - 1)) / 2)
+    ramp = 1.0 + amount * along / reach
+    return np.clip(image * ramp[..., None], 0.0, 1.0).astype(np.float32)
+
+
+def motion_blur(image: np.ndarray, rng: np.random.Generator, length_range: tuple[float, float]) -> np.ndarray:
+    """Blur along a line of random direction, length ``length_range`` of the crop side.
+
+    The kernel is a line segment centred on its middle pixel (odd size, point-symmetric), so like
+    a Gaussian blur it moves no point.
+    """
+    length = max(1.0, rng.uniform(*length_range) * image.shape[1])
+    size = 2 * int(math.ceil(length / 2)) + 1
+    angle = rng.uniform(0.0, math.pi)
+    half = (length - 1) / 2
+    centre = size // 2
+    kernel = np.zeros((size, size), np.float32)
+    start = (centre - half * math.cos(angle), centre - half * math.sin(angle))
+    stop = (centre + half * math.cos(angle), centre + half * math.sin(angle))
+    # drawn at 8x sub-pixel precision (shift=3), symmetric about the centre pixel
+    cv2.line(kernel, tuple(int(round(v * 8)) for v in start), tuple(int(round(v * 8)) for v in stop),
+             1.0, thickness=1, lineType=cv2.LINE_AA, shift=3)
+    kernel = (kernel + kernel[::-1, ::-1]) / 2  # exact point symmetry despite anti-aliasing rounding
+    kernel /= kernel.sum()
+    return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _random_region(rng: np.random.Generator, height: int, width: int,
+                   size_range: tuple[float, float]) -> tuple[int, int, int, int]:
+    """``top, left, box_h, box_w`` of a rectangle with sides ``size_range`` of the crop, wholly inside."""
     box_h = max(1, int(round(rng.uniform(*size_range) * height)))
     box_w = max(1, int(round(rng.uniform(*size_range) * width)))
     top = int(rng.integers(0, height - box_h + 1))
     left = int(rng.integers(0, width - box_w + 1))
+    return top, left, box_h, box_w
+
+
+def occlude(image: np.ndarray, rng: np.random.Generator,
+            size_range: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Paint one rectangle of random grey-level noise (random erasing), sides ``size_range`` of the
+    crop, anywhere. Returns the image and the region ``top, left, height, width``."""
+    top, left, box_h, box_w = region = _random_region(rng, *image.shape[:2], size_range)
     image = image.copy()
     image[top:top + box_h, left:left + box_w] = rng.random((box_h, box_w, image.shape[2]), dtype=np.float32)
-    return image
+    return image, region
+
+
+def paste_patch(image: np.ndarray, rng: np.random.Generator,
+                size_range: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Cover one rectangle with a patch cut from another place of the same crop (a hand, hair or
+    a second face's texture rather than noise), sides ``size_range`` of the crop. Returns the image
+    and the covered region ``top, left, height, width``."""
+    top, left, box_h, box_w = region = _random_region(rng, *image.shape[:2], size_range)
+    source_top = int(rng.integers(0, image.shape[0] - box_h + 1))
+    source_left = int(rng.integers(0, image.shape[1] - box_w + 1))
+    patch = image[source_top:source_top + box_h, source_left:source_left + box_w].copy()
+    image = image.copy()
+    image[top:top + box_h, left:left + box_w] = patch
+    return image, region
