@@ -35,7 +35,7 @@ setup(
         "labfast.kernels",
     ],
     package_dir={"labfast.kernels": "kernels"},
-    package_data={"labfast": ["weights/*"]},
+    package_data={"labfast": ["weights/*", "detectors/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
