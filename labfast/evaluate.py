@@ -4,13 +4,19 @@
 
 Prints one row per subset (NME %, FR@10 %, AUC@10) — 300-W common / challenging / full (and the
 300-W test set on request), WFLW full and its six attribute subsets, COFW, AFLW full / frontal —
-and writes ``metrics.json`` plus a CED plot (``ced.png``) to ``--out``.
+and writes ``metrics.json`` plus a CED plot (``ced.png``) to ``--out`` (default: ``labfast-eval-DATASET``
+in the working directory). ``--checkpoint`` defaults to the shipped weights.
+
+A malformed annotation (a ``.pts`` with the wrong number of points, an unreadable line) is skipped
+with a warning and counted in the table and ``metrics.json``; ``--strict`` stops at the first one.
+The command exits with status 1 when no subset could be evaluated.
 
 Errors are measured in the original image: predictions in crop coordinates are mapped back with
 the inverse of the crop's affine transform before the NME is taken against the annotation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -25,6 +31,8 @@ from labfast import checkpoint, data, metrics, plots
 
 logger = logging.getLogger("labfast.evaluate")
 
+NORMALISER_NAMES = {"inter_ocular": "inter-ocular distance", "inter_pupil": "inter-pupil distance",
+                    "box": "face box size, sqrt(w·h)"}
 DEFAULT_SUBSETS = {
     "300w": ("common", "challenging", "full"),
     "wflw": ("full", "pose", "expression", "illumination", "makeup", "occlusion", "blur"),
@@ -33,16 +41,40 @@ DEFAULT_SUBSETS = {
 }
 
 
-def read_test_faces(dataset: str, root: Path, subset: str) -> list:
+def read_test_faces(dataset: str, root: Path, subset: str, strict: bool = True) -> list:
     if dataset == "300w":
-        return data.read_300w(root, subset=subset)
+        return data.read_300w(root, subset=subset, strict=strict)
     if dataset == "wflw":
-        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset)
+        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset, strict=strict)
     if dataset == "cofw":
-        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root)
+        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root, strict=strict)
     if dataset == "aflw":
-        return data.read_aflw(root, split=subset)
+        return data.read_aflw(root, split=subset, strict=strict)
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SUBSETS)}")
+
+
+class _SkipCounter(logging.Handler):
+    """Adds up the "skipped N bad entries" summaries the readers log (``labfast.data``) with ``strict=False``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.skipped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("skipped %d bad entries") and record.args:
+            self.skipped += int(record.args[0])
+
+
+@contextlib.contextmanager
+def count_skipped():
+    """Count the annotations the data readers skip inside the block (``counter.skipped``)."""
+    counter = _SkipCounter()
+    reader_logger = logging.getLogger("labfast.data")
+    reader_logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        reader_logger.removeHandler(counter)
 
 
 def invert_affine(affine: torch.Tensor) -> torch.Tensor:
@@ -84,21 +116,28 @@ def predict_faces(model, samples: list, device: torch.device, batch_size: int = 
 
 
 def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: torch.device,
-             batch_size: int = 32, flip: bool = False) -> dict[str, Any]:
-    """NME / FR / AUC per subset; a subset whose files are absent is reported, not skipped silently."""
+             batch_size: int = 32, flip: bool = False, strict: bool = False) -> dict[str, Any]:
+    """NME / FR / AUC per subset; a subset whose files are absent (or that has no readable face) is
+    reported, not skipped silently. Malformed annotations are skipped and counted (``skipped``)
+    unless ``strict``, where the first one raises ``labfast.data.AnnotationError``."""
     results: dict[str, Any] = {}
     for subset in subsets:
         try:
-            samples = read_test_faces(dataset, root, subset)
+            with count_skipped() as counter:
+                samples = read_test_faces(dataset, root, subset, strict=strict)
         except FileNotFoundError as error:
             results[subset] = {"missing": str(error)}
             logger.warning("%s %s: not evaluated (%s)", dataset, subset, error)
+            continue
+        if not samples:
+            results[subset] = {"missing": f"no readable face ({counter.skipped} malformed annotation(s) skipped)"}
+            logger.warning("%s %s: not evaluated (no readable face)", dataset, subset)
             continue
         predicted = predict_faces(model, samples, device, batch_size=batch_size, flip=flip)
         truth = np.stack([sample.landmarks for sample in samples])
         boxes = np.stack([sample.box for sample in samples])
         nmes = metrics.nme(predicted, truth, model.scheme, boxes=boxes)
-        results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "nmes": nmes.tolist()}
+        results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "skipped": counter.skipped, "nmes": nmes.tolist()}
     return results
 
 
@@ -108,19 +147,21 @@ def format_table(dataset: str, results: dict[str, Any]) -> str:
         if "missing" in row:
             lines.append(f"{subset:<14}{'—':>7}  not evaluated: {row['missing']}")
             continue
-        lines.append(f"{subset:<14}{row['faces']:>7}{row['nme']:>9.2f}{row['fr']:>10.2f}{row['auc']:>9.4f}")
+        skipped = f"  ({row['skipped']} malformed annotation(s) skipped)" if row.get("skipped") else ""
+        lines.append(f"{subset:<14}{row['faces']:>7}{row['nme']:>9.2f}{row['fr']:>10.2f}{row['auc']:>9.4f}{skipped}")
     return "\n".join(lines)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a labfast checkpoint (best.pt / last.pt / shipped weights)")
+    parser.add_argument("--checkpoint", default=None, help="a labfast checkpoint (default: the weights shipped with labfast)")
     parser.add_argument("--dataset", required=True, choices=sorted(DEFAULT_SUBSETS))
     parser.add_argument("--data-root", required=True, help="the data set's root folder (or .mat file for COFW)")
     parser.add_argument("--subset", action="append", help="subset(s) to evaluate (default: all of the protocol's)")
     parser.add_argument("--flip", action="store_true", help="average with the prediction for the mirrored face")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: beside the checkpoint)")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: labfast-eval-DATASET in the working directory)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed annotation instead of skipping it")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,20 +171,44 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run(args) -> int:
+    from labfast.aligner import default_weights
+    from labfast.data import AnnotationError
+
     device = resolve_device(args.device)
-    model, info = checkpoint.load_model(args.checkpoint, device=device)
+    weights = args.checkpoint or default_weights()
+    model, info = checkpoint.load_model(weights, device=device)
     if model.scheme.name != args.dataset:
-        raise SystemExit(f"labfast eval: {args.checkpoint} predicts the {model.scheme.name} scheme, not {args.dataset}")
+        raise SystemExit(f"labfast eval: {weights} predicts the {model.scheme.name} scheme, not {args.dataset}")
     subsets = tuple(args.subset or DEFAULT_SUBSETS[args.dataset])
-    results = evaluate(model, args.dataset, Path(args.data_root), subsets, device, batch_size=args.batch, flip=args.flip)
-    print(f"{args.dataset} — {args.checkpoint}{' (flip averaged)' if args.flip else ''}")
+    try:
+        results = evaluate(model, args.dataset, Path(args.data_root), subsets, device, batch_size=args.batch,
+                           flip=args.flip, strict=args.strict)
+    except AnnotationError as error:
+        raise SystemExit(f"labfast eval: {error} (--strict; without it malformed annotations are skipped and counted)") from None
+    print(f"{args.dataset} — {weights}{' (flip averaged)' if args.flip else ''}")
     print(format_table(args.dataset, results))
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.dataset}"
+    out = Path(args.out) if args.out else Path.cwd() / f"labfast-eval-{args.dataset}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": args.dataset,
-                                                  "flip": args.flip, "results": results}, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({
+        "checkpoint": str(weights), "dataset": args.dataset, "flip": args.flip,
+        "units": {"nme": "% of the normaliser", "fr": "% of faces", "auc": "fraction (0-1)",
+                  "nmes": "% of the normaliser, per face", "normaliser": model.scheme.normalizer,
+                  "failure_threshold": "NME 10 %"},
+        "results": _in_percent(results)}, indent=2) + "\n")
+    written = [out / "metrics.json"]
     curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
     if curves:
-        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution")
-    print(f"wrote {out / 'metrics.json'} and {out / 'ced.png'}")
+        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution",
+                       normaliser=NORMALISER_NAMES[model.scheme.normalizer])
+        written.append(out / "ced.png")
+    print(f"wrote {' and '.join(str(path) for path in written)}")
+    if not curves:
+        logger.error("nothing was evaluated: no subset of %s could be read under %s", args.dataset, args.data_root)
+        return 1
     return 0
+
+
+def _in_percent(results: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``'s one unit: per-face NMEs in % like the summary NME (``metrics.summarize``)."""
+    return {subset: {**row, "nmes": [round(100 * value, 4) for value in row["nmes"]]} if "nmes" in row else row
+            for subset, row in results.items()}

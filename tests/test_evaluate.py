@@ -70,10 +70,61 @@ def test_eval_command_prints_rows_and_writes_json_and_ced(tiny_checkpoint, tmp_p
     assert "common" in printed and "not evaluated" in printed
     report = json.loads((tmp_path / "metrics.json").read_text())
     row = report["results"]["common"]
-    assert row["nme"] == pytest.approx(100 * np.mean(row["nmes"]))
+    # one unit: per-face NMEs in % like the mean (rounded to 1e-4 % each, so the mean to 5e-5 %)
+    assert row["nme"] == pytest.approx(np.mean(row["nmes"]), abs=5e-5)
+    assert report["units"]["nme"] == report["units"]["nmes"].split(",")[0] == "% of the normaliser"
+    assert report["units"]["normaliser"] == "inter_ocular"
     assert (tmp_path / "ced.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_eval_refuses_a_checkpoint_of_another_scheme(tiny_checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="300w scheme, not wflw"):
         cli.main(["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "wflw", "--data-root", str(tmp_path)])
+
+
+def eval_command(*arguments) -> int:
+    return cli.main(["eval", "--dataset", "300w", "--device", "cpu", *map(str, arguments)])
+
+
+def test_eval_defaults_to_the_shipped_weights_and_writes_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert eval_command("--data-root", BUNDLED_DATA, "--subset", "common") == 0
+    report = json.loads((tmp_path / "labfast-eval-300w" / "metrics.json").read_text())
+    assert report["checkpoint"].endswith("lab_300w.pt") and report["results"]["common"]["faces"] == 40
+    assert (tmp_path / "labfast-eval-300w" / "ced.png").is_file()
+
+
+def test_eval_with_nothing_to_evaluate_fails_and_claims_no_plot(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", tmp_path / "empty", "--out", out) == 1
+    printed = capsys.readouterr().out
+    assert "ced.png" not in printed and f"wrote {out / 'metrics.json'}" in printed
+    assert not (out / "ced.png").exists()
+
+
+@pytest.fixture
+def one_malformed_annotation(tmp_path):
+    """The bundled common subset with one of its 40 .pts files cut to 19 points."""
+    import shutil
+
+    root = tmp_path / "300w"
+    for folder in ("lfpw/testset", "helen/testset"):
+        shutil.copytree(BUNDLED_DATA / folder, root / folder)
+    bad = sorted((root / "lfpw" / "testset").glob("*.pts"))[0]
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(["version: 1", "n_points: 19", "{", *lines[3:22], "}"]) + "\n")
+    return root, bad
+
+
+def test_a_malformed_annotation_is_skipped_counted_and_the_rest_evaluated(tiny_checkpoint, one_malformed_annotation, tmp_path, capsys):
+    root, bad = one_malformed_annotation
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", root, "--subset", "common", "--out", tmp_path / "out") == 0
+    assert "(1 malformed annotation(s) skipped)" in capsys.readouterr().out
+    row = json.loads((tmp_path / "out" / "metrics.json").read_text())["results"]["common"]
+    assert row["faces"] == 39 and row["skipped"] == 1
+
+
+def test_strict_stops_at_the_malformed_annotation_naming_it(tiny_checkpoint, one_malformed_annotation, tmp_path):
+    root, bad = one_malformed_annotation
+    with pytest.raises(SystemExit, match=f"{bad.name}.*19.*--strict"):
+        eval_command("--checkpoint", tiny_checkpoint, "--data-root", root, "--subset", "common", "--strict", "--out", tmp_path / "out")
