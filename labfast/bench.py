@@ -849,8 +849,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--what", default="all", help="train, infer, heatmaps, kernels or all (comma-separated)")
     parser.add_argument("--batch", default=None, help="batch sizes (default 1,32,256 on a GPU, 1,2 on a CPU)")
     parser.add_argument("--dtype", default=None, help="fp32, bf16 (default fp32,bf16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--backend", default="reference,compile,fast",
-                        help="reference, compile, fast (fast: eager, +compile, +cudagraphs; see the module doc)")
+    parser.add_argument("--backend", default=None,
+                        help="reference, compile, fast (fast: eager, +compile, +cudagraphs; see the module doc); default "
+                             "all on a GPU, reference on a CPU (torch.compile's warm-up takes minutes there: opt in)")
     parser.add_argument("--config", default=None, choices=("paper", "small", "tiny"),
                         help="model preset (default paper on a GPU, tiny on a CPU)")
     parser.add_argument("--repeats", type=int, default=10, help="at least this many timed calls per row")
@@ -872,7 +873,7 @@ def settings_from_args(args, device: torch.device) -> Settings:
         what=SECTIONS if "all" in what else what,
         batches=_batches(args.batch or ("1,32,256" if gpu else "1,2")),
         dtypes=_list(args.dtype or ("fp32,bf16" if gpu else "fp32"), tuple(DTYPES), "--dtype"),
-        groups=_list(args.backend, BACKEND_GROUPS, "--backend"),
+        groups=_list(args.backend or ("reference,compile,fast" if gpu else "reference"), BACKEND_GROUPS, "--backend"),
         config=args.config or ("paper" if gpu else "tiny"),
         repeats=args.repeats,
         min_time=args.min_time if args.min_time is not None else (1.0 if gpu else 0.2),
@@ -886,6 +887,9 @@ def run(args) -> int:
         if args.threads < 1:
             raise SystemExit(f"labfast bench: --threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
+    if device.type == "cpu" and "compile" in settings.groups:
+        print("torch.compile on the CPU: each compiled row first compiles (minutes on a small CPU); "
+              "that warm-up is reported per row as warmup_s in the JSON")
     result = run_benchmarks(settings, device)
     print(format_table(result))
     path = Path(args.json)
