@@ -18,7 +18,6 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
 
 import cv2
 import numpy as np
