@@ -16,8 +16,10 @@ Outputs, under ``--out`` (for an input folder, its sub-folders are mirrored):
   video ``CLIP.overlay.mp4``.
 
 Images are every file OpenCV can decode (``cv2.haveImageReader``: JPEG, PNG, PPM/PGM, BMP, TIFF,
-WebP, ...); videos are recognised by their suffix. At most ``--max-megapixels`` of decoded images
-(or video frames) are held at once, however large ``--batch`` is (one larger image is still read alone).
+WebP, ...); videos are recognised by their suffix. Images go through the model in chunks of at
+most ``--batch`` images and ``--max-megapixels`` pixels, however large ``--batch`` is (a larger
+image goes alone); the image that opens the next chunk is decoded before the chunk is processed, so
+at most ``--max-megapixels`` plus one image are held at once. Videos are read one frame at a time.
 
 Faces come from the YuNet detector shipped in ``labfast/detectors`` (``--detector haar`` for
 OpenCV's Haar cascade; see ``labfast.detect``), or from ``--boxes FILE.json``::
@@ -68,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", default="yunet", choices=("yunet", "haar"), help="face detector (default: yunet, shipped)")
     parser.add_argument("--batch", type=int, default=64, help="faces per forward pass, and at most this many images or frames read at a time")
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
-                        help=f"decoded images or frames held at once, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g})")
+                        help=f"pixels of the images processed together, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g}); "
+                             "at most this plus one image is held in memory")
     parser.add_argument("--redetect-every", type=int, default=30, help="video: run the detector at least every N frames (1: every frame)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--out", default="labfast-predictions", help="output folder")
@@ -174,7 +177,8 @@ def _write_json(path: Path, record: dict) -> None:
 def read_image_chunks(items: list[Item], max_images: int, max_megapixels: float, failures: list[str],
                       progress) -> Iterator[tuple[list[Item], list[np.ndarray]]]:
     """Decoded images in chunks of at most ``max_images`` images and ``max_megapixels`` pixels (one
-    larger image alone); unreadable ones are logged and added to ``failures``."""
+    larger image alone); unreadable ones are logged and added to ``failures``. While a chunk is
+    processed, the image that opens the next one is already decoded (its size is only known then)."""
     chunk: list[Item] = []
     pixels: list[np.ndarray] = []
     held = 0.0
