@@ -47,7 +47,8 @@ class FaceTracker:
         aligner: a :class:`labfast.aligner.FaceAligner` (its detector finds the faces).
         redetect_every: run the detector at least every this many frames (1 = every frame).
         min_confidence: re-detect when a tracked face's confidence falls below it; ``None`` takes
-            the threshold fitted for the shipped weights (``labfast/detectors/tracking.json``).
+            the threshold fitted for the shipped weights (``labfast/detectors/tracking.json``). For
+            other weights, fit theirs: ``python -m labfast.track --checkpoint CKPT --out FILE``.
     """
 
     def __init__(self, aligner, redetect_every: int = DEFAULT_REDETECT_EVERY, min_confidence: float | None = None):
