@@ -86,7 +86,7 @@ if __name__ == "__main__":
             "labfast.kernels",
         ],
         package_dir={"labfast.kernels": "kernels"},
-        package_data={"labfast": ["weights/*"]},
+        package_data={"labfast": ["weights/*", "detectors/*"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

@@ -1,10 +1,11 @@
 """``FaceAligner``: the one user-facing class for inference (STYLE.md convention 8).
 
-Build it once (it loads the checkpoint), then call :meth:`FaceAligner.predict` on an image or a
-list of images, with face boxes or with the bundled Haar detector::
+Build it once (it loads the checkpoint), then call :meth:`FaceAligner.predict` on an image, an
+image path or a list of them, with face boxes or with the bundled YuNet detector (``detector="haar"``
+for OpenCV's Haar cascade)::
 
     aligner = FaceAligner("lab_300w.pt")               # device "auto": CUDA if available
-    faces = aligner.predict(cv2.imread("photo.jpg"))   # list of Face, one per detected face
+    faces = aligner.predict("photo.jpg")               # list of Face, one per detected face
     faces[0].landmarks                                 # (68, 2) float32, original image pixels
 
 Every face is cropped exactly as in training without augmentation (``labfast.data.crop_face``
@@ -13,20 +14,22 @@ from the face box), the crops of all faces of all images go through the model in
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from labfast import schemes
+from labfast import detect, schemes
 from labfast.checkpoint import load_model
 from labfast.cpu_inference import DEFAULT_THREADS, RUNTIMES, inference_runtime, set_threads
 from labfast.data import crop_face
-from labfast.detect import detect_faces, to_landmark_box
+
+logger = logging.getLogger("labfast.aligner")
 
 #: The shipped default weights: (package, path inside it). Read through importlib.resources, so the
 #: file only needs to be package data of ``labfast`` (``weights/`` need not be a Python package).
@@ -45,12 +48,19 @@ class Face:
             the crop's heatmap grid, or ``None`` when not asked for.
         heatmap_to_image: ``(2, 3)`` float64 affine from heatmap pixels to original-image pixels
             (heatmap pixel centres at integer coordinates, like the image's).
+        confidence: how well the regressed landmarks agree with the predicted boundary heatmaps, in
+            [0, 1]: the mean over landmarks of the strongest boundary heatmap at the landmark
+            (:func:`landmark_confidence`). Low when the crop holds no face or a badly placed one;
+            ``labfast.track`` re-detects below a threshold fitted on held-out training faces.
+        score: the face detector's score for this face, ``None`` when the caller gave the box.
     """
 
     landmarks: np.ndarray
     box: np.ndarray
     boundary_heatmaps: np.ndarray | None
     heatmap_to_image: np.ndarray
+    confidence: float = float("nan")
+    score: float | None = None
 
 
 def default_weights() -> str:
@@ -81,6 +91,20 @@ def heatmap_to_crop(heatmap_size: int, input_size: int) -> np.ndarray:
     return np.array([[scale, 0.0, offset], [0.0, scale, offset], [0.0, 0.0, 1.0]])
 
 
+def landmark_confidence(landmarks: torch.Tensor, boundary_heatmaps: torch.Tensor, input_size: int) -> torch.Tensor:
+    """``(N,)`` agreement of landmarks ``(N, L, 2)`` (crop pixels) with boundary heatmaps ``(N, K, h, w)``.
+
+    Every landmark lies on a facial boundary, so a good prediction finds a strong response of some
+    boundary heatmap under each landmark: the score is the mean over the ``L`` landmarks of
+    ``max_k heatmap_k`` bilinearly sampled at the landmark (heatmaps cover the crop, pixel centres
+    aligned; outside the crop it is 0).
+    """
+    strongest = boundary_heatmaps.float().amax(dim=1, keepdim=True)  # (N, 1, h, w)
+    grid = ((landmarks.float() + 0.5) / input_size * 2 - 1)[:, None]  # (N, 1, L, 2) in [-1, 1]
+    sampled = F.grid_sample(strongest, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled.clamp(0, 1).mean(dim=(1, 2, 3))
+
+
 class FaceAligner:
     """LAB landmarks for faces in images.
 
@@ -96,18 +120,24 @@ class FaceAligner:
             twice the compute); boundary heatmaps stay those of the unmirrored crop.
         runtime: ``"auto"`` (ONNX Runtime on the CPU where installed and checked equal to eager,
             else eager PyTorch), ``"torch"`` or ``"onnxruntime"``; ``labfast.cpu_inference``.
+        detector: the face detector used when no boxes are given: ``"yunet"`` (default, shipped in
+            ``labfast/detectors/``) or ``"haar"`` (OpenCV's frontal-face cascade).
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                 batch_size: int = 64, threads: int | None = None, flip: bool = False, runtime: str = "auto"):
+                 batch_size: int = 64, threads: int | None = None, flip: bool = False, runtime: str = "auto",
+                 detector: str = detect.DEFAULT_DETECTOR):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if detector not in detect.DETECTORS:
+            raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(detect.DETECTORS)}")
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else default_weights()
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.flip = bool(flip)
+        self.detector = detector
         self.threads = set_threads(threads) if self.device.type == "cpu" else None
         self.model, self.info = load_model(self.checkpoint, self.device)
         self.scheme = schemes.get(self.info["scheme"])
@@ -115,15 +145,14 @@ class FaceAligner:
         self.input_size = int(self.info["config"].input_size)
         self.forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
 
-    def predict(self, image_or_batch: np.ndarray | Sequence[np.ndarray], boxes=None,
-                heatmaps: bool = False) -> list[Face] | list[list[Face]]:
+    def predict(self, image_or_batch, boxes=None, heatmaps: bool = False) -> list[Face] | list[list[Face]]:
         """Landmarks of every face in one image or in a list of images.
 
         Args:
-            image_or_batch: one ``(H, W, 3)`` uint8 BGR image (as ``cv2.imread`` gives), or a list
-                of them (sizes may differ).
-            boxes: ``None`` to detect faces (Haar cascade, converted to landmark-extent boxes with
-                :func:`labfast.detect.to_landmark_box`); else the face boxes ``x0, y0, x1, y1``
+            image_or_batch: one ``(H, W, 3)`` uint8 BGR image (as ``cv2.imread`` gives) or an image
+                file path, or a list of them (sizes may differ).
+            boxes: ``None`` to detect faces (``self.detector``, its boxes converted to landmark-extent
+                boxes with :func:`labfast.detect.to_landmark_box`); else the face boxes ``x0, y0, x1, y1``
                 in the landmark-extent convention LAB was trained on: an ``(F, 4)`` array for one
                 image, or a list of them (one per image, ``F`` may be 0) for a list of images.
             heatmaps: also return each face's predicted boundary heatmaps.
@@ -132,16 +161,22 @@ class FaceAligner:
             For one image, a list of :class:`Face` (empty if no face); for a list of images, a list
             of such lists in the same order.
         """
-        single = isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim in (2, 3)
+        if image_or_batch is None:
+            raise ValueError(_NONE_IMAGE.format(index=0))
+        single = (isinstance(image_or_batch, np.ndarray) and image_or_batch.ndim in (2, 3)) or \
+            isinstance(image_or_batch, (str, os.PathLike))
         images = [_as_bgr(image, index) for index, image in enumerate([image_or_batch] if single else image_or_batch)]
         if boxes is None:
-            face_boxes = [to_landmark_box(detect_faces(image)) for image in images]
+            found = [detect.detect_landmark_boxes(image, self.detector) for image in images]
+            face_boxes = [detections.boxes for detections in found]
+            scores = [detections.scores for detections in found]
         else:
             face_boxes = [boxes] if single else list(boxes)
             if len(face_boxes) != len(images):
                 raise ValueError(f"got {len(face_boxes)} box lists for {len(images)} images")
-            face_boxes = [_check_boxes(image_boxes, index) for index, image_boxes in enumerate(face_boxes)]
-        results = self._align(images, face_boxes, heatmaps)
+            face_boxes = [_check_boxes(image_boxes, index, image.shape) for index, (image_boxes, image) in enumerate(zip(face_boxes, images))]
+            scores = [[None] * len(image_boxes) for image_boxes in face_boxes]
+        results = self._align(images, face_boxes, scores, heatmaps)
         return results[0] if single else results
 
     def _landmarks(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -158,20 +193,22 @@ class FaceAligner:
         return landmarks, boundary
 
     @torch.inference_mode()
-    def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], heatmaps: bool) -> list[list[Face]]:
-        owners = [(index, box) for index, boxes in enumerate(face_boxes) for box in boxes]
+    def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], scores: list, heatmaps: bool) -> list[list[Face]]:
+        owners = [(index, box, score) for index, boxes in enumerate(face_boxes) for box, score in zip(boxes, scores[index])]
         results: list[list[Face]] = [[] for _ in images]
         for start in range(0, len(owners), self.batch_size):
             chunk = owners[start:start + self.batch_size]
             crops, affines = [], []
-            for index, box in chunk:
+            for index, box, _ in chunk:
                 crop, affine = crop_face(images[index], box, input_size=self.input_size)
                 crops.append(crop)
                 affines.append(np.asarray(affine, np.float64))
             batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, torch.float32)
             landmarks, boundary = self._landmarks(batch)
+            confidence = landmark_confidence(torch.from_numpy(landmarks), torch.from_numpy(boundary),
+                                             self.input_size).numpy()
             heatmap_size = boundary.shape[-1]
-            for position, ((index, box), affine) in enumerate(zip(chunk, affines)):
+            for position, ((index, box, score), affine) in enumerate(zip(chunk, affines)):
                 crop_to_image = np.vstack([cv2.invertAffineTransform(affine), [0.0, 0.0, 1.0]])
                 original = landmarks[position] @ crop_to_image[:2, :2].T + crop_to_image[:2, 2]
                 results[index].append(Face(
@@ -179,12 +216,27 @@ class FaceAligner:
                     box=np.asarray(box, np.float32),
                     boundary_heatmaps=boundary[position] if heatmaps else None,
                     heatmap_to_image=(crop_to_image @ heatmap_to_crop(heatmap_size, self.input_size))[:2],
+                    confidence=float(confidence[position]),
+                    score=None if score is None else float(score),
                 ))
         return results
 
 
-def _as_bgr(image: np.ndarray, index: int) -> np.ndarray:
-    """Accept ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8; name the image in the error otherwise."""
+_NONE_IMAGE = ("image {index} is None, not an image: cv2.imread returns None for a path it cannot read "
+               "(missing file, wrong path, or a format OpenCV does not decode); check the path, or pass the path itself")
+
+
+def _as_bgr(image, index: int) -> np.ndarray:
+    """Accept ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8, or an image path; name the image in the error otherwise."""
+    if image is None:
+        raise ValueError(_NONE_IMAGE.format(index=index))
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        pixels = cv2.imread(path, cv2.IMREAD_COLOR)
+        if pixels is None:
+            reason = "no such file" if not os.path.isfile(path) else "OpenCV cannot decode it"
+            raise ValueError(f"image {index}: cannot read {path} ({reason})")
+        return pixels
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"image {index}: expected uint8 pixels (as cv2.imread gives), got {image.dtype}")
@@ -195,7 +247,7 @@ def _as_bgr(image: np.ndarray, index: int) -> np.ndarray:
     return image
 
 
-def _check_boxes(boxes, index: int) -> np.ndarray:
+def _check_boxes(boxes, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
     boxes = np.asarray(boxes, np.float32)
     if boxes.size == 0:
         return np.zeros((0, 4), np.float32)
@@ -204,4 +256,12 @@ def _check_boxes(boxes, index: int) -> np.ndarray:
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if bad.any():
         raise ValueError(f"image {index}: box {int(np.argmax(bad))} {boxes[bad][0].tolist()} needs x1 > x0, y1 > y0, finite values")
+    height, width = image_shape[:2]
+    for number, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        # Landmark-extent boxes lie inside the image (the landmarks do); half a pixel is rounding.
+        if x0 < -0.5 or y0 < -0.5 or x1 > width - 0.5 or y1 > height - 0.5:
+            inside = max(0.0, min(x1, width - 0.5) - max(x0, -0.5)) * max(0.0, min(y1, height - 0.5) - max(y0, -0.5))
+            logger.warning("image %d: box %d [%.1f, %.1f, %.1f, %.1f] lies %s the %dx%d image (%.0f %% of it inside); "
+                           "boxes are x0, y0, x1, y1 in 0-based pixels of that image", index, number, x0, y0, x1, y1,
+                           "outside" if inside == 0 else "partly outside", width, height, 100 * inside / ((x1 - x0) * (y1 - y0)))
     return boxes

@@ -984,6 +984,9 @@ def run(args) -> int:
         if args.threads < 1:
             raise SystemExit(f"labfast bench: --threads {args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
+    if device.type == "cpu" and "compile" in settings.groups:
+        print("torch.compile on the CPU: each compiled row first compiles (minutes on a small CPU); "
+              "that warm-up is reported per row as warmup_s in the JSON")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     predictions = None

@@ -54,6 +54,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # torch.save writes a zip archive; say so plainly for anything else (a text file would otherwise
+    # surface as the unpickler's "unsupported operand 101").
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (an incomplete zip archive)")
+        raise CheckpointError(f"{path} is not a torch checkpoint (torch.save writes a zip archive; this file is not one)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:

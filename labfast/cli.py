@@ -22,10 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labfast", description="Look at Boundary face alignment.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The chosen command is the first argument that names one (``labfast -v predict ...`` too).
+    chosen = next((argument for argument in sys.argv[1:] if argument in SUBCOMMANDS), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(module=module)
-        if len(sys.argv) > 1 and sys.argv[1] == name:  # only the chosen command's options
+        # -v after the command as well; SUPPRESS keeps a -v given before it when absent here.
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+        if name == chosen:  # only the chosen command's options
             importlib.import_module(module).add_arguments(sub)
     return parser
 
@@ -35,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(importlib.import_module(args.module).run(args) or 0)
+    module = importlib.import_module(args.module)
+    from labfast.checkpoint import CheckpointError
+
+    try:
+        return int(module.run(args) or 0)
+    except (CheckpointError, FileNotFoundError) as error:  # bad input: one line, no traceback (-v shows it)
+        if args.verbose:
+            raise
+        print(f"labfast {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

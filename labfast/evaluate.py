@@ -5,22 +5,27 @@
 
 Prints one row per subset (NME %, FR@10 %, AUC@10) — 300-W common / challenging / full (and the
 300-W test set on request), WFLW full and its six attribute subsets, COFW, AFLW full / frontal —
-and writes ``metrics.json`` plus a CED plot (``ced.png``) to ``--out``.
+and writes ``metrics.json`` plus a CED plot (``ced.png``) to ``--out`` (default: ``labfast-eval-DATASET``
+in the working directory). ``--checkpoint`` defaults to the shipped weights.
+
+A malformed annotation (a ``.pts`` with the wrong number of points, an unreadable line) is skipped
+with a warning and counted in the table and ``metrics.json``; ``--strict`` stops at the first one.
+The command exits with status 1 when no subset could be evaluated.
 
 Errors are measured in the original image: predictions in crop coordinates are mapped back with
 the inverse of the crop's affine transform before the NME is taken against the annotation.
 
 ``--boxes gt`` (default) crops every face from its annotated landmark box, the protocol's box.
 ``--boxes detector`` crops it from the face detector's box (converted to a landmark box), as a user
-gets it from a photo: each annotated face takes the detection that overlaps its box most (IoU at
-least ``MATCH_IOU``); a face with no such detection is *missed* and scored ``MISSED_NME`` (a failure
+gets it from a photo: each annotated face takes the detection that contains its box's centre and
+overlaps it most; a face with no such detection is *missed* and scored ``MISSED_NME`` (a failure
 at every threshold, and it weighs on the mean NME), so a detector that finds fewer faces never looks
 better.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
 import logging
 from pathlib import Path
@@ -37,6 +42,8 @@ from labfast.cpu_inference import add_threads_argument, set_threads
 
 logger = logging.getLogger("labfast.evaluate")
 
+NORMALISER_NAMES = {"inter_ocular": "inter-ocular distance", "inter_pupil": "inter-pupil distance",
+                    "box": "face box size, sqrt(w·h)"}
 DEFAULT_SUBSETS = {
     "300w": ("common", "challenging", "full"),
     "wflw": ("full", "pose", "expression", "illumination", "makeup", "occlusion", "blur"),
@@ -45,73 +52,68 @@ DEFAULT_SUBSETS = {
 }
 
 
-def read_test_faces(dataset: str, root: Path, subset: str) -> list:
+def read_test_faces(dataset: str, root: Path, subset: str, strict: bool = True) -> list:
     if dataset == "300w":
-        return data.read_300w(root, subset=subset)
+        return data.read_300w(root, subset=subset, strict=strict)
     if dataset == "wflw":
-        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset)
+        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset, strict=strict)
     if dataset == "cofw":
-        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root)
+        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root, strict=strict)
     if dataset == "aflw":
-        return data.read_aflw(root, split=subset)
+        return data.read_aflw(root, split=subset, strict=strict)
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SUBSETS)}")
 
 
-#: A detection belongs to an annotated face when their boxes overlap at least this much (IoU).
-MATCH_IOU = 0.3
 #: NME given to a face the detector missed: one whole normaliser (inter-ocular distance for 300-W),
 #: ten times the failure threshold.
 MISSED_NME = 1.0
 BOX_SOURCES = ("gt", "detector")
 
-# The detector for ``--boxes detector``: YuNet run by cv2.FaceDetectorYN from ../shared, and its box
-# converted to the landmark box with the medians fitted on the 2012 300-W training faces by
-# benchmarks/detector_box_error.py (centre + (0.0014 w, 0.1143 h), size (1.0311 w, 0.7709 h); the
-# 0.0014 w is taken as 0). Stand-in until labfast.detect ships YuNet: the lead switches
-# ``detect_landmark_boxes`` to the packaged detector on merge.
-YUNET_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "yunet" / "face_detection_yunet_2026may.onnx"
-YUNET_CENTRE_SHIFT_Y, YUNET_WIDTH_SCALE, YUNET_HEIGHT_SCALE = 0.1143, 1.0311, 0.7709
-
-
-@functools.cache
-def _yunet() -> "cv2.FaceDetectorYN":
-    if not YUNET_MODEL.is_file():
-        raise FileNotFoundError(f"--boxes detector needs the YuNet model {YUNET_MODEL} (absent)")
-    return cv2.FaceDetectorYN.create(str(YUNET_MODEL), "", (320, 320), 0.6, 0.3, 50)
-
 
 def detect_landmark_boxes(image_bgr: np.ndarray) -> np.ndarray:
-    """Faces found by YuNet in a BGR ``uint8`` image as landmark-extent boxes ``(F, 4)`` float64."""
-    detector = _yunet()
-    detector.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
-    _, found = detector.detect(image_bgr)
-    if found is None:
-        return np.zeros((0, 4))
-    x, y, width, height = (found[:, column].astype(np.float64) for column in range(4))
-    centre_x, centre_y = x + width / 2, y + height / 2 + YUNET_CENTRE_SHIFT_Y * height
-    half_w, half_h = YUNET_WIDTH_SCALE * width / 2, YUNET_HEIGHT_SCALE * height / 2
-    return np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
+    """Faces found by the default detector (shipped YuNet) as landmark-extent boxes ``(F, 4)``."""
+    from labfast import detect
 
-
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of each of ``boxes`` ``(F, 4)`` with ``box`` ``(4,)``, all ``x0, y0, x1, y1``."""
-    x0, y0 = np.maximum(boxes[:, 0], box[0]), np.maximum(boxes[:, 1], box[1])
-    x1, y1 = np.minimum(boxes[:, 2], box[2]), np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+    return detect.detect_landmark_boxes(image_bgr).boxes
 
 
 def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
-    """For each annotated face, the detected box that overlaps its box most (IoU >= ``MATCH_IOU``),
+    """For each annotated face, the detected box that contains its box's centre and overlaps it
+    most (``labfast.detector_fit.match``, the rule the detector's box conversion was fitted with),
     or ``None`` when the detector missed it."""
+    from labfast.detector_fit import match
+
     matched = []
     for sample in samples:
         image = sample.image if sample.image is not None else data.read_image_bgr(sample.image_path)
         boxes = np.asarray(detect(image), np.float64).reshape(-1, 4)
-        overlaps = box_iou(boxes, sample.box.astype(np.float64)) if len(boxes) else np.zeros(0)
-        matched.append(boxes[overlaps.argmax()] if len(boxes) and overlaps.max() >= MATCH_IOU else None)
+        index = match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
+        matched.append(None if index is None else boxes[index])
     return matched
+
+
+class _SkipCounter(logging.Handler):
+    """Adds up the "skipped N bad entries" summaries the readers log (``labfast.data``) with ``strict=False``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.skipped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("skipped %d bad entries") and record.args:
+            self.skipped += int(record.args[0])
+
+
+@contextlib.contextmanager
+def count_skipped():
+    """Count the annotations the data readers skip inside the block (``counter.skipped``)."""
+    counter = _SkipCounter()
+    reader_logger = logging.getLogger("labfast.data")
+    reader_logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        reader_logger.removeHandler(counter)
 
 
 def invert_affine(affine: torch.Tensor) -> torch.Tensor:
@@ -153,8 +155,11 @@ def predict_faces(model, samples: list, device: torch.device, batch_size: int = 
 
 
 def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: torch.device,
-             batch_size: int = 32, flip: bool = False, boxes: str = "gt", detect=detect_landmark_boxes) -> dict[str, Any]:
-    """NME / FR / AUC per subset; a subset whose files are absent is reported, not skipped silently.
+             batch_size: int = 32, flip: bool = False, boxes: str = "gt", detect=detect_landmark_boxes,
+             strict: bool = False) -> dict[str, Any]:
+    """NME / FR / AUC per subset; a subset whose files are absent (or that has no readable face) is
+    reported, not skipped silently. Malformed annotations are skipped and counted (``skipped``)
+    unless ``strict``, where the first one raises ``labfast.data.AnnotationError``.
 
     ``boxes``: ``"gt"`` crops from the annotated boxes, ``"detector"`` from ``detect``'s boxes
     (missed faces scored ``MISSED_NME``; module docstring).
@@ -164,10 +169,15 @@ def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: 
     results: dict[str, Any] = {}
     for subset in subsets:
         try:
-            samples = read_test_faces(dataset, root, subset)
+            with count_skipped() as counter:
+                samples = read_test_faces(dataset, root, subset, strict=strict)
         except FileNotFoundError as error:
             results[subset] = {"missing": str(error)}
             logger.warning("%s %s: not evaluated (%s)", dataset, subset, error)
+            continue
+        if not samples:
+            results[subset] = {"missing": f"no readable face ({counter.skipped} malformed annotation(s) skipped)"}
+            logger.warning("%s %s: not evaluated (no readable face)", dataset, subset)
             continue
         truth = np.stack([sample.landmarks for sample in samples])
         annotated_boxes = np.stack([sample.box for sample in samples])
@@ -183,7 +193,7 @@ def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: 
             predicted = predict_faces(model, cropped, device, batch_size=batch_size, flip=flip)
             nmes[found] = metrics.nme(predicted, truth[found], model.scheme, boxes=annotated_boxes[found])
         results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()),
-                           "nmes": nmes.tolist()}
+                           "skipped": counter.skipped, "nmes": nmes.tolist()}
     return results
 
 
@@ -193,12 +203,14 @@ def format_table(dataset: str, results: dict[str, Any]) -> str:
         if "missing" in row:
             lines.append(f"{subset:<14}{'—':>7}  not evaluated: {row['missing']}")
             continue
-        lines.append(f"{subset:<14}{row['faces']:>7}{row.get('missed', 0):>8}{row['nme']:>9.2f}{row['fr']:>10.2f}{row['auc']:>9.4f}")
+        skipped = f"  ({row['skipped']} malformed annotation(s) skipped)" if row.get("skipped") else ""
+        lines.append(f"{subset:<14}{row['faces']:>7}{row.get('missed', 0):>8}{row['nme']:>9.2f}{row['fr']:>10.2f}"
+                     f"{row['auc']:>9.4f}{skipped}")
     return "\n".join(lines)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a labfast checkpoint (best.pt / last.pt / shipped weights)")
+    parser.add_argument("--checkpoint", default=None, help="a labfast checkpoint (default: the weights shipped with labfast)")
     parser.add_argument("--dataset", required=True, choices=sorted(DEFAULT_SUBSETS))
     parser.add_argument("--data-root", required=True, help="the data set's root folder (or .mat file for COFW)")
     parser.add_argument("--subset", action="append", help="subset(s) to evaluate (default: all of the protocol's)")
@@ -207,7 +219,8 @@ def add_arguments(parser) -> None:
                         help="crop from the annotated boxes (gt) or from the face detector's (detector; missed faces fail)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: beside the checkpoint)")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: labfast-eval-DATASET in the working directory)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed annotation instead of skipping it")
     add_threads_argument(parser)
 
 
@@ -218,23 +231,46 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run(args) -> int:
+    from labfast.aligner import default_weights
+    from labfast.data import AnnotationError
+
     device = resolve_device(args.device)
     if device.type == "cpu":
         set_threads(args.threads)
-    model, info = checkpoint.load_model(args.checkpoint, device=device)
+    weights = args.checkpoint or default_weights()
+    model, info = checkpoint.load_model(weights, device=device)
     if model.scheme.name != args.dataset:
-        raise SystemExit(f"labfast eval: {args.checkpoint} predicts the {model.scheme.name} scheme, not {args.dataset}")
+        raise SystemExit(f"labfast eval: {weights} predicts the {model.scheme.name} scheme, not {args.dataset}")
     subsets = tuple(args.subset or DEFAULT_SUBSETS[args.dataset])
-    results = evaluate(model, args.dataset, Path(args.data_root), subsets, device, batch_size=args.batch, flip=args.flip,
-                       boxes=args.boxes)
-    print(f"{args.dataset} — {args.checkpoint}, {args.boxes} boxes{' (flip averaged)' if args.flip else ''}")
+    try:
+        results = evaluate(model, args.dataset, Path(args.data_root), subsets, device, batch_size=args.batch,
+                           flip=args.flip, boxes=args.boxes, strict=args.strict)
+    except AnnotationError as error:
+        raise SystemExit(f"labfast eval: {error} (--strict; without it malformed annotations are skipped and counted)") from None
+    print(f"{args.dataset} — {weights}, {args.boxes} boxes{' (flip averaged)' if args.flip else ''}")
     print(format_table(args.dataset, results))
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{args.dataset}"
+    out = Path(args.out) if args.out else Path.cwd() / f"labfast-eval-{args.dataset}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": args.dataset,
-                                                  "flip": args.flip, "boxes": args.boxes, "results": results}, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({
+        "checkpoint": str(weights), "dataset": args.dataset, "flip": args.flip, "boxes": args.boxes,
+        "units": {"nme": "% of the normaliser", "fr": "% of faces", "auc": "fraction (0-1)",
+                  "nmes": "% of the normaliser, per face", "normaliser": model.scheme.normalizer,
+                  "failure_threshold": "NME 10 %"},
+        "results": _in_percent(results)}, indent=2) + "\n")
+    written = [out / "metrics.json"]
     curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
     if curves:
-        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution")
-    print(f"wrote {out / 'metrics.json'} and {out / 'ced.png'}")
+        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution",
+                       normaliser=NORMALISER_NAMES[model.scheme.normalizer])
+        written.append(out / "ced.png")
+    print(f"wrote {' and '.join(str(path) for path in written)}")
+    if not curves:
+        logger.error("nothing was evaluated: no subset of %s could be read under %s", args.dataset, args.data_root)
+        return 1
     return 0
+
+
+def _in_percent(results: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``'s one unit: per-face NMEs in % like the summary NME (``metrics.summarize``)."""
+    return {subset: {**row, "nmes": [round(100 * value, 4) for value in row["nmes"]]} if "nmes" in row else row
+            for subset, row in results.items()}

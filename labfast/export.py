@@ -59,6 +59,9 @@ RELEASE_FIELDS = ("metrics", "epoch", "step", "best_nme", "train_config")
 PARITY_FACTOR = 4.0
 PARITY_FLOOR = {"landmarks": 1e-2, "boundary_heatmaps": 1e-3}
 OUTPUTS = ("landmarks", "boundary_heatmaps")
+#: The smallest example batch an ONNX export is traced with: ``torch.export`` specialises a
+#: dimension of size 1 to the constant 1, so an example batch of 1 fixes the batch axis of the file.
+EXAMPLE_BATCH = 2
 
 
 class InferenceModel(torch.nn.Module):
@@ -98,10 +101,13 @@ def _require(*modules: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="labfast checkpoint to export")
+    parser.add_argument("--checkpoint", default=None, help="labfast checkpoint to export (default: the weights shipped with labfast)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint, .onnx or .torchscript.pt)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the example input (ONNX keeps the batch axis dynamic)")
+    parser.add_argument("--out", default=None, help="output file (default: CHECKPOINT-NAME.onnx / .torchscript.pt / .weights.pt "
+                                                    "in the working directory)")
+    parser.add_argument("--batch", type=int, default=EXAMPLE_BATCH,
+                        help=f"batch size of the example input and the parity check (default {EXAMPLE_BATCH}; ONNX "
+                             f"keeps the batch axis dynamic and is traced with at least {EXAMPLE_BATCH})")
     parser.add_argument("--half", action="store_true", help="checkpoint format: store the weights in float16")
 
 
@@ -115,7 +121,7 @@ def export(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = InferenceModel(model).eval()
     size = model.config.input_size
-    example = torch.rand(batch, 3, size, size)
+    example = torch.rand(max(batch, EXAMPLE_BATCH) if fmt == "onnx" else batch, 3, size, size)
     with reference_ops(), torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -193,10 +199,14 @@ def release(model: torch.nn.Module, info: dict, path: str | os.PathLike, half: b
 
 
 def run(args: argparse.Namespace) -> int:
+    from labfast.aligner import default_weights
     from labfast.checkpoint import load_model
 
+    if args.batch < 1:
+        raise SystemExit(f"labfast export: --batch must be at least 1, got {args.batch}")
+    args.checkpoint = args.checkpoint or default_weights()
     model, info = load_model(args.checkpoint, "cpu")
-    out = args.out or str(Path(args.checkpoint).with_suffix("")) + SUFFIXES[args.format]
+    out = args.out or str(Path.cwd() / Path(args.checkpoint).with_suffix("").name) + SUFFIXES[args.format]
     if args.format == "checkpoint":
         change = release(model, info, out, half=args.half)
         print(f"wrote {out} ({'float16' if args.half else 'float32'} weights, no training state); "

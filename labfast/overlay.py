@@ -58,14 +58,15 @@ def draw_boundaries(image_bgr: np.ndarray, heatmaps: np.ndarray, heatmap_to_imag
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def draw_faces(image_bgr: np.ndarray, faces: Sequence[Face], boundaries: bool = True) -> np.ndarray:
-    """A copy of ``image_bgr`` (``(H, W, 3)`` uint8) with every face's heatmaps, box and landmarks."""
+def draw_faces(image_bgr: np.ndarray, faces: Sequence[Face], boundaries: bool = True, points: bool = True) -> np.ndarray:
+    """A copy of ``image_bgr`` (``(H, W, 3)`` uint8) with every face's heatmaps (``boundaries``), and
+    box and landmarks (``points``)."""
     canvas = np.ascontiguousarray(image_bgr.copy())
     if boundaries:
         for face in faces:
             if face.boundary_heatmaps is not None:
                 canvas = draw_boundaries(canvas, face.boundary_heatmaps, face.heatmap_to_image)
-    for face in faces:
+    for face in faces if points else ():
         x0, y0, x1, y1 = face.box
         side = max(x1 - x0, y1 - y0)
         thickness = max(1, int(round(side / 150)))

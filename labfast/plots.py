@@ -16,15 +16,23 @@ from matplotlib.figure import Figure
 from labfast import metrics
 
 
-def plot_ced(curves: Mapping[str, object], path, threshold: float = 0.10, title: str | None = None) -> Path:
-    """Write a PNG of the CED curves ``{name: (N,) per-face NME}`` on ``[0, threshold]``.
+def plot_ced(curves: Mapping[str, object], path, threshold: float = 0.10, title: str | None = None,
+             normaliser: str = "inter-ocular distance") -> Path:
+    """Write a PNG of the CED curves ``{name: (N,) per-face NME as a fraction}`` on ``[0, threshold]``
+    (:func:`ced_figure`). Returns the path written."""
+    path = Path(path)
+    ced_figure(curves, threshold, title, normaliser).savefig(path, bbox_inches="tight")
+    return path
 
-    Each curve is the exact step function of :func:`labfast.metrics.ced`; its legend entry gives
-    NME (%), FR (%) and AUC at ``threshold``. Returns the path written.
-    """
+
+def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str | None = None,
+               normaliser: str = "inter-ocular distance") -> Figure:
+    """The CED figure: each curve the exact step function of :func:`labfast.metrics.ced`, its x axis
+    in % of ``normaliser``; the legend (NME %, FR %, AUC at ``threshold`` per curve) sits below the
+    axes, so it never hides a curve."""
     if not curves:
         raise ValueError("plot_ced needs at least one curve")
-    figure = Figure(figsize=(6, 4.5), dpi=120)
+    figure = Figure(figsize=(6, 4.5 + 0.25 * len(curves)), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for name, nmes in curves.items():
@@ -34,18 +42,16 @@ def plot_ced(curves: Mapping[str, object], path, threshold: float = 0.10, title:
             f"{name}: NME {summary['nme']:.2f}%, FR {summary['fr']:.2f}%, "
             f"AUC {summary['auc']:.3f} (n={summary['count']})"
         )
-        axes.step(x, y, where="post", label=label)
-    axes.set_xlim(0.0, threshold)
+        axes.step(100 * np.asarray(x), y, where="post", label=label)
+    axes.set_xlim(0.0, 100 * threshold)
     axes.set_ylim(0.0, 1.0)
-    axes.set_xlabel("NME (normalised point-to-point error)")
-    axes.set_ylabel("proportion of faces")
+    axes.set_xlabel(f"NME (% of the {normaliser})")
+    axes.set_ylabel("proportion of faces with NME ≤ x")
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    axes.set_title(title if title is not None else f"Cumulative error distribution (threshold {threshold:g})")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    axes.set_title(title if title is not None else f"Cumulative error distribution (threshold {100 * threshold:g} %)")
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def boundary_image(heatmaps) -> np.ndarray:

@@ -3,8 +3,10 @@
 Outputs, under ``--out`` (for an input folder, its sub-folders are mirrored):
 
 - ``NAME.json`` per image: ``{"image", "width", "height", "scheme", "checkpoint", "coordinates",
-  "faces": [{"box": [x0, y0, x1, y1], "landmarks": [[x, y], ...]}, ...]}``, coordinates 0-based
-  pixel centres of the original image (pixel (row i, col j) has its centre at (x=j, y=i)).
+  "faces": [{"box": [x0, y0, x1, y1], "score", "confidence", "landmarks": [[x, y], ...]}, ...]}``,
+  coordinates 0-based pixel centres of the original image (pixel (row i, col j) has its centre at
+  (x=j, y=i)); ``score`` is the detector's (``null`` for a ``--boxes`` box), ``confidence`` the
+  landmarks' agreement with the boundary heatmaps (``labfast.aligner.Face``).
 - ``NAME_1.pts``, ``NAME_2.pts`` ... with ``--pts``: one iBUG ``.pts`` file per face, **1-based**
   like every iBUG file (300-W's ``photo_N`` naming).
 - ``NAME.png``: the image with the predicted boundary heatmaps, boxes and landmarks drawn
@@ -13,17 +15,26 @@ Outputs, under ``--out`` (for an input folder, its sub-folders are mirrored):
   ``CLIP/FRAME_K.pts`` with ``--pts`` (frame number zero-padded to 6 digits), and the overlay
   video ``CLIP.overlay.mp4``.
 
-Faces come from OpenCV's Haar cascade (``labfast.detect``), or from ``--boxes FILE.json``::
+Images are every file OpenCV can decode (``cv2.haveImageReader``: JPEG, PNG, PPM/PGM, BMP, TIFF,
+WebP, ...); videos are recognised by their suffix. Images go through the model in chunks of at
+most ``--batch`` images and ``--max-megapixels`` pixels, however large ``--batch`` is (a larger
+image goes alone); the image that opens the next chunk is decoded before the chunk is processed, so
+at most ``--max-megapixels`` plus one image are held at once. Videos are read one frame at a time.
+
+Faces come from the YuNet detector shipped in ``labfast/detectors`` (``--detector haar`` for
+OpenCV's Haar cascade; see ``labfast.detect``), or from ``--boxes FILE.json``::
 
     {"photos/a.jpg": [[x0, y0, x1, y1], ...], "b.png": [], ...}
 
 keyed by the image path as given or found (``photos/a.jpg``), its path relative to the input
 folder, or its file name; boxes in the landmark-extent convention LAB trains on (the box around
-the 68 points), 0-based pixels. Images the file does not list get the detector. Videos always use
-the detector.
+the 68 points), 0-based pixels. Images the file does not list get the detector. In a video, faces
+are detected and then followed by their landmarks (``labfast.track``; ``--redetect-every 1``
+detects in every frame).
 
-An image without a face gets an empty ``faces`` list and a log line. An image that cannot be read
-is reported by name, the others go on, and the command exits with status 1 listing the failures.
+An image without a face gets an empty ``faces`` list and a log line. An input that cannot be read
+(or is neither an image nor a video) is reported by name, the others go on, and the command exits
+with status 1 listing the failures.
 """
 from __future__ import annotations
 
@@ -43,9 +54,14 @@ from labfast.cpu_inference import add_threads_argument
 
 logger = logging.getLogger("labfast.predict")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Suffixes of formats OpenCV decodes: a file with one is an image even if it turns out unreadable
+#: (then reported as such); any other file is an image when OpenCV recognises its signature.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".pbm", ".pnm", ".pfm", ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic", ".avif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 COORDINATES = "0-based pixel centres of the original image, x then y"
+#: Decoded images (or video frames) held in memory at once, in megapixels: 100 MP is 300 MB of BGR pixels.
+DEFAULT_MAX_MEGAPIXELS = 100.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="labfast checkpoint (default: the weights shipped with labfast, if any)")
     parser.add_argument("--scheme", default=None, help="expected landmark scheme (e.g. 300w); fail if the checkpoint predicts another")
     parser.add_argument("--boxes", default=None, help='JSON {"image path or name": [[x0, y0, x1, y1], ...]} of landmark-extent face boxes')
-    parser.add_argument("--batch", type=int, default=64, help="faces per forward pass, and images or frames read at a time")
+    parser.add_argument("--detector", default="yunet", choices=("yunet", "haar"), help="face detector (default: yunet, shipped)")
+    parser.add_argument("--batch", type=int, default=64, help="faces per forward pass, and at most this many images or frames read at a time")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
+                        help=f"pixels of the images processed together, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g}); "
+                             "at most this plus one image is held in memory")
+    parser.add_argument("--redetect-every", type=int, default=30, help="video: run the detector at least every N frames (1: every frame)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--out", default="labfast-predictions", help="output folder")
     parser.add_argument("--pts", action="store_true", help="also write one 1-based iBUG .pts file per face")
@@ -71,27 +92,34 @@ class Item:
     key: str  # relative path inside its input folder (or the path as given), for --boxes lookup
 
 
-def collect_inputs(inputs: Sequence[str]) -> tuple[list[Item], list[Item]]:
-    """Expand the command line into image items and video items; unknown inputs raise naming them."""
+def is_image(path: Path) -> bool:
+    """A file with an image suffix, or one whose signature OpenCV recognises as an image format."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or cv2.haveImageReader(str(path))
+
+
+def collect_inputs(inputs: Sequence[str], failures: list[str]) -> tuple[list[Item], list[Item]]:
+    """Expand the command line into image items and video items; an input that is neither is
+    logged and added to ``failures``; a missing input ends the command naming it."""
     images: list[Item] = []
     videos: list[Item] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES and is_image(p))
             if not found:
-                logger.warning("folder %s holds no image (%s)", path, ", ".join(IMAGE_SUFFIXES))
+                logger.warning("folder %s holds no image OpenCV can read", path)
             for file in found:
                 relative = file.relative_to(path)
                 images.append(Item(file, str(relative.with_suffix("")), str(relative)))
         elif path.is_file():
-            suffix = path.suffix.lower()
-            if suffix in VIDEO_SUFFIXES:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
                 videos.append(Item(path, path.stem, given))
-            elif suffix in IMAGE_SUFFIXES:
+            elif is_image(path):
                 images.append(Item(path, path.stem, given))
             else:
-                raise SystemExit(f"labfast predict: {given} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video ({', '.join(VIDEO_SUFFIXES)})")
+                message = (f"{given}: neither an image OpenCV can decode nor a video ({', '.join(VIDEO_SUFFIXES)})")
+                logger.error(message)
+                failures.append(message)
         else:
             raise SystemExit(f"labfast predict: input {given} does not exist")
     names: dict[str, Path] = {}
@@ -133,7 +161,8 @@ def lookup_boxes(boxes: dict[str, np.ndarray], item: Item) -> np.ndarray | None:
 
 
 def face_records(faces) -> list[dict]:
-    return [{"box": face.box.tolist(), "landmarks": face.landmarks.tolist()} for face in faces]
+    return [{"box": face.box.tolist(), "score": face.score, "confidence": round(face.confidence, 4),
+             "landmarks": face.landmarks.tolist()} for face in faces]
 
 
 def write_pts_files(stem: Path, faces) -> None:
@@ -149,31 +178,46 @@ def _write_json(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def read_image_chunks(items: list[Item], max_images: int, max_megapixels: float, failures: list[str],
+                      progress) -> Iterator[tuple[list[Item], list[np.ndarray]]]:
+    """Decoded images in chunks of at most ``max_images`` images and ``max_megapixels`` pixels (one
+    larger image alone); unreadable ones are logged and added to ``failures``. While a chunk is
+    processed, the image that opens the next one is already decoded (its size is only known then)."""
+    chunk: list[Item] = []
+    pixels: list[np.ndarray] = []
+    held = 0.0
+    for item in items:
+        image = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
+        if image is None:
+            message = f"{item.path}: cannot read the image (corrupt, empty or not an image OpenCV decodes)"
+            logger.error(message)
+            failures.append(message)
+            progress.update(1)
+            continue
+        megapixels = image.shape[0] * image.shape[1] / 1e6
+        if chunk and held + megapixels > max_megapixels:
+            yield chunk, pixels
+            chunk, pixels, held = [], [], 0.0
+        chunk.append(item)
+        pixels.append(image)
+        held += megapixels
+        if len(chunk) >= max_images:
+            yield chunk, pixels
+            chunk, pixels, held = [], [], 0.0
+    if chunk:
+        yield chunk, pixels
 
 
 def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray] | None, failures: list[str]) -> int:
-    """Predict and write every image of ``items``, ``--batch`` images at a time; returns how many were written."""
+    """Predict and write every image of ``items`` in chunks bounded by ``--batch`` and ``--max-megapixels``;
+    returns how many were written."""
     from labfast.overlay import draw_faces
 
     out = Path(args.out)
     progress = tqdm(total=len(items), unit="image", desc="predict", disable=len(items) < 2 or None)
     written = 0
-    for chunk in _chunks(items, args.batch):
-        readable, pixels, chunk_boxes = [], [], []
-        for item in chunk:
-            image = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
-            if image is None:
-                message = f"{item.path}: cannot read the image (corrupt, empty or not an image OpenCV decodes)"
-                logger.error(message)
-                failures.append(message)
-                progress.update(1)
-                continue
-            readable.append(item)
-            pixels.append(image)
-            chunk_boxes.append(lookup_boxes(boxes, item) if boxes is not None else None)
+    for readable, pixels in read_image_chunks(items, args.batch, args.max_megapixels, failures, progress):
+        chunk_boxes = [lookup_boxes(boxes, item) if boxes is not None else None for item in readable]
         detect = [index for index, found in enumerate(chunk_boxes) if found is None]
         if boxes is not None:
             for index in detect:
@@ -208,8 +252,10 @@ def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray
 
 
 def predict_video(aligner, item: Item, args, failures: list[str]) -> bool:
-    """Predict every frame of one video, ``--batch`` frames at a time; ``False`` if it could not be read."""
+    """Predict every frame of one video, following faces by their landmarks (``labfast.track``);
+    ``False`` if it could not be read."""
     from labfast.overlay import draw_faces
+    from labfast.track import FaceTracker
 
     capture = cv2.VideoCapture(str(item.path))
     if not capture.isOpened():
@@ -222,33 +268,27 @@ def predict_video(aligner, item: Item, args, failures: list[str]) -> bool:
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
     frames: list[dict] = []
+    tracker = FaceTracker(aligner, redetect_every=args.redetect_every)
     progress = tqdm(total=total, unit="frame", desc=item.path.name, disable=None)
     try:
-        finished = False
-        while not finished:
-            batch = []
-            while len(batch) < args.batch:
-                ok, frame = capture.read()
-                if not ok:
-                    finished = True
-                    break
-                batch.append(frame)
-            if not batch:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
                 break
-            for frame, faces in zip(batch, aligner.predict(batch, heatmaps=not args.no_overlay)):
-                number = len(frames)
-                frames.append({"frame": number, "faces": face_records(faces)})
-                if args.pts:
-                    write_pts_files(out / item.name / f"{number:06d}", faces)
-                if not args.no_overlay:
-                    if writer is None:
-                        path = out / f"{item.name}.overlay.mp4"
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
-                        if not writer.isOpened():
-                            raise OSError(f"OpenCV cannot write the overlay video {path}")
-                    writer.write(draw_faces(frame, faces))
-            progress.update(len(batch))
+            faces = tracker.update(frame, heatmaps=not args.no_overlay)
+            number = len(frames)
+            frames.append({"frame": number, "faces": face_records(faces)})
+            if args.pts:
+                write_pts_files(out / item.name / f"{number:06d}", faces)
+            if not args.no_overlay:
+                if writer is None:
+                    path = out / f"{item.name}.overlay.mp4"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        raise OSError(f"OpenCV cannot write the overlay video {path}")
+                writer.write(draw_faces(frame, faces))
+            progress.update(1)
     finally:
         progress.close()
         capture.release()
@@ -259,7 +299,8 @@ def predict_video(aligner, item: Item, args, failures: list[str]) -> bool:
         logger.error(message)
         failures.append(message)
         return False
-    logger.info("%s: %d frames, %d without a face", item.path, len(frames), sum(not f["faces"] for f in frames))
+    logger.info("%s: %d frames, %d without a face, detector run on %d", item.path, len(frames),
+                sum(not f["faces"] for f in frames), tracker.detections)
     _write_json(out / f"{item.name}.json", {
         "video": str(item.path), "fps": fps, "scheme": aligner.scheme.name, "checkpoint": aligner.checkpoint,
         "coordinates": COORDINATES, "frames": frames,
@@ -272,13 +313,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise SystemExit(f"labfast predict: --batch must be at least 1, got {args.batch}")
-    images, videos = collect_inputs(args.inputs)
+    if not args.max_megapixels > 0:
+        raise SystemExit(f"labfast predict: --max-megapixels must be positive, got {args.max_megapixels}")
+    if args.redetect_every < 1:
+        raise SystemExit(f"labfast predict: --redetect-every must be at least 1, got {args.redetect_every}")
+    failures: list[str] = []
+    images, videos = collect_inputs(args.inputs, failures)
     boxes = read_boxes(args.boxes) if args.boxes else None
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip)
+    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
+                          flip=args.flip, detector=args.detector)
     if args.scheme is not None and args.scheme != aligner.scheme.name:
         raise SystemExit(f"labfast predict: checkpoint {aligner.checkpoint} predicts scheme {aligner.scheme.name!r}, not {args.scheme!r}")
     os.makedirs(args.out, exist_ok=True)
-    failures: list[str] = []
     written_images = predict_images(aligner, images, args, boxes, failures)
     written_videos = sum(predict_video(aligner, video, args, failures) for video in videos)
     logger.info("wrote predictions for %d images and %d videos to %s", written_images, written_videos, args.out)

@@ -143,3 +143,69 @@ def test_auto_device_is_cuda_only_when_available():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert aligner_module.resolve_device("auto").type == expected
     assert aligner_module.resolve_device("cpu").type == "cpu"
+
+
+def test_a_path_gives_the_same_faces_as_the_decoded_image(tiny_checkpoint):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    path = SAMPLE / "fullres" / "image_0067.png"
+    from_path = aligner.predict(path)
+    from_pixels = aligner.predict(cv2.imread(str(path)))
+    assert len(from_path) == len(from_pixels) == 1
+    np.testing.assert_array_equal(from_path[0].landmarks, from_pixels[0].landmarks)
+    assert from_path[0].score == from_pixels[0].score and from_path[0].score >= 0.6  # YuNet's threshold
+    assert [len(faces) for faces in aligner.predict([str(path), path])] == [1, 1]
+
+
+def test_none_and_unreadable_paths_say_what_is_wrong(tiny_checkpoint, tmp_path):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="image 0 is None.*cv2.imread returns None"):
+        aligner.predict(None)
+    image = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))
+    with pytest.raises(ValueError, match="image 1 is None"):
+        aligner.predict([image, None])
+    with pytest.raises(ValueError, match="cannot read .*missing.jpg \\(no such file\\)"):
+        aligner.predict(tmp_path / "missing.jpg")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="text.png \\(OpenCV cannot decode it\\)"):
+        aligner.predict(str(tmp_path / "text.png"))
+
+
+def test_a_box_outside_the_image_is_warned_about(tiny_checkpoint, caplog):
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    image = np.zeros((100, 200, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="labfast.aligner"):
+        aligner.predict(image, boxes=[[20, 20, 80, 80]])
+        assert not [r for r in caplog.records if r.name == "labfast.aligner"]  # inside: silent
+        aligner.predict(image, boxes=[[300, 20, 360, 80], [150, 20, 250, 80]])
+    messages = [record.getMessage() for record in caplog.records if record.name == "labfast.aligner"]
+    assert len(messages) == 2
+    assert "box 0 [300.0, 20.0, 360.0, 80.0] lies outside the 200x100 image (0 % of it inside)" in messages[0]
+    # inside up to the last pixel's edge x = 199.5: 49.5 of 100 px wide, printed to 0 decimals
+    assert "box 1" in messages[1] and "partly outside" in messages[1] and "(50 % of it inside)" in messages[1]
+
+
+def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
+    # Heatmaps 8x8 over a 32 px crop (4 crop px per heatmap px, centres aligned): heatmap pixel
+    # (row 2, col 3) has its centre at crop (x, y) = (4 * 3 + 1.5, 4 * 2 + 1.5) = (13.5, 9.5).
+    heatmaps = torch.zeros(1, 2, 8, 8)
+    heatmaps[0, 0, 2, 3] = 0.8
+    heatmaps[0, 1, 2, 3] = 0.3  # the strongest boundary counts
+    heatmaps[0, 1, 5, 5] = 0.6  # centre at crop (21.5, 21.5)
+    landmarks = torch.tensor([[[13.5, 9.5], [21.5, 21.5], [0.0, 31.9], [-50.0, 10.0]]])
+    confidence = aligner_module.landmark_confidence(landmarks, heatmaps, input_size=32)
+    # exact at the centres; the corner point samples zeros; the point outside the crop gives 0
+    assert confidence.item() == pytest.approx((0.8 + 0.6 + 0 + 0) / 4, abs=1e-6)
+
+
+def test_shipped_weights_are_confident_on_a_face_and_not_on_background():
+    # Measured when written: 0.54 on the annotated box of a bundled test face, 0.23 on a box of the
+    # same size over uniform noise; the fitted re-detection threshold (0.43, labfast.track) lies between.
+    from labfast.data import read_300w
+    from labfast.track import default_min_confidence
+
+    sample = read_300w(SAMPLE, "common")[0]
+    aligner = FaceAligner(device="cpu")
+    on_face, = aligner.predict(sample.image_path, boxes=sample.box[None])
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    off_face, = aligner.predict(noise, boxes=sample.box[None])
+    assert on_face.confidence > default_min_confidence() > off_face.confidence

@@ -167,6 +167,8 @@ def test_compile_is_opt_in_on_the_cpu():
     args = build_parser_args(["bench", "--device", "cpu"])
     assert bench.settings_from_args(args, torch.device("cpu")).groups == ("reference", "fast")
     assert bench.settings_from_args(args, torch.device("cuda")).groups == ("reference", "compile", "fast")
+    asked = build_parser_args(["bench", "--device", "cpu", "--backend", "reference,compile"])
+    assert bench.settings_from_args(asked, torch.device("cpu")).groups == ("reference", "compile")
 
 
 def build_parser_args(argv):

@@ -7,7 +7,8 @@ import torch
 
 from labfast import checkpoint, cli, schemes
 from labfast.demo import BUNDLED_DATA
-from labfast.evaluate import MISSED_NME, YUNET_MODEL, box_iou, evaluate, match_detections, predict_faces
+from labfast.detector_fit import box_iou
+from labfast.evaluate import MISSED_NME, evaluate, match_detections, predict_faces
 from labfast.data import read_300w
 from labfast.model import LABOutput, config_by_name
 
@@ -70,7 +71,10 @@ def test_eval_command_prints_rows_and_writes_json_and_ced(tiny_checkpoint, tmp_p
     assert "common" in printed and "not evaluated" in printed
     report = json.loads((tmp_path / "metrics.json").read_text())
     row = report["results"]["common"]
-    assert row["nme"] == pytest.approx(100 * np.mean(row["nmes"]))
+    # one unit: per-face NMEs in % like the mean (rounded to 1e-4 % each, so the mean to 5e-5 %)
+    assert row["nme"] == pytest.approx(np.mean(row["nmes"]), abs=5e-5)
+    assert report["units"]["nme"] == report["units"]["nmes"].split(",")[0] == "% of the normaliser"
+    assert report["units"]["normaliser"] == "inter_ocular"
     assert (tmp_path / "ced.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,7 +120,7 @@ def test_missed_faces_count_as_failures_with_the_missed_nme(tiny_checkpoint):
     assert row["fr"] == pytest.approx(100 * np.mean((np.array(gt["nmes"]) > 0.1) | ~kept))
 
 
-def test_a_detection_that_overlaps_too_little_is_a_miss():
+def test_a_detection_that_misses_the_face_centre_is_a_miss():
     face = read_300w(BUNDLED_DATA, "common")[0]
     x0, y0, x1, y1 = face.box.astype(np.float64)
     beside = np.array([[x1, y0, 2 * x1 - x0, y1]])  # same size, just to the right: IoU 0
@@ -125,9 +129,7 @@ def test_a_detection_that_overlaps_too_little_is_a_miss():
     np.testing.assert_array_equal(match_detections([face], detect=lambda image: overlapping)[0], overlapping[1])
 
 
-def test_yunet_finds_the_bundled_faces_close_to_their_landmark_boxes(shared_data):
-    if not YUNET_MODEL.is_file():
-        pytest.skip(f"YuNet model {YUNET_MODEL} is absent")
+def test_yunet_finds_the_bundled_faces_close_to_their_landmark_boxes():
     faces = read_300w(BUNDLED_DATA, "common")
     matched = match_detections(faces)
     assert all(box is not None for box in matched)
@@ -136,11 +138,57 @@ def test_yunet_finds_the_bundled_faces_close_to_their_landmark_boxes(shared_data
     assert np.median(overlaps) > 0.8
 
 
-def test_eval_command_records_the_box_source(tiny_checkpoint, tmp_path, capsys, shared_data):
-    if not YUNET_MODEL.is_file():
-        pytest.skip(f"YuNet model {YUNET_MODEL} is absent")
+def test_eval_command_records_the_box_source(tiny_checkpoint, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "300w", "--subset", "common",
                      "--data-root", str(BUNDLED_DATA), "--boxes", "detector", "--out", str(tmp_path)]) == 0
     assert "detector boxes" in capsys.readouterr().out
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["boxes"] == "detector" and report["results"]["common"]["missed"] == 0
+
+
+def eval_command(*arguments) -> int:
+    return cli.main(["eval", "--dataset", "300w", "--device", "cpu", *map(str, arguments)])
+
+
+def test_eval_defaults_to_the_shipped_weights_and_writes_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert eval_command("--data-root", BUNDLED_DATA, "--subset", "common") == 0
+    report = json.loads((tmp_path / "labfast-eval-300w" / "metrics.json").read_text())
+    assert report["checkpoint"].endswith("lab_300w.pt") and report["results"]["common"]["faces"] == 40
+    assert (tmp_path / "labfast-eval-300w" / "ced.png").is_file()
+
+
+def test_eval_with_nothing_to_evaluate_fails_and_claims_no_plot(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", tmp_path / "empty", "--out", out) == 1
+    printed = capsys.readouterr().out
+    assert "ced.png" not in printed and f"wrote {out / 'metrics.json'}" in printed
+    assert not (out / "ced.png").exists()
+
+
+@pytest.fixture
+def one_malformed_annotation(tmp_path):
+    """The bundled common subset with one of its 40 .pts files cut to 19 points."""
+    import shutil
+
+    root = tmp_path / "300w"
+    for folder in ("lfpw/testset", "helen/testset"):
+        shutil.copytree(BUNDLED_DATA / folder, root / folder)
+    bad = sorted((root / "lfpw" / "testset").glob("*.pts"))[0]
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(["version: 1", "n_points: 19", "{", *lines[3:22], "}"]) + "\n")
+    return root, bad
+
+
+def test_a_malformed_annotation_is_skipped_counted_and_the_rest_evaluated(tiny_checkpoint, one_malformed_annotation, tmp_path, capsys):
+    root, bad = one_malformed_annotation
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", root, "--subset", "common", "--out", tmp_path / "out") == 0
+    assert "(1 malformed annotation(s) skipped)" in capsys.readouterr().out
+    row = json.loads((tmp_path / "out" / "metrics.json").read_text())["results"]["common"]
+    assert row["faces"] == 39 and row["skipped"] == 1
+
+
+def test_strict_stops_at_the_malformed_annotation_naming_it(tiny_checkpoint, one_malformed_annotation, tmp_path):
+    root, bad = one_malformed_annotation
+    with pytest.raises(SystemExit, match=f"{bad.name}.*19.*--strict"):
+        eval_command("--checkpoint", tiny_checkpoint, "--data-root", root, "--subset", "common", "--strict", "--out", tmp_path / "out")

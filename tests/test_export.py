@@ -52,11 +52,15 @@ def test_onnx_matches_eager_with_a_dynamic_batch(small_model, tmp_path):
 
 
 def test_export_command_writes_the_file_and_prints_the_parity(small_model, tmp_path, capsys, monkeypatch):
-    saved = tmp_path / "small.pt"
+    saved = tmp_path / "checkpoints" / "small.pt"
     checkpoint.save(saved, checkpoint.model_payload(small_model))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main rewrites sys.argv
     assert cli.main(["export", "--checkpoint", str(saved), "--format", "torchscript"]) == 0
-    assert (tmp_path / "small.torchscript.pt").is_file()
+    assert (work / "small.torchscript.pt").is_file()  # the working directory, not beside the checkpoint
+    assert sorted(path.name for path in saved.parent.iterdir()) == ["small.pt"]
     printed = capsys.readouterr().out
     assert "landmarks: 0 px" in printed and "boundary_heatmaps: 0 " in printed
     assert "FAILED" not in printed
@@ -100,3 +104,40 @@ def test_checkpoint_export_writes_half_precision_weights_without_training_state(
     payload = checkpoint.load(tmp_path / "release.pt")
     assert payload["dtype"] == "float16" and payload["step"] == 7 and "optimizer" not in payload
     assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript", "onnxruntime")),
+    reason="ONNX export needs the optional packages onnx, onnxscript and onnxruntime (pip install 'labfast[export]')",
+)
+def test_onnx_export_with_the_command_defaults_runs_batches_of_2_and_more_in_onnx_runtime(small_model, tmp_path, monkeypatch):
+    # With an example batch of 1, torch.export specialises the batch axis to 1 and the file refuses
+    # batch 2 (the old default); the command now traces with at least 2 and keeps the axis dynamic.
+    import onnxruntime
+
+    saved = tmp_path / "small.pt"
+    checkpoint.save(saved, checkpoint.model_payload(small_model))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli.main(["export", "--checkpoint", str(saved), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"])
+    size = small_model.config.input_size
+    for batch in (2, 1, 5):
+        images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        landmarks, heatmaps = session.run(None, {"images": images.numpy()})
+        with torch.no_grad(), export.reference_ops():
+            expected = small_model(images).landmarks
+        assert landmarks.shape == (batch, 68, 2) and heatmaps.shape[0] == batch
+        # the command's landmark tolerance floor (export.PARITY_FLOOR)
+        assert abs(torch.from_numpy(landmarks) - expected).max() <= export.PARITY_FLOOR["landmarks"]
+
+
+def test_export_defaults_to_the_shipped_weights_and_writes_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    from labfast.aligner import default_weights
+
+    shipped = sorted(path.name for path in os.scandir(os.path.dirname(default_weights())))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli.main(["export", "--format", "checkpoint"]) == 0
+    assert (tmp_path / "lab_300w.weights.pt").is_file()
+    assert sorted(path.name for path in os.scandir(os.path.dirname(default_weights()))) == shipped  # nothing written in the package

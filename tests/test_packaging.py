@@ -1,4 +1,5 @@
-"""Packaging: the top-level kernels/ folder ships as labfast.kernels; research-only data does not ship."""
+"""Packaging: the top-level kernels/ folder ships as labfast.kernels, the YuNet detector as package data;
+research-only data does not ship."""
 import subprocess
 import sys
 import zipfile
@@ -7,6 +8,7 @@ from pathlib import Path
 import labfast.kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+DETECTOR_FILES = ("face_detection_yunet_2026may.onnx", "LICENSE", "README.md", "box_conversion.json", "tracking.json")
 
 
 def test_kernels_import_as_a_subpackage_of_the_editable_install():
@@ -24,6 +26,7 @@ def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
     assert not any(name.startswith(("data/", "tests/", "benchmarks/")) or "300w_sample" in name for name in names)
     shipped = sorted(p.relative_to(ROOT / "labfast").as_posix() for p in (ROOT / "labfast" / "weights").glob("*")) if (ROOT / "labfast" / "weights").is_dir() else []
     assert all(f"labfast/{name}" in names for name in shipped)
+    assert all(f"labfast/detectors/{name}" in names for name in DETECTOR_FILES)
 
     # A regular (non-editable) install of that wheel: import it with no site-packages at all, so the
     # editable install cannot answer instead.
@@ -33,3 +36,18 @@ def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
     found = subprocess.run([sys.executable, "-S", "-c", "import labfast.kernels; print(labfast.kernels.__file__)"],
                            cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, capture_output=True, text=True)
     assert Path(found.stdout.strip()) == target / "labfast" / "kernels" / "__init__.py"
+    # the installed package finds its detector through importlib.resources, as labfast.detect does
+    yunet = subprocess.run([sys.executable, "-S", "-c", "import hashlib, importlib.resources as r; "
+                            "f = r.files('labfast').joinpath('detectors', 'face_detection_yunet_2026may.onnx'); "
+                            "print(f, hashlib.sha256(f.read_bytes()).hexdigest())"],
+                           cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, capture_output=True, text=True)
+    path, digest = yunet.stdout.split()
+    assert Path(path) == target / "labfast" / "detectors" / "face_detection_yunet_2026may.onnx"
+    assert digest == "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
+
+
+def test_the_editable_install_finds_the_shipped_detector_files():
+    from labfast import detect
+
+    for name in DETECTOR_FILES:
+        assert detect.detector_file(name) == ROOT / "labfast" / "detectors" / name

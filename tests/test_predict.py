@@ -101,7 +101,7 @@ def test_image_without_a_face_gives_an_empty_result_and_a_log_line(monkeypatch, 
     assert any("blank.png: no face found" in record.getMessage() for record in caplog.records)
 
 
-def test_video_frames_are_predicted_in_batches(monkeypatch, tiny_checkpoint, tmp_path):
+def test_video_frames_are_predicted_with_the_detector_on_every_frame(monkeypatch, tiny_checkpoint, tmp_path):
     frame = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))  # 320 x 441
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frame.shape[1], frame.shape[0]))
@@ -110,7 +110,8 @@ def test_video_frames_are_predicted_in_batches(monkeypatch, tiny_checkpoint, tmp
     writer.write(np.full_like(frame, 128))  # a frame without a face
     writer.release()
     out = tmp_path / "out"
-    assert predict(monkeypatch, video, "--checkpoint", tiny_checkpoint, "--out", out, "--batch", "3", "--pts") == 0
+    # the detector on every frame: the tiny random model's confidence means nothing to the tracker
+    assert predict(monkeypatch, video, "--checkpoint", tiny_checkpoint, "--out", out, "--redetect-every", "1", "--pts") == 0
     record = json.loads((out / "clip.json").read_text())
     assert [entry["frame"] for entry in record["frames"]] == [0, 1, 2, 3]
     assert [len(entry["faces"]) for entry in record["frames"]] == [1, 1, 1, 0]
@@ -125,10 +126,6 @@ def test_video_frames_are_predicted_in_batches(monkeypatch, tiny_checkpoint, tmp
 def test_wrong_inputs_are_refused_with_their_name(monkeypatch, tiny_checkpoint, tmp_path):
     with pytest.raises(SystemExit, match="does_not_exist.jpg does not exist"):
         predict(monkeypatch, tmp_path / "does_not_exist.jpg", "--checkpoint", tiny_checkpoint)
-    notes = tmp_path / "notes.txt"
-    notes.write_text("hello")
-    with pytest.raises(SystemExit, match="notes.txt is neither an image"):
-        predict(monkeypatch, notes, "--checkpoint", tiny_checkpoint)
     image = shutil.copy(SAMPLE / "fullres" / "image_0067.png", tmp_path)
     with pytest.raises(SystemExit, match="predicts scheme '300w', not 'wflw'"):
         predict(monkeypatch, image, "--checkpoint", tiny_checkpoint, "--scheme", "wflw", "--out", tmp_path / "out")
@@ -136,3 +133,57 @@ def test_wrong_inputs_are_refused_with_their_name(monkeypatch, tiny_checkpoint, 
     boxes.write_text(json.dumps({"image_0067.png": [[10, 10, 5, 20]]}))
     with pytest.raises(SystemExit, match="entry 'image_0067.png'"):
         predict(monkeypatch, image, "--checkpoint", tiny_checkpoint, "--boxes", boxes)
+
+
+def test_a_file_that_is_neither_image_nor_video_is_named_and_the_others_go_on(monkeypatch, tiny_checkpoint, tmp_path, caplog):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    image = shutil.copy(SAMPLE / "fullres" / "image_0067.png", tmp_path)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        assert predict(monkeypatch, notes, image, "--checkpoint", tiny_checkpoint, "--out", out, "--no-overlay") == 1
+    assert any("notes.txt: neither an image" in record.getMessage() for record in caplog.records)
+    assert (out / "image_0067.json").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".ppm", ".pgm", ".tif"])
+def test_every_format_opencv_reads_is_an_image(monkeypatch, tiny_checkpoint, tmp_path, suffix):
+    photo = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))
+    if suffix == ".pgm":  # grey only
+        photo = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / f"face{suffix}"), photo) and cv2.imwrite(str(tmp_path / f"given{suffix}"), photo)
+    out = tmp_path / "out"
+    assert predict(monkeypatch, folder, tmp_path / f"given{suffix}", "--checkpoint", tiny_checkpoint, "--out", out, "--no-overlay") == 0
+    for name in ("face", "given"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert (record["width"], record["height"]) == (320, 441) and len(record["faces"]) == 1
+
+
+def test_images_are_read_in_chunks_bounded_by_megapixels_whatever_the_batch(tmp_path):
+    from labfast.predict import Item, read_image_chunks
+
+    sizes = [(600, 800), (441, 320), (256, 256), (1000, 1000), (100, 100), (100, 100)]  # (h, w): 0.48, 0.14, 0.066, 1.0, 0.01, 0.01 MP
+    items = []
+    for number, (height, width) in enumerate(sizes):
+        path = tmp_path / f"{number}.png"
+        cv2.imwrite(str(path), np.zeros((height, width, 3), np.uint8))
+        items.append(Item(path, path.stem, path.name))
+
+    class Progress:
+        def update(self, count):
+            pass
+
+    chunks = [[image.shape[:2] for image in pixels] for _, pixels in read_image_chunks(items, 64, 0.5, [], Progress())]
+    # greedy: 0.48 | 0.14 + 0.066 (+1.0 would pass 0.5) | 1.0 alone (larger than the bound) | 0.01 + 0.01
+    assert chunks == [[sizes[0]], [sizes[1], sizes[2]], [sizes[3]], [sizes[4], sizes[5]]]
+    assert [len(pixels) for _, pixels in read_image_chunks(items, 2, 100.0, [], Progress())] == [2, 2, 2]  # --batch still bounds
+
+
+def test_haar_detector_is_a_choice(monkeypatch, tiny_checkpoint, tmp_path):
+    image = shutil.copy(SAMPLE / "fullres" / "image_0067.png", tmp_path)
+    out = tmp_path / "out"
+    assert predict(monkeypatch, image, "--checkpoint", tiny_checkpoint, "--out", out, "--detector", "haar", "--no-overlay") == 0
+    face, = json.loads((out / "image_0067.json").read_text())["faces"]
+    assert face["score"] is not None and face["score"] > 1  # Haar's level weight, not YuNet's [0, 1] score

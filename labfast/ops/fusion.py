@@ -44,9 +44,17 @@ def resize_heatmaps(heatmaps: torch.Tensor, size: tuple[int, int], mode: str) ->
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} is not one of {RESIZE_MODES}")
     if mode == "area":
-        shrunk = (min(size[0], heatmaps.shape[-2]), min(size[1], heatmaps.shape[-1]))
-        if shrunk != tuple(heatmaps.shape[-2:]):
-            heatmaps = F.adaptive_avg_pool2d(heatmaps, shrunk)
+        # plain ints: sizes are fixed by the model's input size, and a traced export keeps them so
+        height, width = int(heatmaps.shape[-2]), int(heatmaps.shape[-1])
+        shrunk = (min(int(size[0]), height), min(int(size[1]), width))
+        if shrunk != (height, width):
+            if height % shrunk[0] == 0 and width % shrunk[1] == 0:
+                # integer factors (all the model meets): the same mean over fixed windows, and a
+                # fixed kernel exports to ONNX where adaptive pooling of a traced size does not
+                factor = (height // shrunk[0], width // shrunk[1])
+                heatmaps = F.avg_pool2d(heatmaps, kernel_size=factor, stride=factor)
+            else:
+                heatmaps = F.adaptive_avg_pool2d(heatmaps, shrunk)
     if tuple(heatmaps.shape[-2:]) == tuple(size):
         return heatmaps
     return F.interpolate(heatmaps, size=size, mode="bilinear", align_corners=False)

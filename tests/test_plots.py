@@ -1,0 +1,21 @@
+"""The CED figure: x axis in % of the normaliser, labelled, legend clear of the curves."""
+import numpy as np
+
+from labfast.plots import ced_figure
+
+
+def test_ced_x_axis_is_in_percent_of_the_normaliser_and_the_legend_is_outside_the_axes():
+    rng = np.random.default_rng(4)
+    nmes = {"model": rng.gamma(4.0, 0.012, 100), "baseline": rng.gamma(4.0, 0.016, 100)}
+    figure = ced_figure(nmes, threshold=0.10, normaliser="inter-ocular distance")
+    axes, = figure.axes
+    assert axes.get_xlim() == (0.0, 10.0)  # threshold 0.10 drawn as 10 %
+    assert axes.get_xlabel() == "NME (% of the inter-ocular distance)"
+    # the step curves run in % too: the largest x drawn is the largest NME x 100 (ced appends the threshold)
+    first = axes.get_lines()[0].get_xdata()
+    assert np.max(first) == np.float64(10.0) and 0 < np.min(first[first > 0]) < 10
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = axes.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(axes.get_window_extent(renderer))  # never hides a curve
+    assert [text.get_text().split(":")[0] for text in axes.get_legend().get_texts()] == ["model", "baseline"]
