@@ -122,7 +122,7 @@ def launched_kernel_names() -> set[str]:
 _MODEL_OPS = ("message_passing", "input_fusion", "heatmap_feature_concat", "feature_fusion")
 
 
-def _record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> list[tuple]:
+def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> list[tuple]:
     """The argument specs ``(op, args)`` of every fused-op call of one ``LAB(scheme, config)`` forward.
 
     The forward runs under ``FakeTensorMode`` (shapes, dtypes and strides propagate, nothing is
@@ -227,7 +227,7 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     try:
         for phase in phases:
             os.environ["LABFAST_BACKEND"] = "reference"
-            calls = _record_model_op_calls(scheme, config, batch, phase)
+            calls = record_model_op_calls(scheme, config, batch, phase)
             os.environ["LABFAST_BACKEND"] = "triton"
             phase_now[0] = phase
             for op, args in calls:

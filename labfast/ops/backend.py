@@ -18,9 +18,10 @@ while checking (a kernel that does not compile, a missing CUDA extension symbol)
 warning and the op takes the reference for that (backend, dtype, device) from then on. A *forced*
 backend that fails its self-check raises instead: a forced path must run what it names.
 ``LABFAST_SELFCHECK=0`` turns the check off (benchmarks). The check runs eagerly; it is skipped,
-not cached, while ``torch.compile`` traces or a CUDA graph is being captured, so run one eager
-step first — ``FaceAligner``'s and ``labfast bench``'s warm-up calls do — to have it before
-compiling or capturing. A fast path that checked out but fails to compile later, at a new
+not cached, while ``torch.compile`` traces or a CUDA graph is being captured (the fast path is then
+taken unchecked), so make one eager call first to have it before compiling or capturing:
+``FaceAligner`` runs eagerly, and an eager warm-up call (``labfast bench``'s first call of an eager
+row) checks every op it reaches. A fast path that checked out but fails to compile later, at a new
 specialisation, also falls back with one log line (``run_fast``).
 """
 from __future__ import annotations
