@@ -15,7 +15,8 @@ specialisation, constexpr block sizes), but nothing is launched:
 
 It runs the paper preset (8 stacks, K boundaries of the scheme, 7×7 messages, 256 input) forward and
 backward in fp32 and under bf16 autocast, and the boundary-heatmap op in fp32 and bf16, then prints
-one row per compiled kernel: registers, spill bytes (ptxas ``-v``), shared memory. Batch size does
+one row per compiled specialisation: registers, spill bytes (ptxas ``-v``), shared memory. Rows
+that look alike differ in the specialisation of integer arguments (divisible by 16, or equal to 1). Batch size does
 not change a specialisation here (every pixel count is a multiple of 16 at batch 1 already).
 
 The Triton cache goes to a fresh temporary folder per run (``TRITON_CACHE_DIR``), so a clean clone
@@ -212,7 +213,7 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     # The launchers get CPU tensors; let forced Triton accept them as it does under the interpreter.
     interpreting = backend.interpreting
     backend.interpreting = lambda: True
-    ptxas = get_ptxas(90).path if _takes_arch(get_ptxas) else get_ptxas().path
+    ptxas = get_ptxas(target.arch).path
 
     compiled: dict[str, tuple[str, object]] = {}
     phase_now = [""]
@@ -241,11 +242,10 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     reports = []
     for phase, kernel in compiled.values():
         registers, spills = _ptxas_usage(ptxas, kernel.asm["ptx"])
-        signature = kernel.src.signature if hasattr(kernel, "src") else kernel.metadata.signature
         reports.append(KernelReport(
             kernel=kernel.src.fn.__name__,
             phase=phase,
-            operand_dtypes=",".join(t[1:] for t in _signature_types(signature) if t.startswith("*")),
+            operand_dtypes=",".join(t[1:] for t in _signature_types(kernel.src.signature) if t.startswith("*")),
             constexprs=_constexpr_text(kernel),
             registers=registers,
             spill_bytes=spills,
@@ -255,21 +255,14 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     return sorted(reports, key=lambda r: (r.kernel, r.phase, r.operand_dtypes, r.constexprs))
 
 
-def _takes_arch(function) -> bool:
-    import inspect
-
-    return len(inspect.signature(function).parameters) > 0
-
-
-def _signature_types(signature) -> list[str]:
+def _signature_types(kernel.src.signature) -> list[str]:
     values = signature.values() if isinstance(signature, dict) else signature
     return [str(v) for v in values]
 
 
 def _constexpr_text(kernel) -> str:
-    constants = getattr(kernel.src, "constants", None) if hasattr(kernel, "src") else None
-    if not constants:
-        return ""
+    """The kernel's upper-case (block size, dtype, switch) constexprs as ``NAME=value``."""
+    constants = kernel.src.constants
     names = kernel.src.fn.arg_names
     parts = []
     for key, value in constants.items():
