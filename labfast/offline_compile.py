@@ -255,7 +255,7 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     return sorted(reports, key=lambda r: (r.kernel, r.phase, r.operand_dtypes, r.constexprs))
 
 
-def _signature_types(kernel.src.signature) -> list[str]:
+def _signature_types(signature) -> list[str]:
     values = signature.values() if isinstance(signature, dict) else signature
     return [str(v) for v in values]
 
