@@ -133,12 +133,12 @@ def self_check_failure(op: str, backend: str, tensor: torch.Tensor) -> str | Non
     key = (op, backend, tensor.dtype, str(tensor.device))
     if key in _self_checked:  # also holds run_fast's compile failures, checked or not
         return _self_checked[key]
-    if not self_check_enabled():
+    if not self_check_enabled() or _cannot_run_eagerly(tensor):
         return None
     from labfast.ops import self_checks
 
     check = self_checks.CHECKS.get(op)
-    if check is None or _cannot_run_eagerly(tensor):
+    if check is None:
         return None
     try:
         # Eager, with autograd, outside any autocast region or inference mode the caller is in.
