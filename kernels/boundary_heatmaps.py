@@ -11,13 +11,18 @@ The formula is the one of ``labfast.ops.boundary_heatmaps.squared_distance_ref``
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 BLOCK_PIXELS = 128
 BLOCK_SEGMENTS = 32
-_INTERPRETER_BLOCK_PIXELS = 1024  # fewer, larger programs: the interpreter pays ~0.75 ms per program
+# Fewer, larger programs under the interpreter, which pays ~0.75 ms per program. Chosen by the
+# interpreter switch, not by the tensors' device, so an offline compile (CPU tensors, no
+# interpreter: labfast.offline_compile) specialises the GPU's block.
+_INTERPRETER_BLOCK_PIXELS = 1024
 
 
 @triton.jit
@@ -78,7 +83,7 @@ def boundary_heatmaps_triton(
     out = torch.empty(count, num_boundaries, height, width, device=curves.device, dtype=dtype)
     if out.numel() == 0:
         return out
-    block = _INTERPRETER_BLOCK_PIXELS if curves.device.type == "cpu" else BLOCK_PIXELS
+    block = _INTERPRETER_BLOCK_PIXELS if os.environ.get("TRITON_INTERPRET") == "1" else BLOCK_PIXELS
     grid = (count * num_boundaries, triton.cdiv(height * width, block))
     _boundary_heatmaps_kernel[grid](
         curves,

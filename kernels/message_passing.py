@@ -29,7 +29,8 @@ What is fused, and how
   destination; the small weight re-layouts (``permute``/``flip``) are torch copies.
 
 Precision: operands are loaded in the input dtype (fp16, bf16, fp32, fp64); accumulation is fp32
-(fp64 for fp64 inputs). fp32 ``tl.dot`` follows ``torch.backends.cudnn.allow_tf32`` — the flag
+(fp64 for fp64 inputs; every ``tl.dot`` names its ``out_dtype``, which triton 3.6 otherwise takes
+as fp32 and then rejects an fp64 accumulator). fp32 ``tl.dot`` follows ``torch.backends.cudnn.allow_tf32`` — the flag
 that decides whether the reference's ``F.conv2d`` uses TF32 — so both paths round alike; fp64
 uses IEEE products. Under ``TRITON_INTERPRET=1`` ``tl.dot`` is an exact numpy matmul.
 
@@ -121,7 +122,8 @@ def _message_passing_forward_kernel(
                 w_ptr + edge * reduction * channels + offs_r[:, None] * channels + offs_co[None, :],
                 mask=r_mask[:, None] & co_mask[None, :], other=0.0,
             )
-            acc = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION,
+                     out_dtype=ACC_DTYPE)
         if HAS_BIAS:
             acc += tl.load(b_ptr + edge * channels + offs_co, mask=co_mask, other=0.0).to(ACC_DTYPE)[None, :]
 
@@ -190,7 +192,8 @@ def _message_passing_grad_weight_kernel(
                     mask=a_mask, other=0.0)
         g = tl.load(g_ptr + batch_base[:, None] + dst_channel_offsets[None, :] + hw[:, None],
                     mask=p_mask[:, None] & co_mask[None, :], other=0.0)
-        acc = tl.dot(a.to(DOT_DTYPE), g.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a.to(DOT_DTYPE), g.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION,
+                     out_dtype=ACC_DTYPE)
 
     out_offsets = ((split * num_edges + edge) * reduction + offs_r[:, None]) * channels + offs_co[None, :]
     tl.store(partial_ptr + out_offsets, acc, mask=r_mask[:, None] & co_mask[None, :])

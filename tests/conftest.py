@@ -3,10 +3,13 @@ from pathlib import Path
 
 import pytest
 
-# Triton kernels run on the CPU through the interpreter; it must be set before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # imports no triton, so TRITON_INTERPRET can still be chosen below
 
-import torch  # noqa: E402  (after TRITON_INTERPRET)
+# Without a CUDA device, Triton kernels run on CPU tensors through the interpreter (it must be set
+# before triton is imported). With one, they compile and run on the GPU: `pytest -m gpu` tests the
+# real kernels. The interpreter parity tests (CPU tensors) then need `TRITON_INTERPRET=1 pytest`.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -115,5 +115,7 @@ def message_passing(
     if backend.select("message_passing", features, supported=("triton",)) == "triton":
         from labfast.kernels.message_passing import message_passing_triton
 
-        return message_passing_triton(features, weights, bias, edges)
+        return backend.run_fast("message_passing", "triton", features,
+                                lambda: message_passing_triton(features, weights, bias, edges),
+                                lambda: message_passing_ref(features, weights, bias, edges))
     return message_passing_ref(features, weights, bias, edges)

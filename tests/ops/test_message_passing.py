@@ -20,9 +20,15 @@ import pytest
 import torch
 
 from labfast.kernels.message_passing import MessagePassingFunction, grad_weights, message_passing_triton, routing_tables
-from labfast.ops import message_passing
+from labfast.ops import backend, message_passing
 from labfast.ops.message_passing import message_passing_ref
 
+# CPU tensors through the interpreter; the compiled kernels are tested by tests/gpu/ on a GPU.
+pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+
+from labfast.model import config_by_name  # noqa: E402
+
+PAPER = config_by_name("paper")
 CHAIN = ((0, 1), (1, 2), (2, 1), (0, 2))  # a chain both ways; branches 1 and 2 have two incoming edges
 MIXED = ((0, 1), (1, 0), (3, 1), (2, 2))  # a self-loop, branch 3 receives nothing
 
@@ -33,6 +39,9 @@ CASES = [
     ("mixed_c16_k1", 1, 4, 16, 6, 5, 1, MIXED),
     ("two_channel_blocks_c72_k1", 1, 2, 72, 5, 4, 1, ((0, 1), (1, 0))),
     ("pixel_blocks_across_images", 3, 2, 8, 9, 11, 3, ((0, 1), (1, 0))),
+    # The paper preset's branch width and kernel (C = 4, 7×7): the blocks a GPU launch uses there
+    # (BLOCK_CO = 16 with 12 masked columns, R = 196 in BLOCK_R chunks with a masked tail).
+    ("paper_branch_c4_k7", 1, 3, PAPER.boundary_channels, 9, 11, PAPER.message_kernel, CHAIN),
 ]
 
 
@@ -95,7 +104,7 @@ def test_fp32_forward_and_backward_match_reference(case, with_bias):
         assert excess.max() <= 0, f"{name}: exceeds 2·n·u·Σ|terms| by {excess.max():.3e}"
 
 
-LOW_PRECISION_CASES = [CASES[0], CASES[1]]
+LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[-1]]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
