@@ -336,7 +336,9 @@ def boundary_heatmaps(
     if choice == "triton":
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton
 
-        return boundary_heatmaps_triton(curves, size, size, float(sigma), dtype)
+        return backend.run_fast("boundary_heatmaps", "triton", landmarks,
+                                lambda: boundary_heatmaps_triton(curves, size, size, float(sigma), dtype),
+                                lambda: _heatmaps_ref(landmarks, scheme, size, sigma, dtype))
     from labfast import _cuda  # noqa: F401  (loads the torch.ops.labfast_cuda registrations)
 
     return torch.ops.labfast_cuda.boundary_heatmaps(curves, size, size, float(sigma), dtype)

@@ -103,7 +103,8 @@ def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
     if choice == "triton":
         from labfast.kernels.fusion import InputFusion
 
-        return InputFusion.apply(image, heatmaps)
+        return backend.run_fast("fusion", "triton", image, lambda: InputFusion.apply(image, heatmaps),
+                                lambda: input_fusion_ref(image, heatmaps))
     if choice == "cuda":
         return _CudaInputFusion.apply(image, heatmaps)
     return input_fusion_ref(image, heatmaps)
@@ -118,7 +119,9 @@ def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor, resiz
     if choice == "triton":
         from labfast.kernels.fusion import HeatmapFeatureConcat
 
-        return HeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
+        return backend.run_fast("fusion", "triton", features,
+                                lambda: HeatmapFeatureConcat.apply(heatmaps, features, resize == "area"),
+                                lambda: heatmap_feature_concat_ref(heatmaps, features, resize))
     if choice == "cuda":
         return _CudaHeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
     return heatmap_feature_concat_ref(heatmaps, features, resize)
@@ -135,7 +138,8 @@ def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     if choice == "triton":
         from labfast.kernels.fusion import FeatureFusion
 
-        return FeatureFusion.apply(features, gate)
+        return backend.run_fast("fusion", "triton", features, lambda: FeatureFusion.apply(features, gate),
+                                lambda: feature_fusion_ref(features, gate))
     if choice == "cuda":
         return _CudaFeatureFusion.apply(features, gate)
     return feature_fusion_ref(features, gate)

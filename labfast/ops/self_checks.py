@@ -58,10 +58,14 @@ def fusion(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[Resu
     heatmaps = _random(1, 2, 8, 8, device=device, dtype=dtype, seed=4).sigmoid()  # resized 8 -> 16
     features = _random(1, 5, 8, 8, device=device, dtype=dtype, seed=5)
     gate = _random(1, 5, 8, 8, device=device, dtype=dtype, seed=6).sigmoid()
-    cases = [([image, heatmaps], ops.input_fusion_ref), ([heatmaps, features[..., :4, :4]], ops.heatmap_feature_concat_ref),
-             ([features, gate], ops.feature_fusion_ref)]
+    input_fusion, concat, feature_fusion = fast
+    cases = [(input_fusion, [image, heatmaps], ops.input_fusion_ref),
+             *((lambda h, f, area=area: concat(h, f, area), [heatmaps, features[..., :4, :4]],
+                lambda h, f, mode=mode: ops.heatmap_feature_concat_ref(h, f, mode))
+               for area, mode in ((True, "area"), (False, "bilinear"))),
+             (feature_fusion, [features, gate], ops.feature_fusion_ref)]
     mine, theirs = [], []
-    for function, (inputs, reference) in zip(fast, cases):
+    for function, inputs, reference in cases:
         mine += _outputs_and_grads(function, inputs)
         theirs += _outputs_and_grads(reference, inputs)
     return mine, theirs

@@ -169,11 +169,12 @@ def fusion_functions(path):
     if path == "triton":
         from labfast.kernels.fusion import FeatureFusion, HeatmapFeatureConcat, InputFusion
 
-        fast = {"input_fusion": InputFusion.apply, "heatmap_feature_concat": HeatmapFeatureConcat.apply,
+        fast = {"input_fusion": InputFusion.apply,
+                "heatmap_feature_concat": lambda h, f, resize: HeatmapFeatureConcat.apply(h, f, resize == "area"),
                 "feature_fusion": FeatureFusion.apply}
     else:
         fast = {"input_fusion": fusion._CudaInputFusion.apply,
-                "heatmap_feature_concat": fusion._CudaHeatmapFeatureConcat.apply,
+                "heatmap_feature_concat": lambda h, f, resize: fusion._CudaHeatmapFeatureConcat.apply(h, f, resize == "area"),
                 "feature_fusion": fusion._CudaFeatureFusion.apply}
     reference = {"input_fusion": fusion.input_fusion_ref, "heatmap_feature_concat": fusion.heatmap_feature_concat_ref,
                  "feature_fusion": fusion.feature_fusion_ref}
@@ -189,12 +190,15 @@ def test_fusion(path, phase, batch, channels_last, fusion_calls):
         pytest.skip(f"{path}: {backend.cuda_extension_status()}")
     fast, reference = fusion_functions(path)
     for index, (op, specs) in enumerate(fusion_calls[phase]):
+        tensors = [spec for spec in specs if isinstance(spec, tuple)]
+        options = [spec for spec in specs if not isinstance(spec, tuple)]  # heatmap_feature_concat's resize mode
         inputs = []
-        for seed, (shape, _, tensor_dtype) in enumerate(specs):
+        for seed, (shape, _, tensor_dtype) in enumerate(tensors):
             x = randn(batch, *shape[1:], seed=10 * index + seed).sigmoid().to(tensor_dtype)  # maps, gates in (0, 1)
             inputs.append(x.to(memory_format=torch.channels_last) if channels_last else x)
         # each input keeps the dtype the model gives it (bf16 autocast feeds input fusion an fp32 image)
-        check_mixed(fast[op], reference[op], inputs, f"{path} {op} call {index} {[tuple(x.shape) for x in inputs]}")
+        check_mixed(lambda *xs: fast[op](*xs, *options), lambda *xs: reference[op](*xs, *options), inputs,
+                    f"{path} {op} call {index} {[tuple(x.shape) for x in inputs]} {options}")
 
 
 def check_mixed(fast, reference, inputs, what):

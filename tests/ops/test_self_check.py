@@ -134,3 +134,34 @@ def test_checked_once_per_op_backend_dtype_and_device(monkeypatch):
 def test_the_check_runs_inside_inference_mode_and_autocast():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert backend.self_check_failure("message_passing", "triton", torch.zeros(1)) is None
+
+
+def test_fusion_and_heatmap_triton_paths_fall_back_when_a_specialisation_does_not_compile(monkeypatch, caplog):
+    import labfast.kernels.boundary_heatmaps as heatmap_kernels
+    import labfast.kernels.fusion as fusion_kernels
+    from labfast.ops import boundary_heatmaps, boundary_heatmaps_ref, fusion
+
+    class DoesNotCompile:
+        @staticmethod
+        def apply(*args):
+            does_not_compile(None, None, None, None)
+
+    for name in ("InputFusion", "HeatmapFeatureConcat", "FeatureFusion"):
+        monkeypatch.setattr(fusion_kernels, name, DoesNotCompile)
+    monkeypatch.setattr(heatmap_kernels, "boundary_heatmaps_triton", lambda *args: does_not_compile(*args[:4]))
+    for op in ("fusion", "boundary_heatmaps"):  # both passed their self-check earlier
+        backend._self_checked[(op, "triton", torch.float32, "cpu")] = None
+    monkeypatch.setattr(backend, "_takes_fast_paths", lambda tensor: True)
+    generator = torch.Generator().manual_seed(0)
+    image, heatmaps = torch.rand(1, 3, 16, 16, generator=generator), torch.rand(1, 13, 8, 8, generator=generator)
+    features = torch.rand(1, 4, 4, 4, generator=generator)
+    landmarks = torch.rand(1, 68, 2, generator=generator) * 40 + 12
+    with caplog.at_level(logging.WARNING, logger="labfast.ops"):
+        got = [fusion.input_fusion(image, heatmaps), fusion.heatmap_feature_concat(heatmaps, features),
+               fusion.feature_fusion(features, features), boundary_heatmaps(landmarks, "300w")]
+    expected = [fusion.input_fusion_ref(image, heatmaps), fusion.heatmap_feature_concat_ref(heatmaps, features),
+                fusion.feature_fusion_ref(features, features), boundary_heatmaps_ref(landmarks, "300w")]
+    for result, reference in zip(got, expected):
+        torch.testing.assert_close(result, reference, rtol=0, atol=0)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and all("did not compile" in message for message in logged)
