@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy.interpolate import splev, splprep
 
+from labfast.ops import backend
 from labfast.schemes import Scheme, get
 
 # The module, not the function of the same name that labfast.ops exports.
@@ -274,6 +275,10 @@ def _near_cut(curves: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return (squared - 9.0 * sigma**2).abs() <= 1e-4 * 9.0 * sigma**2
 
 
+# Triton on CPU tensors: the interpreter only (a GPU machine runs the compiled kernels in tests/gpu/).
+interpreted = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+
+
 def _triton(curves, size, sigma, dtype):
     from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton
 
@@ -294,6 +299,7 @@ CASES = {
 }
 
 
+@interpreted
 @pytest.mark.parametrize("case", list(CASES))
 def test_triton_matches_reference_float32(case):
     make, scheme, size = CASES[case]
@@ -306,6 +312,7 @@ def test_triton_matches_reference_float32(case):
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-6, rtol=0)
 
 
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_low_precision_output_is_within_one_ulp(dtype):
     # The kernel computes in float32 and converts once on store: round-to-nearest on a GPU (half
@@ -327,6 +334,7 @@ def test_triton_low_precision_output_is_within_one_ulp(dtype):
     assert (error[keep] <= ulp[keep] + 2e-6).all()
 
 
+@interpreted
 def test_triton_sigma_other_than_one():
     make, scheme, size = CASES["k1_custom"]
     curves = op.dense_curves(make(torch.Generator().manual_seed(2)), scheme, size)
@@ -347,6 +355,7 @@ def test_forced_reference_is_the_reference(monkeypatch):
     )
 
 
+@interpreted
 def test_forced_triton_runs_on_cpu_under_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("LABFAST_BACKEND_BOUNDARY_HEATMAPS", "triton")
