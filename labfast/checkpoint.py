@@ -58,6 +58,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     # surface as the unpickler's "unsupported operand 101").
     with open(path, "rb") as stream:
         head = stream.read(4)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): truncated, e.g. by an interrupted copy")
     if not zipfile.is_zipfile(path):
         if head == b"PK\x03\x04":
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt (an incomplete zip archive)")

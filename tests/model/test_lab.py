@@ -293,7 +293,7 @@ def test_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path, ti
     data = tiny_checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
     path.write_bytes(data[: int(len(data) * kept)])
-    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {path} cannot be read.*truncated"):
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {path} is (empty \(0 bytes\): truncated|truncated or corrupt)"):
         checkpoint.load_model(path)
 
 
