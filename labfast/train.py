@@ -71,9 +71,27 @@ def read_training_faces(config: presets.TrainConfig) -> tuple[list, list]:
         samples = samples[: config.train_limit]
     order = np.random.default_rng(config.seed).permutation(len(samples))
     num_val = math.ceil(len(samples) * config.val_fraction) if config.val_fraction > 0 and len(samples) > 1 else 0
-    val = [samples[i] for i in sorted(order[:num_val])]
+    val = readable_faces([samples[i] for i in sorted(order[:num_val])], "validation")
     train = [samples[i] for i in sorted(order[num_val:])]
     return train, val
+
+
+def readable_faces(samples: list, role: str) -> list:
+    """``samples`` less those whose image cannot be decoded, each named in a warning.
+
+    Validation runs at every epoch's end outside the training loader's skipping, so one corrupt
+    image there would end the run after a whole epoch; the split itself stays the one the seed drew.
+    """
+    kept = []
+    for sample in samples:
+        try:
+            if sample.image is None:
+                data.read_image_bgr(sample.image_path)
+        except OSError as error:
+            logger.warning("left out of the %s faces: %s", role, error)
+            continue
+        kept.append(sample)
+    return kept
 
 
 class _ResumeSampler(Sampler[int]):

@@ -427,3 +427,17 @@ def test_resume_goes_on_with_the_model_configuration_of_last_pt(tmp_path):
     assert resumed["step"] == 2
     assert resumed["config"]["fusion_resize"] == "bilinear"
     assert resumed["config"]["discriminator_distance"] == "landmark"
+
+
+def test_an_unreadable_validation_image_is_left_out_named_and_the_run_goes_on(tmp_path, caplog):
+    # validation runs outside the training loader's skipping: before, it ended the run at epoch end
+    root = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA, root)
+    _, held_out = read_training_faces(tiny_config(tmp_path, "train_limit=10", "val_fraction=0.2"))
+    corrupt = root / Path(held_out[0].image_path).relative_to(BUNDLED_DATA)
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    config = tiny_config(tmp_path, f"data_root={root}", "train_limit=10", "val_fraction=0.2", "epochs=1")
+    with caplog.at_level(logging.WARNING, logger="labfast.train"):
+        train(config, tmp_path / "run")
+    assert any("validation" in r.getMessage() and corrupt.name in r.getMessage() for r in caplog.records)
+    assert len(scalars(tmp_path / "run", "val_nme")) == 1
