@@ -48,10 +48,14 @@ class Traffic:
     bytes: int = 0
     per_operator: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (name, flops, bytes)
 
-    def seconds(self, ceiling: devices.Ceiling, dtype: str) -> float:
-        """Sum over operators of ``max(FLOPs / peak, bytes / bandwidth)``."""
+    def operator_seconds(self, ceiling: devices.Ceiling, dtype: str) -> list[tuple[str, float]]:
+        """Per operator, ``(name, max(FLOPs / peak, bytes / bandwidth))``."""
         peak = ceiling.flops(dtype)
-        return sum(max(flops / peak, moved / ceiling.bandwidth) for _, flops, moved in self.per_operator)
+        return [(name, max(flops / peak, moved / ceiling.bandwidth)) for name, flops, moved in self.per_operator]
+
+    def seconds(self, ceiling: devices.Ceiling, dtype: str) -> float:
+        """The eager prediction: the sum of ``operator_seconds``."""
+        return sum(seconds for _, seconds in self.operator_seconds(ceiling, dtype))
 
     def by_group(self) -> dict[str, tuple[int, int, int]]:
         """``group -> (calls, FLOPs, bytes)``, groups from ``operator_group``."""
@@ -171,15 +175,16 @@ class Prediction:
     bytes: int  # the minimum (fused op) or the unfused eager traffic (model)
     calls: int | None = None  # aten operators (model rows): a proxy for kernel launches
     eager_seconds: dict[str, float] | None = None  # per ceiling name, model rows (per-operator sum)
+    compute: str = "tensor"  # the peak that bounds it: "tensor" cores or "cuda cores" (fp32)
     note: str = ""
 
     @property
     def intensity(self) -> float:
         return self.flops / self.bytes if self.bytes else float("inf")
 
-    def bound_seconds(self, ceiling: devices.Ceiling, dtype: str, compute: str = "tensor") -> float:
+    def bound_seconds(self, ceiling: devices.Ceiling, dtype: str) -> float:
         """``max(FLOPs / peak, bytes / bandwidth)``: the least time the whole row could take."""
-        peak = ceiling.fp32_flops if compute == "cuda cores" else ceiling.flops(dtype)
+        peak = ceiling.fp32_flops if self.compute == "cuda cores" else ceiling.flops(dtype)
         return max(self.flops / peak, self.bytes / ceiling.bandwidth)
 
 
@@ -251,7 +256,7 @@ def heatmaps_prediction(batch: int, num_boundaries: int, size: int, dtype: str) 
     pairs = batch * num_boundaries * size * size * segments
     moved = batch * num_boundaries * (segments + 1) * 2 * 4 + batch * num_boundaries * size * size * DTYPES[dtype].itemsize
     return Prediction(f"boundary_heatmaps {batch}x{num_boundaries}x{size}x{size} P={segments + 1}", "fused op",
-                      pairs * HEATMAP_PAIR_FLOPS, moved,
+                      pairs * HEATMAP_PAIR_FLOPS, moved, compute="cuda cores",
                       note="fp32 CUDA-core arithmetic (no tensor cores): bound by the FP32 peak")
 
 
@@ -323,19 +328,19 @@ def predict(config_name: str = "paper", batch: int = 256, dtype: str = "bf16",
 
 
 def _row_dict(row: Prediction, ceilings: list[devices.Ceiling], dtype: str) -> dict:
-    compute = "cuda cores" if row.name.startswith("boundary_heatmaps") else "tensor"
     return {**dataclasses.asdict(row), "intensity": row.intensity,
-            "bound_seconds": {c.name: row.bound_seconds(c, dtype, compute) for c in ceilings}}
+            "bound_seconds": {c.name: row.bound_seconds(c, dtype) for c in ceilings}}
 
 
 def _groups(traffic: Traffic, ceilings: list[devices.Ceiling], dtype: str) -> list[dict]:
     """Operator families of a step, largest predicted time first: where fusion could save the most."""
     reference = ceilings[0]
-    peak = reference.flops(dtype)
+    seconds_by_group: dict[str, float] = collections.defaultdict(float)
+    for name, seconds in traffic.operator_seconds(reference, dtype):
+        seconds_by_group[operator_group(name)] += seconds
     rows = []
     for group, (calls, flops, moved) in traffic.by_group().items():
-        seconds = sum(max(f / peak, b / reference.bandwidth)
-                      for name, f, b in traffic.per_operator if operator_group(name) == group)
+        seconds = seconds_by_group[group]
         rows.append({"group": group, "calls": calls, "flops": flops, "bytes": moved,
                      "seconds": seconds, "ceiling": reference.name})
     return sorted(rows, key=lambda r: -r["seconds"])

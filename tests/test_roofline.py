@@ -60,7 +60,8 @@ def test_prediction_bound_is_the_slower_of_compute_and_memory():
     memory_bound = roofline.Prediction("b", "fused op", flops=int(1e6), bytes=int(1e9))
     assert compute_bound.bound_seconds(ceiling, "bf16") == pytest.approx(1e12 / 100e12)
     assert memory_bound.bound_seconds(ceiling, "bf16") == pytest.approx(1e9 / 1e12)
-    assert compute_bound.bound_seconds(ceiling, "bf16", compute="cuda cores") == pytest.approx(1e12 / 10e12)
+    on_cuda_cores = roofline.Prediction("c", "fused op", flops=int(1e12), bytes=int(1e6), compute="cuda cores")
+    assert on_cuda_cores.bound_seconds(ceiling, "bf16") == pytest.approx(1e12 / 10e12)
 
 
 def test_training_step_costs_about_three_forwards():
