@@ -91,9 +91,10 @@ def conversion(detector: str = DEFAULT_DETECTOR) -> BoxConversion:
 
 
 def box_error(detector: str = DEFAULT_DETECTOR) -> dict[str, dict[str, float]]:
-    """The converted detector box's error on the 300-W training faces, relative to the landmark box
-    (width ``W``, height ``H``): ``{"shift_x": {"mean", "std"}, "shift_y", "scale_x", "scale_y"}`` with
-    ``shift_x = (converted centre x - landmark centre x) / W`` and ``scale_x = converted width / W``."""
+    """The converted detector box's error on the 300-W training faces, in the terms box-jitter
+    augmentation draws it: ``{"shift_x": {"mean", "std"}, "shift_y", "log_side"}`` with
+    ``shift_x = (converted centre x - landmark centre x) / S`` (``S`` the landmark box's longer side)
+    and ``log_side = log(converted longer side / S)``. ``AugmentConfig``'s defaults are YuNet's."""
     _check_detector(detector)
     return _conversions()["detectors"][detector]["box_error"]
 

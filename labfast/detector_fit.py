@@ -13,9 +13,10 @@ the matched faces of
     shift_y = (landmark centre y - detector centre y) / h     scale_y = H / h
 
 (medians: a few wrong matches must not pull the numbers). The error that remains after the
-conversion is recorded too, relative to the landmark box, as mean and standard deviation per
-axis (``labfast.detect.box_error``): ``(converted centre - landmark centre) / W`` and
-``converted width / W`` (``H`` for y). Box-jitter augmentation draws from it.
+conversion is recorded too (``labfast.detect.box_error``), as mean and standard deviation of what
+box-jitter augmentation draws (``AugmentConfig.box_shift_std`` / ``box_scale_std``): the centre
+error per axis over the landmark box's longer side ``S``, ``(converted centre - landmark centre) / S``,
+and the log ratio of the longer sides, ``log(converted side / S)``.
 """
 from __future__ import annotations
 
@@ -90,12 +91,15 @@ def fit_conversion(detector_boxes: np.ndarray, landmark_boxes: np.ndarray) -> de
 
 
 def converted_error(converted_boxes: np.ndarray, landmark_boxes: np.ndarray) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation of the converted boxes' shift and scale relative to the landmark box."""
+    """Mean and standard deviation of the converted boxes' error, in the terms box-jitter augmentation
+    draws it (``labfast.data.transforms.jitter_box``): the centre shift per axis as a fraction of the
+    landmark box's longer side, and the log of the ratio of the longer sides."""
     centre, size = _centres_and_sizes(np.asarray(converted_boxes, np.float64))
     landmark_centre, landmark_size = _centres_and_sizes(np.asarray(landmark_boxes, np.float64))
-    shift = (centre - landmark_centre) / landmark_size
-    scale = size / landmark_size
-    columns = {"shift_x": shift[:, 0], "shift_y": shift[:, 1], "scale_x": scale[:, 0], "scale_y": scale[:, 1]}
+    landmark_side = landmark_size.max(axis=1, keepdims=True)
+    shift = (centre - landmark_centre) / landmark_side
+    log_side = np.log(size.max(axis=1) / landmark_side[:, 0])
+    columns = {"shift_x": shift[:, 0], "shift_y": shift[:, 1], "log_side": log_side}
     return {name: {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4)} for name, values in columns.items()}
 
 

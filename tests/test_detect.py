@@ -157,11 +157,20 @@ def test_fitted_numbers_record_training_faces_only_and_the_box_error():
         entry = record["detectors"][detector]
         assert entry["faces"] == 2012 and entry["matched"] <= entry["faces"]
         error = detect.box_error(detector)
-        assert set(error) == {"shift_x", "shift_y", "scale_x", "scale_y"}
-        # after a median fit the mean shift is near 0 and the mean scale near 1 (a few % either way)
-        for axis in ("x", "y"):
-            assert abs(error[f"shift_{axis}"]["mean"]) < 0.03 and abs(error[f"scale_{axis}"]["mean"] - 1) < 0.05
-            assert 0 < error[f"shift_{axis}"]["std"] < 0.2 and 0 < error[f"scale_{axis}"]["std"] < 0.3
+        assert set(error) == {"shift_x", "shift_y", "log_side"}
+        # after a median fit the mean shift is near 0 and the mean log side ratio near 0 (a few % either way)
+        for name in error:
+            assert abs(error[name]["mean"]) < 0.05 and 0 < error[name]["std"] < 0.2
+
+
+def test_box_jitter_defaults_are_yunets_recorded_box_error():
+    """AugmentConfig's jitter is YuNet's measured error (one measurement: labfast.detector_fit)."""
+    from labfast.data import AugmentConfig
+
+    error = detect.box_error("yunet")
+    shift_std = (error["shift_x"]["std"] + error["shift_y"]["std"]) / 2
+    assert AugmentConfig().box_shift_std == pytest.approx(shift_std, abs=5e-4)  # 3-decimal rounding
+    assert AugmentConfig().box_scale_std == pytest.approx(error["log_side"]["std"], abs=5e-4)
 
 
 def test_fit_recovers_a_known_conversion_and_its_error_is_zero():
@@ -177,6 +186,13 @@ def test_fit_recovers_a_known_conversion_and_its_error_is_zero():
     fitted = detector_fit.fit_conversion(detector_boxes, landmark)
     assert fitted == truth  # rounded to 4 decimals, as stored
     error = detector_fit.converted_error(detect.convert_boxes(detector_boxes, fitted), landmark)
-    for axis in ("x", "y"):
-        assert error[f"shift_{axis}"] == {"mean": 0.0, "std": 0.0}
-        assert error[f"scale_{axis}"] == {"mean": 1.0, "std": 0.0}
+    assert error == {name: {"mean": 0.0, "std": 0.0} for name in ("shift_x", "shift_y", "log_side")}
+
+
+def test_converted_error_is_measured_as_box_jitter_draws_it():
+    # a 100 x 50 landmark box; the converted box's centre is 10 px right, 5 px up, its sides 1.2x
+    landmark = np.array([[0.0, 0.0, 100.0, 50.0]])
+    converted = np.array([[0.0, -10.0, 120.0, 50.0]])
+    error = detector_fit.converted_error(converted, landmark)
+    assert error["shift_x"]["mean"] == pytest.approx(10 / 100) and error["shift_y"]["mean"] == pytest.approx(-5 / 100)
+    assert error["log_side"]["mean"] == pytest.approx(round(np.log(1.2), 4))

@@ -49,11 +49,10 @@ class AugmentConfig:
     ``patch_probability``, sides ``occlusion_size`` / ``patch_size`` of the crop.
     """
 
-    # YuNet's box error on the 2012 300-W training faces after its fitted conversion to the
-    # landmark box (benchmarks/detector_box_error.py, cv2.FaceDetectorYN with
-    # face_detection_yunet_2026may.onnx, OpenCV 4.14, thresholds 0.6 / 0.3; 2012 of 2012 found):
-    # centre error std 0.029 (x) / 0.028 (y) of the landmark box's longer side, log side-ratio std
-    # 0.042 (converted vs landmark box IoU: median 0.90, 10th percentile 0.83).
+    # YuNet's box error after its fitted conversion, on the 2012 300-W training faces
+    # (``labfast.detect.box_error("yunet")``, measured by ``python -m labfast.detector_fit``; 2012 of 2012
+    # found): centre error std 0.029 (x) / 0.028 (y) of the landmark box's longer side, log side-ratio
+    # std 0.042 (converted vs landmark box IoU: median 0.90, 10th percentile 0.83). A test pins these.
     box_shift_std: float = 0.029
     box_scale_std: float = 0.042
     rotation_deg: float = 30.0
