@@ -232,6 +232,20 @@ def _count_unreadable(batch: dict[str, Any], runtime: Runtime) -> tuple[int, boo
     return int(counts[0]), bool(counts[1])
 
 
+def _past_deadline(deadline: float, runtime: Runtime) -> bool:
+    """Whether the clock has passed ``deadline`` on any process.
+
+    Each process reads its own clock; if one stopped while another went on to its next step,
+    DistributedDataParallel's gradient all-reduce would wait forever for the one that stopped.
+    """
+    past = time.monotonic() > deadline
+    if runtime.world_size == 1 or deadline == math.inf:  # every process has the same configuration
+        return past
+    flag = torch.tensor([int(past)], device=runtime.device)
+    dist.all_reduce(flag)
+    return bool(flag)
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -412,8 +426,9 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             if writer is not None and (step % config.log_every == 0 or step == total_steps):
                 writer.add(step, epoch, {**terms, "images_per_second": images_per_second,
                                          "lr": optimizer.param_groups[0]["lr"]})
-            if step >= total_steps or time.monotonic() > deadline:
-                finished, timed_out = True, time.monotonic() > deadline
+            timed_out = _past_deadline(deadline, runtime)
+            if step >= total_steps or timed_out:
+                finished = True
                 break
             if (runtime.is_main and batches_done < steps_per_epoch
                     and _checkpoint_due(config, step, time.monotonic() - last_written)):
