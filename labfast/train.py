@@ -246,6 +246,24 @@ def _past_deadline(deadline: float, runtime: Runtime) -> bool:
     return bool(flag)
 
 
+def _refuse_cpu_channels_last_hazard(model: torch.nn.Module) -> None:
+    """Refuse fp32 channels_last CPU training of a model with a 1x1 strided convolution of 2-7 input channels.
+
+    The fp32 backward of such a convolution on channels_last CPU tensors corrupts the heap in oneDNN
+    3.12 (torch 2.13; reproduced at stride 2 on even input sizes; bf16 and fp16 autocast are not hit): the process aborts with "free(): invalid
+    next size" or worse runs on with corrupted memory. The 'tiny' preset's ResNet projection (4 -> 8
+    channels) is one. channels_last is a GPU option (tensor cores take NHWC); the CPU gains little.
+    """
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and 2 <= module.in_channels <= 7):
+            raise ValueError(
+                f"channels_last=true on the CPU: {name} is a 1x1 stride-{module.stride[0]} convolution of "
+                f"{module.in_channels} input channels, whose backward corrupts memory in torch {torch.__version__}'s "
+                "oneDNN on channels_last CPU tensors; train without channels_last on the CPU (it is a GPU "
+                "option) or with a model of at least 8 channels in its ResNet stages")
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -324,6 +342,8 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     set_training_mode(model)
     scheme, boundary_scheme = model.scheme, model.boundary_scheme
     if config.channels_last:
+        if device.type == "cpu" and config.amp == "none":
+            _refuse_cpu_channels_last_hazard(model)
         model = model.to(memory_format=torch.channels_last)
     train_set = data.FaceDataset(train_faces, scheme, input_size=config.input_size, train=True,
                                  augment=config.augment, seed=config.seed, skip_unreadable=True)

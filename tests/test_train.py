@@ -467,3 +467,10 @@ def test_every_process_stops_at_the_deadline_when_any_one_has_passed_it():
         results = manager.dict()
         mp.spawn(_deadline_worker, args=(29535, results), nprocs=2, join=True)
         assert dict(results) == {0: True, 1: True}
+
+
+def test_fp32_channels_last_cpu_training_of_the_tiny_model_is_refused_before_it_corrupts_memory(tmp_path):
+    """torch 2.13's oneDNN corrupts the heap in the fp32 channels_last backward of the tiny model's
+    4 -> 8 1x1 stride-2 projection (the process aborted with "free(): invalid next size")."""
+    with pytest.raises(ValueError, match=r"regressor\..*1x1 stride-2 convolution of 4 input channels.*channels_last"):
+        train(tiny_config(tmp_path, "channels_last=true", "max_steps=1"), tmp_path / "run")
