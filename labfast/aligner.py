@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from labfast import detect, schemes
 from labfast.checkpoint import load_model
-from labfast.cpu_inference import DEFAULT_THREADS, RUNTIMES, inference_runtime, set_threads
+from labfast.cpu_inference import DEFAULT_THREADS, RUNTIMES, TorchModel, inference_runtime, set_threads
+from labfast.cuda_graphs import CudaGraphModel, check_device
 from labfast.data import crop_face
 
 logger = logging.getLogger("labfast.aligner")
@@ -122,11 +123,15 @@ class FaceAligner:
             else eager PyTorch), ``"torch"`` or ``"onnxruntime"``; ``labfast.cpu_inference``.
         detector: the face detector used when no boxes are given: ``"yunet"`` (default, shipped in
             ``labfast/detectors/``) or ``"haar"`` (OpenCV's frontal-face cascade).
+        cuda_graphs: on CUDA, replay each batch size's forward from a CUDA graph captured on first
+            use (batches padded to powers of two up to ``batch_size``): the low-latency path for small
+            batches, where launching kernels one by one costs more than the GPU work
+            (``labfast.cuda_graphs``). CUDA devices only; the PyTorch runtime.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  batch_size: int = 64, threads: int | None = None, flip: bool = False, runtime: str = "auto",
-                 detector: str = detect.DEFAULT_DETECTOR):
+                 detector: str = detect.DEFAULT_DETECTOR, cuda_graphs: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if runtime not in RUNTIMES:
@@ -135,6 +140,10 @@ class FaceAligner:
             raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(detect.DETECTORS)}")
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else default_weights()
         self.device = resolve_device(device)
+        if cuda_graphs:
+            if runtime == "onnxruntime":
+                raise ValueError("cuda_graphs=True replays PyTorch's CUDA forward; runtime 'onnxruntime' is the CPU path")
+            check_device(self.device)
         self.batch_size = batch_size
         self.flip = bool(flip)
         self.detector = detector
@@ -143,7 +152,10 @@ class FaceAligner:
         self.scheme = schemes.get(self.info["scheme"])
         self.boundary_scheme = schemes.get(self.info.get("boundary_scheme", self.info["scheme"]))
         self.input_size = int(self.info["config"].input_size)
-        self.forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
+        if cuda_graphs:
+            self.forward = CudaGraphModel(TorchModel(self.model), self.device, batch_size)
+        else:
+            self.forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
 
     def predict(self, image_or_batch, boxes=None, heatmaps: bool = False) -> list[Face] | list[list[Face]]:
         """Landmarks of every face in one image or in a list of images.
