@@ -952,6 +952,7 @@ def add_arguments(parser) -> None:
                              "1 thread avoids the spin-waiting of oversubscribed threads")
     parser.add_argument("--predict", action="store_true",
                         help="also print the predicted roofline (labfast.roofline) of --config at the largest --batch "
+                             "and its kernel launches per batch-1 forward (counted on the CPU), "
                              "per --dtype, and measured / predicted per row; on a CPU the prediction replaces the "
                              "measurement (its ceilings are H100 and H200)")
     parser.add_argument("--json", default="labfast_bench.json", help="where the JSON of the table goes")
@@ -997,14 +998,17 @@ def run(args) -> int:
         predictions = [roofline.predict(settings.config, batch, dtype) for dtype in settings.dtypes]
         for prediction in predictions:
             print(roofline.format_prediction(prediction) + "\n")
+        launches = [roofline.launch_count(settings.config, 1, backend) for backend in roofline.LAUNCH_BACKENDS]
+        print(roofline.format_launch_counts(launches) + "\n")
         if device.type != "cuda":
-            _write_json(path, {"environment": environment(device), "prediction": predictions})
+            _write_json(path, {"environment": environment(device), "prediction": predictions, "launch_counts": launches})
             print(f"wrote {path} (the prediction only: on a {device.type} there is no GPU row to compare)")
             return 0
     result = run_benchmarks(settings, device, on_row=lambda partial: _write_json(path, partial))
     print(format_table(result))
     if predictions is not None:
         result["prediction"] = predictions
+        result["launch_counts"] = launches
         result["measured_over_predicted"] = roofline.compare(result["rows"], predictions, result["device"]["name"])
         print(roofline.format_comparison(result["measured_over_predicted"]))
     _write_json(path, result)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
 from typing import Any, Callable, Iterator
 
 import torch
@@ -94,9 +95,12 @@ def operator_group(name: str) -> str:
     return "other"
 
 
-_NOT_KERNELS = {"aten._local_scalar_dense.default", "aten.detach.default"}
+_NOT_KERNELS = {"aten._local_scalar_dense.default", "aten.detach.default", "aten._unsafe_view.default",
+                "aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default",
+                "aten.new_empty.default", "aten.new_empty_strided.default"}
 """Operators that launch no device kernel: a host read of a scalar (Adam's step count on the meta
-device; on a GPU it lives on the host), and autograd's detach (a view)."""
+device; on a GPU it lives on the host), autograd's detach and ``_unsafe_view`` (views whose schema
+does not say so), and allocations (``empty*``: memory from the caching allocator, nothing written)."""
 
 
 def operator_flops(func, args, kwargs, out) -> int:
@@ -442,4 +446,85 @@ def format_comparison(comparison: list[dict]) -> str:
         lines.append(f"{c['section']:<8} {c['case'][:46]:<46} {c['backend']:<16} {c['dtype']:<5} {c['batch']:>5} "
                      f"{c['measured_ms']:>12.3f} {c['predicted_ms']:>13.3f} {c['floor_ms']:>9.3f} "
                      f"{c['measured_over_predicted']:>6.2f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- launches per forward
+
+
+@contextlib.contextmanager
+def triton_launches() -> Iterator[list[str]]:
+    """Record every Triton kernel launched inside the block, by name, once per launch, **without
+    running it** (its outputs stay unwritten): for counting launches only. Catches compiled
+    (``JITFunction``) and interpreted (``TRITON_INTERPRET=1``) kernels alike."""
+    from triton.runtime import interpreter, jit
+
+    launched: list[str] = []
+    classes = [jit.JITFunction, interpreter.InterpretedFunction]
+    saved = [cls.run for cls in classes]
+
+    def record(self, *args, **kwargs):
+        launched.append(getattr(self, "__name__", None) or getattr(self.fn, "__name__", "triton kernel"))
+
+    for cls in classes:
+        cls.run = record
+    try:
+        yield launched
+    finally:
+        for cls, run in zip(classes, saved):
+            cls.run = run
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+LAUNCH_BACKENDS = ("reference", "triton")
+
+
+def launch_count(config_name: str, batch: int = 1, backend: str = "reference", scheme: str = "300w") -> dict[str, Any]:
+    """Kernel launches of one inference forward (eval mode), counted on the CPU: a proxy for the CUDA
+    launches that decide batch-1 latency.
+
+    ``operators``: the aten operators that launch a kernel (views and detach excluded, composite
+    operators counted as what they decompose into) and every ``labfast::`` operator (one call; what
+    runs inside it is not an aten call); ``triton``: the Triton kernels the fast paths launch (recorded,
+    not run). ``backend``: ``reference`` (every op its plain PyTorch reference) or ``triton`` (every
+    fast path forced to Triton; the kernels are only counted, so no GPU and no interpreter run them).
+    """
+    if backend not in LAUNCH_BACKENDS:
+        raise ValueError(f"launch counts are for backends {LAUNCH_BACKENDS}, not {backend!r}")
+    from labfast.bench import forced_backend
+    from labfast.model import LAB, config_by_name
+
+    model = LAB(scheme, config_by_name(config_name)).eval()
+    size = model.config.input_size
+    images = torch.zeros(batch, 3, size, size)
+    # forced Triton on CPU tensors passes dispatch under TRITON_INTERPRET=1; the self-check would run
+    # the (unrun) kernels and compare garbage, so it is off while counting
+    fast = _environment(TRITON_INTERPRET="1", LABFAST_SELFCHECK="0") if backend == "triton" else contextlib.nullcontext()
+    with torch.no_grad(), forced_backend(backend), fast, recording() as traffic, triton_launches() as launched:
+        model(images)
+    return {"config": config_name, "batch": batch, "backend": backend, "operators": traffic.calls,
+            "triton": len(launched), "total": traffic.calls + len(launched),
+            "kernels": dict(collections.Counter(launched))}
+
+
+def format_launch_counts(counts: list[dict[str, Any]]) -> str:
+    """The launch-count table of ``labfast bench``."""
+    lines = ["kernel launches per inference forward (counted on the CPU; a proxy for CUDA launches)",
+             f"{'config':<8} {'batch':>5} {'backend':<10} {'operators':>9} {'triton':>7} {'total':>7}"]
+    for row in counts:
+        lines.append(f"{row['config']:<8} {row['batch']:>5} {row['backend']:<10} {row['operators']:>9} "
+                     f"{row['triton']:>7} {row['total']:>7}")
     return "\n".join(lines)

@@ -130,7 +130,9 @@ def test_bench_predict_on_a_cpu_writes_the_prediction_instead_of_measuring(tmp_p
     assert cli.main(["bench", "--predict", "--config", "tiny", "--batch", "1,2", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
     assert "rows" not in result and [p["batch"] for p in result["prediction"]] == [2]
-    assert "Predicted roofline: config tiny, fp32, batch 2" in capsys.readouterr().out
+    assert "Predicted roofline: config tiny, fp32, batch 2" in (out := capsys.readouterr().out)
+    assert "kernel launches per inference forward" in out
+    assert [row["backend"] for row in result["launch_counts"]] == ["reference", "triton"]
 
 
 def test_composite_operators_under_inference_mode_are_counted_by_their_parts():
@@ -140,3 +142,26 @@ def test_composite_operators_under_inference_mode_are_counted_by_their_parts():
     with torch.inference_mode(), roofline.recording() as traffic:
         F.conv2d(inputs, weight, padding=1)
     assert traffic.flops == 2 * 2 * 4 * 8 * 3 * 3 * 16 * 16
+
+
+def test_launch_counts_see_each_fused_op_as_its_kernels_and_count_what_it_replaces():
+    from labfast.model import config_by_name
+
+    config = config_by_name("tiny")
+    reference = roofline.launch_count("tiny", 1, "reference")
+    fast = roofline.launch_count("tiny", 1, "triton")
+    assert reference["triton"] == 0 and reference["total"] == reference["operators"]
+    # one intra-level message passing per stack, one inter-level between consecutive stacks; one
+    # input fusion; one M ⊕ F and one F ⊕ (F ⊗ T) per ResNet stage (4): each one kernel
+    assert fast["kernels"] == {"_message_passing_forward_kernel": 2 * config.stacks - 1,
+                               "_input_fusion_fwd_kernel": 1, "_feature_concat_fwd_kernel": 4,
+                               "_feature_fusion_fwd_kernel": 4}
+    # the fused ops replace more aten launches than they add (allocations launch nothing)
+    assert fast["total"] < reference["total"]
+    text = roofline.format_launch_counts([reference, fast])
+    assert f"tiny         1 reference  {reference['operators']:>9}       0 {reference['total']:>7}" in text
+
+
+def test_launch_counts_refuse_a_backend_they_cannot_count():
+    with pytest.raises(ValueError, match="launch counts are for backends"):
+        roofline.launch_count("tiny", 1, "cuda")
