@@ -18,7 +18,9 @@ Forward, training (three launches):
 
 Eval mode runs only the third, with the running statistics.
 
-Backward, with ``g = grad_out · [out > 0]`` (ReLU) and ``x̂ = (x - mean) · invstd``:
+Backward, with ``g = grad_out · [out > 0]`` (ReLU) and ``x̂ = (x - mean) · invstd``; without a
+residual the mask is recomputed from ``x`` (``out`` is neither read nor kept), with one it is read
+from ``out``:
 ``grad_bias = Σ g``, ``grad_weight = Σ g x̂``, ``grad_residual = g`` and
 ``grad_x = weight · invstd · (g - grad_bias / M - x̂ · grad_weight / M)`` (training; in eval mode
 the statistics are constants and ``grad_x = weight · invstd · g``).
@@ -164,10 +166,7 @@ def _batch_norm_act_forward_kernel(x_ptr, residual_ptr, out_ptr, mean_ptr, invst
     channel_mask = channels < C
     mask = (rows < M)[:, None] & channel_mask[None, :]
     offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
-    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
-    scale = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0) * \
-        tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(ACC)
-    shift = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(ACC)
+    mean, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels, channel_mask, ACC)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
     y = (x - mean[None, :]) * scale[None, :] + shift[None, :]
     if HAS_RESIDUAL:
@@ -178,26 +177,44 @@ def _batch_norm_act_forward_kernel(x_ptr, residual_ptr, out_ptr, mean_ptr, invst
 
 
 @triton.jit
-def _masked_gradient(grad_ptr, out_ptr, offsets, mask, RELU: tl.constexpr, ACC: tl.constexpr):
-    """``g = grad_out · [out > 0]`` (or ``grad_out`` without ReLU), in ``ACC``."""
+def _masked_gradient(grad_ptr, out_ptr, offsets, mask, x, mean, invstd, scale, shift, RELU: tl.constexpr,
+                     MASK_FROM_OUTPUT: tl.constexpr, ACC: tl.constexpr):
+    """``g = grad_out · [out > 0]`` (or ``grad_out`` without ReLU), in ``ACC``. Without a residual the
+    ReLU's mask is recomputed from ``x`` (the forward's own expression: ``out`` need not be read,
+    nor kept for backward); with one it is read from ``out``."""
     g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(ACC)
     if RELU:
-        out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
-        g = tl.where(out > 0, g, 0.0)
+        if MASK_FROM_OUTPUT:
+            out = tl.load(out_ptr + offsets, mask=mask, other=0.0)
+            g = tl.where(out > 0, g, 0.0)
+        else:
+            y = (x - mean[None, :]) * scale[None, :] + shift[None, :]
+            g = tl.where(y > 0, g, 0.0)
     return g
 
 
 @triton.jit
-def _batch_norm_act_backward_reduce_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, invstd_ptr, partial_ptr,
-                                           grad_residual_ptr, M, HW, C, stride_n, stride_c, stride_hw,
-                                           rows_per_program, RELU: tl.constexpr, WRITE_MASKED: tl.constexpr,
-                                           BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels, channel_mask, ACC: tl.constexpr):
+    """Per channel ``(mean, invstd, scale = invstd · weight, shift = bias)``, as the forward computes them."""
+    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
+    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
+    scale = invstd * tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(ACC)
+    shift = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(ACC)
+    return mean, invstd, scale, shift
+
+
+@triton.jit
+def _batch_norm_act_backward_reduce_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr,
+                                           partial_ptr, grad_residual_ptr, M, HW, C, stride_n, stride_c, stride_hw,
+                                           rows_per_program, RELU: tl.constexpr, MASK_FROM_OUTPUT: tl.constexpr,
+                                           WRITE_MASKED: tl.constexpr, BLOCK_M: tl.constexpr,
+                                           BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """Per program: ``Σ g`` and ``Σ g x̂`` over its rows into ``partial[chunk, 0 | 1, :]``."""
     chunk = tl.program_id(0)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
-    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
-    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels,
+                                                 channel_mask, ACC)
     begin = chunk * rows_per_program
     end = tl.minimum(begin + rows_per_program, M)
     sum_g = tl.zeros((BLOCK_C,), dtype=ACC)
@@ -206,8 +223,9 @@ def _batch_norm_act_backward_reduce_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, i
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < end)[:, None] & channel_mask[None, :]
         offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
-        g = _masked_gradient(grad_ptr, out_ptr, offsets, mask, RELU, ACC)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        g = _masked_gradient(grad_ptr, out_ptr, offsets, mask, x, mean, invstd, scale, shift, RELU,
+                             MASK_FROM_OUTPUT, ACC)
         xhat = (x - mean[None, :]) * invstd[None, :]
         sum_g += tl.sum(g, axis=0)
         sum_g_xhat += tl.sum(g * xhat, axis=0)
@@ -218,24 +236,28 @@ def _batch_norm_act_backward_reduce_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, i
 
 
 @triton.jit
-def _batch_norm_act_backward_input_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, invstd_ptr, weight_ptr, sum_g_ptr,
-                                          sum_g_xhat_ptr, grad_x_ptr, M, HW, C, stride_n, stride_c, stride_hw,
-                                          RELU: tl.constexpr, TRAINING: tl.constexpr, BLOCK_M: tl.constexpr,
-                                          BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+def _batch_norm_act_backward_input_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr,
+                                          sum_g_ptr, sum_g_xhat_ptr, grad_x_ptr, M, HW, C, stride_n, stride_c,
+                                          stride_hw, RELU: tl.constexpr, MASK_FROM_OUTPUT: tl.constexpr,
+                                          TRAINING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                                          ACC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     mask = (rows < M)[:, None] & channel_mask[None, :]
     offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
-    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
-    scale = invstd * tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(ACC)
-    g = _masked_gradient(grad_ptr, out_ptr, offsets, mask, RELU, ACC)
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels,
+                                                 channel_mask, ACC)
+    if TRAINING or (RELU and not MASK_FROM_OUTPUT):
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    else:  # eval mode with the mask from out (or no ReLU): x is not needed
+        x = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    g = _masked_gradient(grad_ptr, out_ptr, offsets, mask, x, mean, invstd, scale, shift, RELU, MASK_FROM_OUTPUT,
+                         ACC)
     if TRAINING:
         total = M.to(ACC)
-        mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
         mean_g = tl.load(sum_g_ptr + channels, mask=channel_mask, other=0.0) / total
         mean_g_xhat = tl.load(sum_g_xhat_ptr + channels, mask=channel_mask, other=0.0) / total
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         xhat = (x - mean[None, :]) * invstd[None, :]
         g = g - mean_g[None, :] - xhat * mean_g_xhat[None, :]
     tl.store(grad_x_ptr + offsets, (g * scale[None, :]).to(grad_x_ptr.dtype.element_ty), mask=mask)
@@ -282,11 +304,12 @@ def batch_norm_act_apply(x: torch.Tensor, residual: torch.Tensor | None, mean: t
     return out
 
 
-def batch_norm_act_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor,
-                            mean: torch.Tensor, invstd: torch.Tensor, training: bool, relu: bool,
-                            masked_gradient: bool) -> tuple[torch.Tensor, ...]:
-    """``(grad_x, grad_weight, grad_bias, g)``; ``g = grad · [out > 0]`` is written only when
-    ``masked_gradient`` (the residual's gradient under ReLU), else it is an empty tensor.
+def batch_norm_act_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None, weight: torch.Tensor,
+                            bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, training: bool,
+                            relu: bool) -> tuple[torch.Tensor, ...]:
+    """``(grad_x, grad_weight, grad_bias, g)``. ``out`` is given when a residual was added (the
+    ReLU's mask is then read from it, else recomputed from ``x``); ``g = grad · [out > 0]``, the
+    residual's gradient under ReLU, is written only then, else it is an empty tensor.
     ``grad`` and ``out`` must share ``x``'s strides."""
     M, HW, stride_n, stride_c, stride_hw = _layout(x)
     C = x.shape[1]
@@ -294,15 +317,17 @@ def batch_norm_act_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tens
     rows_per_program, chunks = _partition(M, C)
     acc = accumulator_dtype(x.dtype)
     partials = torch.empty(chunks, 2, C, device=x.device, dtype=acc)
-    masked = torch.empty_like(x) if masked_gradient else x.new_empty(0)
+    from_output = out is not None
+    masked = torch.empty_like(x) if from_output and relu else x.new_empty(0)
     _batch_norm_act_backward_reduce_kernel[(chunks, triton.cdiv(C, block_channels))](
-        grad, x, out, mean, invstd, partials, masked if masked_gradient else grad, M, HW, C,
-        stride_n, stride_c, stride_hw, rows_per_program, RELU=relu, WRITE_MASKED=masked_gradient,
-        BLOCK_M=block_rows, BLOCK_C=block_channels, ACC=_acc(x.dtype), num_warps=4)
+        grad, x, out if from_output else x, mean, invstd, weight, bias, partials, masked if masked.numel() else grad,
+        M, HW, C, stride_n, stride_c, stride_hw, rows_per_program, RELU=relu, MASK_FROM_OUTPUT=from_output,
+        WRITE_MASKED=bool(masked.numel()), BLOCK_M=block_rows, BLOCK_C=block_channels, ACC=_acc(x.dtype),
+        num_warps=4)
     sum_g, sum_g_xhat = partials[:, 0].sum(dim=0), partials[:, 1].sum(dim=0)
     grad_x = torch.empty_like(x)
     _batch_norm_act_backward_input_kernel[(triton.cdiv(M, block_rows), triton.cdiv(C, block_channels))](
-        grad, x, out, mean, invstd, weight, sum_g, sum_g_xhat, grad_x, M, HW, C, stride_n, stride_c, stride_hw,
-        RELU=relu, TRAINING=training, BLOCK_M=block_rows, BLOCK_C=block_channels, ACC=_acc(x.dtype),
-        num_warps=4)
+        grad, x, out if from_output else x, mean, invstd, weight, bias, sum_g, sum_g_xhat, grad_x, M, HW, C,
+        stride_n, stride_c, stride_hw, RELU=relu, MASK_FROM_OUTPUT=from_output, TRAINING=training,
+        BLOCK_M=block_rows, BLOCK_C=block_channels, ACC=_acc(x.dtype), num_warps=4)
     return grad_x, sum_g_xhat.to(weight.dtype), sum_g.to(weight.dtype), masked

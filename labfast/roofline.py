@@ -298,14 +298,15 @@ def _batch_norm_act_traffic(case, itemsize: int) -> tuple[int, int, int, int]:
 
     Not one pass: the statistics must be complete before any output, so the forward reads ``x``
     twice (statistics, then the normalisation), reads the residual and writes ``out``; the backward
-    reads ``grad``, ``x`` and ``out`` twice (the sums ``Σ g``, ``Σ g x̂``, then ``grad x``) and writes
-    ``grad x`` (and ``grad residual``). Per-channel vectors (a few KB) are left out. FLOPs per element
+    reads ``grad`` and ``x`` twice (the sums ``Σ g``, ``Σ g x̂``, then ``grad x``; the ReLU's mask is
+    recomputed from ``x``) and writes ``grad x``; with a residual it also reads ``out`` twice (the
+    mask) and writes ``grad residual``. Per-channel vectors (a few KB) are left out. FLOPs per element
     (element-wise, CUDA cores; they never bound it): forward 8 (centre, square, accumulate; centre,
     scale, shift, ReLU), +1 for the residual; backward 13.
     """
     elements = math.prod(case.shapes[0])
     residual = int(case.shapes[5] is not None)
-    return ((3 + residual) * elements * itemsize, (7 + residual) * elements * itemsize,
+    return ((3 + residual) * elements * itemsize, (5 + 3 * residual) * elements * itemsize,
             (8 + residual) * elements, 13 * elements)
 
 

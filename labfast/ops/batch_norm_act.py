@@ -9,7 +9,8 @@ as ``nn.BatchNorm2d`` does (``r <- (1 - momentum) r + momentum s``, unbiased var
 Unfused, batch norm, the add and the ReLU each read and write the activation (the predicted
 roofline of a paper-preset training step puts batch norm + activation + element-wise at ~45 ms of
 an H100's memory time); the fused pass reads ``x`` (+ ``residual``) once more after the statistics
-and writes ``out`` once, and its backward reads ``grad``, ``x`` and ``out`` twice.
+and writes ``out`` once, and its backward reads ``grad`` and ``x`` twice (and ``out``, only where a
+residual was added: otherwise the ReLU's mask is recomputed from ``x``).
 
 ``batch_norm_act`` dispatches via ``labfast.ops.backend`` (op name ``"batch_norm_act"``, forced by
 ``LABFAST_BACKEND_BATCH_NORM_ACT``); ``batch_norm_act_ref`` is the plain PyTorch definition it is
@@ -160,34 +161,36 @@ def _(x, weight, bias, mean, invstd, residual, training, relu):
 
 
 @torch.library.custom_op("labfast::batch_norm_act_backward", mutates_args=())
-def _batch_norm_act_backward_op(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor,
-                                mean: torch.Tensor, invstd: torch.Tensor, training: bool, relu: bool,
-                                masked_gradient: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(grad_x, grad_weight, grad_bias, grad · [out > 0])``, the last empty unless ``masked_gradient``."""
+def _batch_norm_act_backward_op(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None, weight: torch.Tensor,
+                                bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, training: bool,
+                                relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_x, grad_weight, grad_bias, grad · [out > 0])``. ``out`` is given when a residual was
+    added (the last result is then the residual's gradient under ReLU, else it is empty)."""
     from labfast.kernels import batch_norm_act as kernels
 
     x = _dense(x)
-    return kernels.batch_norm_act_backward(_like(grad, x), x, _like(out, x), weight, mean, invstd, training,
-                                           relu, masked_gradient)
+    return kernels.batch_norm_act_backward(_like(grad, x), x, None if out is None else _like(out, x), weight, bias,
+                                           mean, invstd, training, relu)
 
 
 @_batch_norm_act_backward_op.register_fake
-def _(grad, x, out, weight, mean, invstd, training, relu, masked_gradient):
+def _(grad, x, out, weight, bias, mean, invstd, training, relu):
     grad_x = torch.empty_like(x, memory_format=_layout_of(x))
-    masked = torch.empty_like(x, memory_format=_layout_of(x)) if masked_gradient else x.new_empty(0)
+    masked = torch.empty_like(x, memory_format=_layout_of(x)) if out is not None and relu else x.new_empty(0)
     return grad_x, torch.empty_like(weight), torch.empty_like(weight), masked
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, _, mean, invstd, residual, training, relu = inputs
-    ctx.save_for_backward(x, output, weight, mean, invstd)
+    x, weight, bias, mean, invstd, residual, training, relu = inputs
+    # out is kept only when a residual was added: without one the backward recomputes the ReLU's mask from x
+    ctx.save_for_backward(x, output if residual is not None else None, weight, bias, mean, invstd)
     ctx.training, ctx.relu, ctx.has_residual = training, relu, residual is not None
 
 
 def _backward(ctx, grad):
-    x, out, weight, mean, invstd = ctx.saved_tensors
+    x, out, weight, bias, mean, invstd = ctx.saved_tensors
     grad_x, grad_weight, grad_bias, masked = torch.ops.labfast.batch_norm_act_backward(
-        grad, x, out, weight, mean, invstd, ctx.training, ctx.relu, ctx.has_residual and ctx.relu)
+        grad, x, out, weight, bias, mean, invstd, ctx.training, ctx.relu)
     grad_residual = None
     if ctx.has_residual:
         grad_residual = masked if ctx.relu else grad
