@@ -339,16 +339,17 @@ def batch_norm_act_step_prediction(config_name: str, batch: int, dtype: str,
         ops.batch_norm_act = original
     itemsize = DTYPES[dtype].itemsize
     fused_bytes = fused_flops = 0
-    with recording() as unfused:
-        for case in calls:
-            forward, backward, flops, backward_flops = _batch_norm_act_traffic(case, itemsize)
-            fused_bytes += forward + backward
-            fused_flops += flops + backward_flops
-            x, weight, bias, running_mean, running_var, residual = (
-                None if shape is None else torch.zeros(shape, device="meta", dtype=DTYPES[dtype]).requires_grad_(
-                    index in (0, 1, 2, 5)) for index, shape in enumerate(case.shapes))
-            out = batch_norm_act_ref(x, weight, bias, running_mean, running_var, residual, True)
-            out.backward(torch.zeros_like(out))
+    arguments = []
+    for case in calls:
+        forward, backward, flops, backward_flops = _batch_norm_act_traffic(case, itemsize)
+        fused_bytes += forward + backward
+        fused_flops += flops + backward_flops
+        tensors = [None if shape is None else torch.zeros(shape, device="meta", dtype=DTYPES[dtype]).requires_grad_(
+            index in (0, 1, 2, 5)) for index, shape in enumerate(case.shapes)]
+        arguments.append((tensors, torch.zeros(case.shapes[0], device="meta", dtype=DTYPES[dtype])))
+    with recording() as unfused:  # the upstream gradients are made outside: not the op's traffic
+        for (x, weight, bias, running_mean, running_var, residual), grad in arguments:
+            batch_norm_act_ref(x, weight, bias, running_mean, running_var, residual, True).backward(grad)
     return Prediction(f"batch_norm_act: {len(calls)} calls of a training step, forward + backward", "fused op",
                       fused_flops, fused_bytes, eager_seconds={c.name: unfused.seconds(c, dtype) for c in ceilings},
                       compute="cuda cores",
