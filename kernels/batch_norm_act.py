@@ -46,6 +46,7 @@ import triton.language as tl
 _GPU_BLOCKS = (64, 32)
 _INTERPRETER_BLOCKS = (1024, 64)
 _GPU_PROGRAMS = 1024  # stats/backward-reduce programs to aim at: a few per SM of an H100 (132 SMs)
+_INTERPRETER_PROGRAMS = 1  # under the interpreter: one program per channel block
 _FINALIZE_BLOCKS = (64, 32)  # partials x channels per step of the finalize kernel
 
 
@@ -69,13 +70,14 @@ def _layout(x: torch.Tensor) -> tuple[int, int, int, int, int]:
 
 
 def _partition(rows: int, channels: int) -> tuple[int, int]:
-    """``(rows_per_program, programs along the rows)`` of the stats and backward-reduce kernels."""
+    """``(rows_per_program, programs along the rows)`` of the stats and backward-reduce kernels: whole
+    tiles per program, about ``_GPU_PROGRAMS`` programs in all (each merges its tiles, then the
+    finalize kernel or a ``sum`` merges the programs)."""
     block_rows, block_channels = _blocks()
     tiles = triton.cdiv(rows, block_rows)
-    channel_programs = triton.cdiv(channels, block_channels)
-    target = 1 if os.environ.get("TRITON_INTERPRET") == "1" else max(_GPU_PROGRAMS // channel_programs, 1)
-    tiles_per_program = triton.cdiv(tiles, min(target, tiles)) if target > 1 else tiles
-    rows_per_program = tiles_per_program * block_rows
+    programs = _INTERPRETER_PROGRAMS if os.environ.get("TRITON_INTERPRET") == "1" else _GPU_PROGRAMS
+    target = max(programs // triton.cdiv(channels, block_channels), 1)
+    rows_per_program = triton.cdiv(tiles, min(target, tiles)) * block_rows
     return rows_per_program, triton.cdiv(rows, rows_per_program)
 
 

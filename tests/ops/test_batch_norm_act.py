@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import labfast.kernels.batch_norm_act as kernels
 from labfast.model.batch_norm_act import BatchNormAct
 from labfast.ops import backend
 from labfast.ops.batch_norm_act import batch_norm_act, batch_norm_act_ref
@@ -153,6 +154,20 @@ def test_one_pixel_maps_and_many_row_blocks(triton_forced):
     """1x1 spatial size (M = N rows), and more rows than one interpreter tile (several partials to merge)."""
     check_parity((5, 7, 1, 1), torch.float32, training=True)
     check_parity((3, 5, 30, 30), torch.float32, training=True)  # 2700 rows: 3 tiles of 1024
+
+
+@pytest.mark.parametrize("programs", [1024, 3], ids=["one_tile_per_program", "several_tiles_per_program"])
+def test_gpu_blocks_and_many_partials(triton_forced, monkeypatch, programs):
+    """The GPU's tiles (64 rows x 32 channels) and partition under the interpreter, which otherwise
+    runs one program per channel block: 13 tiles over 13 programs or 5 tiles per program over 3
+    programs (a short last one); the finalize kernel steps over the partials 4 at a time (a masked
+    last step)."""
+    monkeypatch.setattr(kernels, "_INTERPRETER_BLOCKS", kernels._GPU_BLOCKS)
+    monkeypatch.setattr(kernels, "_INTERPRETER_PROGRAMS", programs)
+    monkeypatch.setattr(kernels, "_FINALIZE_BLOCKS", (4, 32))
+    assert kernels._partition(2 * 20 * 20, 13) == {1024: (64, 13), 3: (320, 3)}[programs]
+    check_parity((2, 13, 20, 20), torch.float32, training=True)
+    check_parity((2, 40, 6, 6), torch.bfloat16, training=True, with_residual=False)
 
 
 def test_fp64_gradcheck(triton_forced):
