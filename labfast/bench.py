@@ -299,7 +299,8 @@ def _fast_path(backend: str, device: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- kernel cases
 
-_KERNEL_OPS = ("input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing")
+_KERNEL_OPS = ("input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing", "batch_norm_act")
+_OP_MODULES = {"message_passing": "labfast.ops.message_passing", "batch_norm_act": "labfast.ops.batch_norm_act"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,9 +313,12 @@ class KernelCase:
 
     @property
     def label(self) -> str:
-        """The op and its tensor shapes, e.g. ``feature_fusion 2x64x64x64,2x64x64x64`` (weights as ``E=``)."""
-        shapes = self.shapes[:1] if self.op == "message_passing" else self.shapes
+        """The op and its tensor shapes, e.g. ``feature_fusion 2x64x64x64,2x64x64x64`` (weights as ``E=``;
+        batch norm: the activation's shape, ``+ residual`` when it adds one)."""
+        shapes = self.shapes[:1] if self.op in ("message_passing", "batch_norm_act") else self.shapes
         text = ",".join("x".join(map(str, shape)) for shape in shapes if shape is not None)
+        if self.op == "batch_norm_act" and self.shapes[5] is not None:
+            text += " + residual"
         if self.op == "message_passing":
             weights = self.shapes[1]
             text += f" E={weights[0]} k={weights[-1]}"
@@ -322,7 +326,10 @@ class KernelCase:
 
 
 def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:
-    """The distinct calls of the fused ops in one forward pass of LAB at ``batch`` (meta device)."""
+    """The distinct calls of the fused ops in one forward pass of LAB at ``batch`` (meta device).
+
+    Batch norm + ReLU is called at ~35 distinct shapes (every width at every hourglass level): it
+    keeps, per (channels, residual or not), its call on the largest map."""
     from labfast import ops
     from labfast.model import LAB, config_by_name
 
@@ -346,7 +353,12 @@ def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:
     finally:
         for name, original in originals.items():
             setattr(ops, name, original)
-    return list(seen)
+    largest: dict[tuple[int, bool], KernelCase] = {}
+    for case in (case for case in seen if case.op == "batch_norm_act"):
+        key = (case.shapes[0][1], case.shapes[5] is not None)
+        if key not in largest or math.prod(case.shapes[0]) > math.prod(largest[key].shapes[0]):
+            largest[key] = case
+    return [case for case in seen if case.op != "batch_norm_act" or largest[(case.shapes[0][1], case.shapes[5] is not None)] is case]
 
 
 def kernel_backends(groups: tuple[str, ...]) -> list[str]:
@@ -370,10 +382,11 @@ def kernel_arguments(case: KernelCase, dtype: str, device: torch.device, seed: i
 
 def prepare_kernel(case: KernelCase, dtype: str, backend: str, device: torch.device,
                    seed: int = 0) -> Callable[[], Any]:
-    """A callable running ``case``'s op (forward) with ``backend``."""
+    """A callable running ``case``'s op (forward) with ``backend`` (batch norm: in training, its
+    defaults: batch statistics, running-statistic update, ReLU)."""
     from labfast import ops
 
-    module = importlib.import_module("labfast.ops.message_passing" if case.op == "message_passing" else "labfast.ops.fusion")
+    module = importlib.import_module(_OP_MODULES.get(case.op, "labfast.ops.fusion"))
     reference = getattr(module, f"{case.op}_ref")
     arguments = kernel_arguments(case, dtype, device, seed)
     if backend == "reference":

@@ -14,7 +14,8 @@ specialisation, constexpr block sizes), but nothing is launched:
   CPU tensors, which ``labfast.ops.backend`` is told to accept for Triton as under the interpreter.
 
 It runs the paper preset (8 stacks, K boundaries of the scheme, 7×7 messages, 256 input) forward and
-backward in fp32 and under bf16 autocast, and the boundary-heatmap op in fp32 and bf16, then prints
+backward in fp32 and under bf16 autocast, the boundary-heatmap op in fp32 and bf16, and every batch
+norm + ReLU of a training forward (``batch_norm_act``, training and eval, fp32 and bf16), then prints
 one row per compiled specialisation: registers, spill bytes (ptxas ``-v``), shared memory. Rows
 that look alike differ in the specialisation of integer arguments (divisible by 16, or equal to 1). Batch size does
 not change a specialisation here (every pixel count is a multiple of 16 at batch 1 already).
@@ -189,6 +190,46 @@ def _boundary_heatmaps_launch(scheme: str, config: str, batch: int, phase: str) 
                       dtype=torch.bfloat16 if phase == "bf16" else torch.float32)
 
 
+def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> None:
+    """Every distinct ``labfast.ops.batch_norm_act`` call of one training forward of
+    ``LAB(scheme, config)`` (recorded under ``FakeTensorMode`` as ``record_model_op_calls`` does),
+    replayed in training and in eval mode, forward and backward: activations in the phase's dtype,
+    weights and running statistics fp32 (as under autocast)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import labfast.ops
+    from labfast.model import LAB, config_by_name
+
+    model = LAB(scheme, config_by_name(config)).train()
+    calls: dict[tuple, None] = {}
+    original = labfast.ops.batch_norm_act
+
+    def record(x, weight, bias, running_mean, running_var, residual=None, *args):
+        calls.setdefault((tuple(x.shape), x.stride(), residual is not None, args[-1] if args else True))
+        return original(x, weight, bias, running_mean, running_var, residual, *args)
+
+    labfast.ops.batch_norm_act = record
+    previous = os.environ.get("LABFAST_BACKEND")
+    os.environ["LABFAST_BACKEND"] = "reference"
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+            model(torch.rand(batch, 3, model.config.input_size, model.config.input_size))
+    finally:
+        labfast.ops.batch_norm_act = original
+        os.environ["LABFAST_BACKEND"] = previous or "triton"
+    dtype = torch.bfloat16 if phase == "bf16" else torch.float32
+    for shape, stride, with_residual, relu in calls:
+        channels = shape[1]
+        for training in (True, False):
+            x = torch.empty_strided(shape, stride, dtype=dtype).requires_grad_()
+            residual = torch.empty_strided(shape, stride, dtype=dtype).requires_grad_() if with_residual else None
+            weight, bias = torch.ones(channels, requires_grad=True), torch.zeros(channels, requires_grad=True)
+            out = original(x, weight, bias, torch.zeros(channels), torch.ones(channels), residual, training, 0.1,
+                           1e-5, relu)
+            out.backward(torch.empty_like(out))
+
+
 def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: int = 1,
                           phases: tuple[str, ...] = ("fp32", "bf16")) -> list[KernelReport]:
     """Run the workload through the compile-only driver; one report per compiled specialisation."""
@@ -215,13 +256,13 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     backend.interpreting = lambda: True
     ptxas = get_ptxas(target.arch).path
 
-    compiled: dict[str, tuple[str, object]] = {}
+    compiled: dict[tuple[str, str], tuple[str, object]] = {}  # (phase, hash): a phase lists what it reuses too
     phase_now = [""]
     original_run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = original_run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.setdefault(kernel.hash, (phase_now[0], kernel))
+        compiled.setdefault((phase_now[0], kernel.hash), (phase_now[0], kernel))
         return kernel
 
     JITFunction.run = compile_only
@@ -234,6 +275,7 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
             for op, args in calls:
                 _replay(op, args)
             _boundary_heatmaps_launch(scheme, config, batch, phase)
+            _batch_norm_act_launch(scheme, config, batch, phase)
     finally:
         JITFunction.run = original_run
         backend.interpreting = interpreting

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Iterator
 
@@ -280,6 +281,8 @@ def fused_op_predictions(config_name: str, batch: int, dtype: str) -> list[Predi
             forward = (numel[0] * 2 + sum(numel[1:])) * itemsize  # features in, out, weights (+ bias)
             backward = (numel[0] * 3 + 2 * sum(numel[1:])) * itemsize  # grad out + features in, grad in, weights in/out
             backward_flops = 2 * flops  # grad of the input and of the weights
+        elif case.op == "batch_norm_act":
+            forward, backward, flops, backward_flops = _batch_norm_act_traffic(case, itemsize)
         else:
             out = {"input_fusion": numel[0] * (shapes[1][1] + 1),
                    "heatmap_feature_concat": _concat_out(shapes),
@@ -291,6 +294,70 @@ def fused_op_predictions(config_name: str, batch: int, dtype: str) -> list[Predi
         rows.append(Prediction(f"{case.label} forward", "fused op", flops, forward))
         rows.append(Prediction(f"{case.label} backward", "fused op", backward_flops, backward))
     return rows
+
+
+def _batch_norm_act_traffic(case, itemsize: int) -> tuple[int, int, int, int]:
+    """``(forward bytes, backward bytes, forward FLOPs, backward FLOPs)`` of one training call of the
+    fused batch norm (+ residual) + ReLU (``kernels/batch_norm_act.py``).
+
+    Not one pass: the statistics must be complete before any output, so the forward reads ``x``
+    twice (statistics, then the normalisation), reads the residual and writes ``out``; the backward
+    reads ``grad`` and ``x`` twice (the sums ``Σ g``, ``Σ g x̂``, then ``grad x``; the ReLU's mask is
+    recomputed from ``x``) and writes ``grad x``; with a residual it also reads ``out`` twice (the
+    mask) and writes ``grad residual``. Per-channel vectors (a few KB) are left out. FLOPs per element
+    (element-wise, CUDA cores; they never bound it): forward 8 (centre, square, accumulate; centre,
+    scale, shift, ReLU), +1 for the residual; backward 13.
+    """
+    elements = math.prod(case.shapes[0])
+    residual = int(case.shapes[5] is not None)
+    return ((3 + residual) * elements * itemsize, (5 + 3 * residual) * elements * itemsize,
+            (8 + residual) * elements, 13 * elements)
+
+
+def batch_norm_act_step_prediction(config_name: str, batch: int, dtype: str,
+                                   ceilings: list[devices.Ceiling]) -> Prediction:
+    """Every batch norm (+ residual) + ReLU of one training step, forward and backward, fused
+    (``bytes``, ``bound_seconds``: ``_batch_norm_act_traffic`` summed over the calls) beside the
+    same calls unfused (``eager_seconds``: the per-operator roofline of the reference's
+    ``batch_norm``, ``add``, ``relu`` and their backward, traced on the meta device): what the fusion
+    saves at most in a step."""
+    from labfast import ops
+    from labfast.ops.batch_norm_act import batch_norm_act_ref
+    from labfast.bench import KernelCase, forced_backend
+
+    model = _model(config_name, "300w", dtype, train=True)
+    calls: list[KernelCase] = []
+    original = ops.batch_norm_act
+
+    def record(x, weight, bias, running_mean, running_var, residual=None, *args):
+        shapes = tuple(None if t is None else tuple(t.shape) for t in (x, weight, bias, running_mean, running_var,
+                                                                         residual))
+        calls.append(KernelCase("batch_norm_act", shapes))
+        return original(x, weight, bias, running_mean, running_var, residual, *args)
+
+    ops.batch_norm_act = record
+    try:
+        with torch.no_grad(), forced_backend("reference"):
+            model(_images(model, batch, dtype))
+    finally:
+        ops.batch_norm_act = original
+    itemsize = DTYPES[dtype].itemsize
+    fused_bytes = fused_flops = 0
+    arguments = []
+    for case in calls:
+        forward, backward, flops, backward_flops = _batch_norm_act_traffic(case, itemsize)
+        fused_bytes += forward + backward
+        fused_flops += flops + backward_flops
+        tensors = [None if shape is None else torch.zeros(shape, device="meta", dtype=DTYPES[dtype]).requires_grad_(
+            index in (0, 1, 2, 5)) for index, shape in enumerate(case.shapes)]
+        arguments.append((tensors, torch.zeros(case.shapes[0], device="meta", dtype=DTYPES[dtype])))
+    with recording() as unfused:  # the upstream gradients are made outside: not the op's traffic
+        for (x, weight, bias, running_mean, running_var, residual), grad in arguments:
+            batch_norm_act_ref(x, weight, bias, running_mean, running_var, residual, True).backward(grad)
+    return Prediction(f"batch_norm_act: {len(calls)} calls of a training step, forward + backward", "fused op",
+                      fused_flops, fused_bytes, eager_seconds={c.name: unfused.seconds(c, dtype) for c in ceilings},
+                      compute="cuda cores",
+                      note="bound: the fused kernels' traffic; eager: the same calls unfused (batch_norm, add, relu)")
 
 
 def _concat_out(shapes: list[tuple[int, ...]]) -> int:
@@ -322,6 +389,7 @@ def predict(config_name: str = "paper", batch: int = 256, dtype: str = "bf16",
         model_prediction(f"training step batch {batch} (without ground truth)", train, dtype, ceilings),
         heatmaps_prediction(batch, num_boundaries, heatmap_size, dtype),
         *fused_op_predictions(config_name, batch, dtype),
+        batch_norm_act_step_prediction(config_name, batch, dtype, ceilings),
     ]
     return {
         "config": config_name, "batch": batch, "dtype": dtype,

@@ -75,9 +75,16 @@ def test_model_rows_count_flops_and_kernel_rows_count_bytes(cpu_result):
 
 def test_kernel_cases_are_the_calls_the_model_makes():
     cases = bench.kernel_cases("tiny", 2)
-    assert {case.op for case in cases} == {"input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing"}
+    assert {case.op for case in cases} == {"input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing",
+                                           "batch_norm_act"}
     fusion = next(case for case in cases if case.op == "input_fusion")
     assert fusion.shapes == ((2, 3, 256, 256), (2, 13, 64, 64))  # 300-W has K = 13 boundaries
+    # batch norm + ReLU: one case per (width, residual), on the largest map the model gives it
+    # (the tiny estimator's stem at 128x128; the residual of the last ResNet stage at 8x8)
+    norms = {case.label for case in cases if case.op == "batch_norm_act"}
+    assert "batch_norm_act 2x8x128x128" in norms and "batch_norm_act 2x32x8x8 + residual" in norms
+    assert len(norms) == len({(case.shapes[0][1], case.shapes[5] is not None) for case in cases
+                              if case.op == "batch_norm_act"})
 
 
 def test_synthetic_faces_lie_inside_the_crop():

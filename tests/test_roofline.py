@@ -54,6 +54,25 @@ def test_message_passing_prediction_matches_its_convolutions():
     assert rows[name].bytes == (2 * features.numel() + weights.numel() + edges * channels) * 4
 
 
+def test_batch_norm_act_prediction_counts_its_passes_over_the_activation():
+    """Forward: x twice (statistics, then the pass), out once (+ the residual read); backward: grad
+    and x twice, grad x once (+ out twice and grad residual once with a residual)."""
+    rows = {row.name: row for row in roofline.fused_op_predictions("tiny", 2, "fp32")}
+    plain, residual = "batch_norm_act 2x8x128x128", "batch_norm_act 2x32x8x8 + residual"
+    assert rows[f"{plain} forward"].bytes == 3 * 2 * 8 * 128 * 128 * 4
+    assert rows[f"{plain} backward"].bytes == 5 * 2 * 8 * 128 * 128 * 4
+    assert rows[f"{residual} forward"].bytes == 4 * 2 * 32 * 8 * 8 * 4
+    assert rows[f"{residual} backward"].bytes == 8 * 2 * 32 * 8 * 8 * 4
+
+
+def test_batch_norm_act_step_row_sets_every_call_fused_beside_unfused():
+    ceiling = devices.Ceiling("test", 100e12, 10e12, 1e12, "made up")
+    row = roofline.batch_norm_act_step_prediction("tiny", 2, "fp32", [ceiling])
+    assert row.name.startswith("batch_norm_act: 130 calls")  # every BN-ReLU of one tiny-LAB forward
+    # the unfused reference moves more than the fused kernels: batch_norm, relu (add) and their backward
+    assert row.eager_seconds["test"] > row.bound_seconds(ceiling, "fp32") > 0
+
+
 def test_prediction_bound_is_the_slower_of_compute_and_memory():
     ceiling = devices.Ceiling("test", 100e12, 10e12, 1e12, "made up")
     compute_bound = roofline.Prediction("a", "fused op", flops=int(1e12), bytes=int(1e6))

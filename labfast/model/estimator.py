@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from labfast import ops
+from labfast.model.batch_norm_act import BatchNormAct
 from labfast.model.config import LABConfig
 from labfast.model.hourglass import Hourglass, ResidualBlock
 from labfast.schemes import Scheme
@@ -135,10 +136,10 @@ class InterLevelPassing(nn.Module):
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1×1 conv, then BN-ReLU as one ``BatchNormAct``."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        BatchNormAct(out_channels),
     )
 
 
@@ -153,8 +154,8 @@ class BoundaryHeatmapEstimator(nn.Module):
         # Newell's stem: 7×7 stride 2, residuals, max-pool -> a quarter of the input resolution.
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
+            BatchNormAct(width),
+            nn.Identity(),  # the ReLU's slot (fused above): later indices, hence state-dict keys, unchanged
             ResidualBlock(width, width),
             nn.MaxPool2d(2),
             ResidualBlock(width, width),

@@ -7,23 +7,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from labfast.model.batch_norm_act import BatchNormAct
+
 
 class ResidualBlock(nn.Module):
     """Pre-activation bottleneck ``x + f(x)``: BN-ReLU-1×1 (out/2), BN-ReLU-3×3, BN-ReLU-1×1 (out).
 
     ``(N, in_channels, H, W) -> (N, out_channels, H, W)``; a 1×1 projection on the skip path when
-    the widths differ (Newell et al. 2016, Fig. 4).
+    the widths differ (Newell et al. 2016, Fig. 4). Each BN-ReLU pair is one ``BatchNormAct``; the
+    ReLU's slot of ``body`` is kept as an ``nn.Identity`` so that the state-dict keys (the
+    ``body.<index>`` of every convolution and batch norm) are those of the unfused block.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         middle = max(out_channels // 2, 1)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+            BatchNormAct(in_channels), nn.Identity(),
             nn.Conv2d(in_channels, middle, 1, bias=False),
-            nn.BatchNorm2d(middle), nn.ReLU(inplace=True),
+            BatchNormAct(middle), nn.Identity(),
             nn.Conv2d(middle, middle, 3, padding=1, bias=False),
-            nn.BatchNorm2d(middle), nn.ReLU(inplace=True),
+            BatchNormAct(middle), nn.Identity(),
             nn.Conv2d(middle, out_channels, 1),
         )
         self.skip = (

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from labfast import ops
+from labfast.model.batch_norm_act import BatchNormAct
 from labfast.model.config import LABConfig
 from labfast.model.hourglass import Hourglass
 from labfast.model.resnet import RESNET18_BLOCKS, init_resnet_, resnet_stages, resnet_stem
@@ -47,8 +48,7 @@ class FeatureFusion(nn.Module):
         )
         self.reduce = nn.Sequential(
             nn.Conv2d(2 * channels, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
+            BatchNormAct(channels),  # BN + ReLU
         ) if reduce else nn.Identity()
 
     def forward(self, heatmaps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

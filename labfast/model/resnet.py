@@ -7,20 +7,22 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from labfast.model.batch_norm_act import BatchNormAct
+
 RESNET18_BLOCKS = (2, 2, 2, 2)
 
 
 class BasicBlock(nn.Module):
     """``relu(x + bn(conv3×3(relu(bn(conv3×3(x))))))``, with a strided 1×1 projection on the skip
-    path when the stride or width changes. ``(N, in, H, W) -> (N, out, H/stride, W/stride)``."""
+    path when the stride or width changes. ``(N, in, H, W) -> (N, out, H/stride, W/stride)``.
+    Both ``relu(bn(·))`` and ``relu(bn(·) + identity)`` are one ``BatchNormAct`` each."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = BatchNormAct(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn2 = BatchNormAct(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -30,18 +32,18 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(out), identity)
 
 
 def resnet_stem(in_channels: int, width: int, kernel_size: int = 7) -> nn.Sequential:
     """``k×k`` (7×7 in ResNet-18) stride-2 conv, BN, ReLU, 3×3 stride-2 max-pool:
-    ``(N, in, H, W) -> (N, width, H/4, W/4)``."""
+    ``(N, in, H, W) -> (N, width, H/4, W/4)``. BN-ReLU is one ``BatchNormAct``; the ReLU's slot
+    stays as an ``nn.Identity`` so that the max-pool keeps its index."""
     return nn.Sequential(
         nn.Conv2d(in_channels, width, kernel_size, stride=2, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
+        BatchNormAct(width),
+        nn.Identity(),
         nn.MaxPool2d(3, stride=2, padding=1),
     )
 

@@ -90,8 +90,32 @@ def boundary_heatmaps(backend: str, device: torch.device, dtype: torch.dtype) ->
     return [heatmaps], [boundary_heatmaps_ref(landmarks, scheme, size, sigma, torch.float32)]
 
 
+def batch_norm_act(backend: str, device: torch.device, dtype: torch.dtype) -> tuple[Results, Results]:
+    from labfast.ops.batch_norm_act import _batch_norm_act_triton, batch_norm_act_ref
+
+    fast = {"triton": _batch_norm_act_triton}[backend]
+    channels = 5  # not a power of two: a masked channel block
+    x = _random(2, channels, 6, 6, device=device, dtype=dtype, seed=10, scale=2.0) + 1
+    residual = _random(2, channels, 6, 6, device=device, dtype=dtype, seed=11)
+    statistics_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = _random(channels, device=device, dtype=statistics_dtype, seed=12)
+    bias = _random(channels, device=device, dtype=statistics_dtype, seed=13)
+    mine, theirs = [], []
+    for training in (True, False):
+        for function, results in ((fast, mine), (batch_norm_act_ref, theirs)):
+            running_mean = torch.zeros(channels, device=device, dtype=statistics_dtype)
+            running_var = torch.ones(channels, device=device, dtype=statistics_dtype)
+            results += _outputs_and_grads(
+                lambda x, w, b, r, function=function, training=training: function(
+                    x, w, b, running_mean, running_var, r, training, 0.1, 1e-5, True),
+                [x, weight, bias, residual])
+            results += [running_mean, running_var]
+    return mine, theirs
+
+
 CHECKS: dict[str, Callable[[str, torch.device, torch.dtype], tuple[Results, Results]]] = {
     "message_passing": message_passing,
     "fusion": fusion,
     "boundary_heatmaps": boundary_heatmaps,
+    "batch_norm_act": batch_norm_act,
 }

@@ -49,7 +49,7 @@ def does_not_compile(features, weights, bias, edges):
     raise subprocess.CalledProcessError(255, ["ptxas"], "ptxas fatal: Unresolved extern function")
 
 
-@pytest.mark.parametrize("op", ["message_passing", "fusion", "boundary_heatmaps"])
+@pytest.mark.parametrize("op", ["message_passing", "fusion", "boundary_heatmaps", "batch_norm_act"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_correct_triton_kernels_pass_their_self_check(op, dtype):
     assert backend.self_check_failure(op, "triton", torch.zeros(1, dtype=dtype)) is None
