@@ -564,10 +564,11 @@ def launch_count(config_name: str, batch: int = 1, backend: str = "reference", s
     """Kernel launches of one inference forward (eval mode), counted on the CPU: a proxy for the CUDA
     launches that decide batch-1 latency.
 
-    ``operators``: the aten operators that launch a kernel (views and detach excluded, composite
-    operators counted as what they decompose into) and every ``labfast::`` operator (one call; what
-    runs inside it is not an aten call); ``triton``: the Triton kernels the fast paths launch (recorded,
-    not run). ``backend``: ``reference`` (every op its plain PyTorch reference) or ``triton`` (every
+    ``operators``: the aten operators that launch a kernel (views, detach and allocations excluded,
+    composite operators counted as what they decompose into); ``triton``: the Triton kernels the fast
+    paths launch (recorded, not run); ``total``: their sum. ``labfast_ops``: the ``labfast::`` custom
+    operators called, shown apart and not added to the total: what launches inside one is its
+    Triton kernels (counted) or aten operators (not seen by the dispatch mode there). ``backend``: ``reference`` (every op its plain PyTorch reference) or ``triton`` (every
     fast path forced to Triton; the kernels are only counted, so no GPU and no interpreter run them).
     """
     if backend not in LAUNCH_BACKENDS:
@@ -583,16 +584,18 @@ def launch_count(config_name: str, batch: int = 1, backend: str = "reference", s
     fast = _environment(TRITON_INTERPRET="1", LABFAST_SELFCHECK="0") if backend == "triton" else contextlib.nullcontext()
     with torch.no_grad(), forced_backend(backend), fast, recording() as traffic, triton_launches() as launched:
         model(images)
-    return {"config": config_name, "batch": batch, "backend": backend, "operators": traffic.calls,
-            "triton": len(launched), "total": traffic.calls + len(launched),
+    custom = sum(1 for name, _, _ in traffic.per_operator if name.startswith("labfast."))
+    operators = traffic.calls - custom
+    return {"config": config_name, "batch": batch, "backend": backend, "operators": operators,
+            "triton": len(launched), "total": operators + len(launched), "labfast_ops": custom,
             "kernels": dict(collections.Counter(launched))}
 
 
 def format_launch_counts(counts: list[dict[str, Any]]) -> str:
     """The launch-count table of ``labfast bench``."""
     lines = ["kernel launches per inference forward (counted on the CPU; a proxy for CUDA launches)",
-             f"{'config':<8} {'batch':>5} {'backend':<10} {'operators':>9} {'triton':>7} {'total':>7}"]
+             f"{'config':<8} {'batch':>5} {'backend':<10} {'operators':>9} {'triton':>7} {'total':>7} {'labfast ops':>11}"]
     for row in counts:
         lines.append(f"{row['config']:<8} {row['batch']:>5} {row['backend']:<10} {row['operators']:>9} "
-                     f"{row['triton']:>7} {row['total']:>7}")
+                     f"{row['triton']:>7} {row['total']:>7} {row['labfast_ops']:>11}")
     return "\n".join(lines)
