@@ -3,7 +3,7 @@
 ``model(images)`` in eval and inference mode as ``labfast bench`` builds it
 (``labfast.bench.prepare_inference``; bf16 under autocast). GPU cases (skipped without CUDA):
 the paper model at batch 1 (latency), 32 and 256 (throughput), fp32 and bf16, backends
-reference, compile, fast, fast+compile and fast+cudagraphs (``mode="reduce-overhead"``, the
+reference, compile, fast, fast+compile and fast+cudagraphs (``labfast.cuda_graphs``, the
 low-latency path); each call ends with a CUDA synchronisation so its time is a latency. A backend
 that cannot run skips with its reason. The tiny CPU case runs anywhere (its compiled twin is
 marked ``slow``). One group per case: the relative columns are ratios against the reference.

@@ -15,8 +15,9 @@ Backends (each row names the one it measured; one that cannot run here is a row 
 - ``compile``: ``torch.compile`` of the reference model (or of the op's ``*_ref``). Not by
   default on a CPU, where compiling the model takes minutes: name it there to have it.
 - ``fast`` expands to ``fast`` (the ``labfast.ops`` fast paths, eager), ``fast+compile`` (fast
-  paths inside ``torch.compile``) and, for inference, ``fast+cudagraphs``
-  (``torch.compile(mode="reduce-overhead")``, CUDA graphs: the low-latency path). In the kernel
+  paths inside ``torch.compile``) and, for inference, ``fast+cudagraphs`` (the eager fast-path
+  forward captured once as a CUDA graph and replayed, ``labfast.cuda_graphs``: what
+  ``FaceAligner(cuda_graphs=True)`` runs, the low-latency path). In the kernel
   and heatmap sections ``fast`` is each fused op with its Triton and CUDA paths forced in turn.
   Fast paths run on CUDA tensors only: on the CPU they are listed as unavailable.
 
@@ -184,8 +185,7 @@ def _compile(module_or_fn, backend: str):
     """A fresh compiled callable (dynamo's caches reset, so no recompile limit is reached and no
     earlier backend's graphs are reused); static shapes, one compile per case."""
     torch._dynamo.reset()
-    mode = "reduce-overhead" if backend == "fast+cudagraphs" else None
-    return torch.compile(module_or_fn, dynamic=False, mode=mode)
+    return torch.compile(module_or_fn, dynamic=False)
 
 
 def _dispatch(backend: str) -> str | None:
@@ -245,9 +245,20 @@ def prepare_inference(config_name: str, batch: int, dtype: str, backend: str,
     _check_fast(backend, device)
     torch.manual_seed(seed)
     model = LAB(SCHEME, config_by_name(config_name)).to(device).eval()
-    forward = _compile(model, backend) if "compile" in backend or backend == "fast+cudagraphs" else model
+    forward = _compile(model, backend) if "compile" in backend else model
     images = random_images(batch, device, seed)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    if backend == "fast+cudagraphs":  # what FaceAligner(cuda_graphs=True) runs; captured in the warm-up call
+        from labfast.cuda_graphs import CudaGraphModel
+
+        def outputs(batch_images):
+            with autocast():
+                output = model(batch_images)
+            return output.landmarks, output.heatmaps[-1]
+
+        graphed = CudaGraphModel(outputs, device, max_batch=batch)
+        return _under(_dispatch(backend), lambda: graphed(images)[0])
 
     def infer():
         with torch.inference_mode(), autocast():
@@ -786,7 +797,7 @@ def _notes(device: torch.device) -> list[str]:
         "bytes: inputs + outputs of the call (kernels, heatmaps); models report FLOPs only",
         f"inputs: random {INPUT_SIZE}x{INPUT_SIZE} images, synthetic 300-W faces (labfast.bench.synthetic_faces)",
         "fast = labfast.ops default dispatch (Triton first, then the CUDA extension); fast+compile = the same "
-        "inside torch.compile; fast+cudagraphs = torch.compile(mode='reduce-overhead')",
+        "inside torch.compile; fast+cudagraphs = the fast-path forward replayed from a CUDA graph (labfast.cuda_graphs)",
     ]
     if device.type == "cpu":
         notes.append("CPU run: no vendor peak, so no share of peak; fast paths need CUDA and are listed as unavailable")
