@@ -94,7 +94,7 @@ def bench_plan(sizes: Sizes, dry_run: bool) -> str:
     are left out: compiling the model takes minutes there."""
     items = [
         f"infer@{sizes.infer_batch}=reference,compile,fast+compile",
-        "infer@1=fast+cudagraphs",
+        "infer@1=reference,fast,fast+cudagraphs",
         f"train@{sizes.train_batch}=reference,compile,fast",
         f"heatmaps@{sizes.infer_batch}",
         f"kernels@{sizes.infer_batch}=reference,fast (triton),fast (cuda)",
