@@ -26,9 +26,18 @@ from labfast.ops.message_passing import message_passing_ref
 # CPU tensors through the interpreter; the compiled kernels are tested by tests/gpu/ on a GPU.
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 
+from labfast import schemes  # noqa: E402
 from labfast.model import config_by_name  # noqa: E402
+from labfast.model.estimator import boundary_neighbours  # noqa: E402
 
 PAPER = config_by_name("paper")
+SMALL = config_by_name("small")
+TINY = config_by_name("tiny")
+# The model's graphs for 300-W: intra-level (38 edges between K = 13 boundaries) and inter-level
+# (boundary k of the previous stack to boundary k of this one: 13 edges over 2K = 26 branches).
+BOUNDARIES = schemes.get("300w").num_boundaries
+INTRA = boundary_neighbours(schemes.get("300w"))
+INTER = tuple((k, BOUNDARIES + k) for k in range(BOUNDARIES))
 CHAIN = ((0, 1), (1, 2), (2, 1), (0, 2))  # a chain both ways; branches 1 and 2 have two incoming edges
 MIXED = ((0, 1), (1, 0), (3, 1), (2, 2))  # a self-loop, branch 3 receives nothing
 
@@ -39,9 +48,14 @@ CASES = [
     ("mixed_c16_k1", 1, 4, 16, 6, 5, 1, MIXED),
     ("two_channel_blocks_c72_k1", 1, 2, 72, 5, 4, 1, ((0, 1), (1, 0))),
     ("pixel_blocks_across_images", 3, 2, 8, 9, 11, 3, ((0, 1), (1, 0))),
-    # The paper preset's branch width and kernel (C = 4, 7×7): the blocks a GPU launch uses there
-    # (BLOCK_CO = 16 with 12 masked columns, R = 196 in BLOCK_R chunks with a masked tail).
+    # The paper preset's branch width and kernel (C = 4, 7×7): 2×2 pixel patches (16 columns),
+    # an 8×8 window of 256 patch-weight rows; odd sizes cut the last patch row and column.
     ("paper_branch_c4_k7", 1, 3, PAPER.boundary_channels, 9, 11, PAPER.message_kernel, CHAIN),
+    # The model's own graphs at each preset's C and k (small images: interpreter time).
+    ("paper_intra_38_edges_c4_k7", 1, BOUNDARIES, PAPER.boundary_channels, 7, 9, PAPER.message_kernel, INTRA),
+    ("paper_inter_13_edges_c4_k7", 1, 2 * BOUNDARIES, PAPER.boundary_channels, 5, 6, PAPER.message_kernel, INTER),
+    ("small_intra_38_edges_c4_k3", 2, BOUNDARIES, SMALL.boundary_channels, 6, 5, SMALL.message_kernel, INTRA),
+    ("tiny_intra_38_edges_c2_k3", 1, BOUNDARIES, TINY.boundary_channels, 7, 9, TINY.message_kernel, INTRA),
 ]
 
 
@@ -104,7 +118,7 @@ def test_fp32_forward_and_backward_match_reference(case, with_bias):
         assert excess.max() <= 0, f"{name}: exceeds 2·n·u·Σ|terms| by {excess.max():.3e}"
 
 
-LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[-1]]
+LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[5], CASES[6]]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
