@@ -22,7 +22,8 @@ A specialisation compiled by several presets or phases is listed once, under the
 
 The Triton cache goes to a fresh temporary folder per run (``TRITON_CACHE_DIR``), so a clean clone
 compiles everything and nothing is reused across runs. The last line printed is a JSON summary
-(``tests/ops/test_compile_sm90.py`` reads it).
+(``tests/ops/test_compile_sm90.py`` reads it). The exit status is 1 when a kernel was never compiled
+or any specialisation spills registers.
 """
 from __future__ import annotations
 
@@ -320,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = expected - {r.kernel for r in reports}
     if missing:
         print(f"kernels never compiled: {', '.join(sorted(missing))}", file=sys.stderr)
-        return 1
-    return 0
+    spilling = [r for r in reports if r.spill_bytes > 0]
+    for report in spilling:
+        print(f"register spills: {report.kernel} {report.config} {report.phase}: {report.spill_bytes} B", file=sys.stderr)
+    return 1 if missing or spilling else 0
 
 
 if __name__ == "__main__":
