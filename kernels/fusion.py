@@ -36,7 +36,12 @@ import torch
 import triton
 import triton.language as tl
 
-_PIXEL_BLOCK = 256  # pixels per program in the pointwise kernels
+# Pixels per program in the pointwise kernels. The input-fusion kernels resize a (16 heatmaps,
+# _PIXEL_BLOCK) tile and the feature concat a (16 channels, _CONCAT_PIXEL_BLOCK) one; at 256 pixels
+# triton 3.6 spilled 0.5-1.4 KB per thread on sm_90, and the concat's fp32 bilinear tile still
+# spilled at 128 (tests/ops/test_compile_sm90.py fails on any spill).
+_PIXEL_BLOCK = 128
+_CONCAT_PIXEL_BLOCK = 64
 _CHANNEL_BLOCK = 16  # output channels per program in HeatmapFeatureConcat's forward
 _ELEMENT_BLOCK = 1024  # elements per program in FeatureFusion
 _TILE = 16  # heatmap pixels per side owned by one resize-adjoint program (tl.dot needs >= 16)
@@ -422,7 +427,7 @@ class HeatmapFeatureConcat(torch.autograd.Function):
         k, h, w = heatmaps.shape[1:]
         area_y, area_x = _area_axes((h, w), (H, W), area)
         out = torch.empty((n, k + c, H, W), dtype=features.dtype, device=features.device)
-        block = min(_PIXEL_BLOCK, triton.next_power_of_2(H * W))
+        block = min(_CONCAT_PIXEL_BLOCK, triton.next_power_of_2(H * W))
         grid = (n, triton.cdiv(k + c, _CHANNEL_BLOCK), triton.cdiv(H * W, block))
         _feature_concat_fwd_kernel[grid](
             heatmaps, features, out, k, c, H, W, h, w, BLOCK_C=_CHANNEL_BLOCK, BLOCK=block,
