@@ -7,26 +7,42 @@ features ``(N, K * C, H, W)`` (branch ``k`` in channels ``[k*C, (k+1)*C)``), wei
 
 What is fused, and how
 ----------------------
-- **Forward: one launch.** Grid ``(pixel blocks of N*H*W, K destinations, output-channel
-  blocks)``. Each program starts its fp32 accumulator from the residual ``x_dst``, walks the
+- **Patch layout.** ``tl.dot`` needs at least 16 columns, and a branch has C channels (4 in the
+  paper preset): one output pixel per dot row would leave ``1 - C/16`` of every dot empty (75 %
+  at C = 4). Each dot row is therefore a ``PY×PX`` patch of output pixels (``patch_shape``: 2×2
+  at C = 4), its columns ``(dy, dx, c_out)`` — ``PY·PX·C = 16`` at C = 4 — and its reduction
+  axis the patch's ``(k+PY-1)×(k+PX-1)`` input window times ``C_in`` (8·8·4 = 256 at k = 7).
+  The weights are laid out to match (``_patch_weights``: ``W[c_out, c_in, a-dy, b-dx]`` at row
+  ``(a, b, c_in)``, column ``(dy, dx, c_out)``, zero where the tap falls outside the kernel).
+  At C = 4, k = 7 the useful share of the dot's multiply-adds goes from 196·4 / (256·16) = 19 %
+  (one pixel per row, 196 reduction rows padded to 256) to 196·4·4 / (256·16) = 77 %; C >= 16
+  keeps one pixel per row (the plain im2col layout).
+- **Forward: one launch.** Grid ``(images × patch tiles, K destinations, column blocks)``.
+  Each program starts its fp32 accumulator from the residual ``x_dst``, walks the
   destination's incoming edges through a CSR table (``offsets[dst] .. offsets[dst+1]``), and for
-  each edge runs an implicit-GEMM convolution: the reduction axis ``r = (kh*k + kw)*C + c_in``
-  is cut into ``BLOCK_R`` chunks, the ``(BLOCK_P, BLOCK_R)`` operand is gathered straight from
-  the source branch (zero outside the image by mask) and multiplied by the matching
-  ``(BLOCK_R, BLOCK_CO)`` slice of the edge's weights with ``tl.dot``. Bias is added per edge;
-  the output is written once. No message tensor, no gathered-sources tensor exists.
+  each edge runs an implicit-GEMM convolution: the window axis is cut into ``BLOCK_R`` chunks,
+  the ``(BLOCK_P, BLOCK_R)`` operand is gathered straight from the source branch (zero outside
+  the image by mask) and multiplied by the matching ``(BLOCK_R, BLOCK_N)`` slice of the edge's
+  patch weights with ``tl.dot``. Bias is added per edge; the output is written once. No message
+  tensor, no gathered-sources tensor exists. A program stays in one image: its 64-bit image
+  base is one scalar and every offset inside the image is int32 (fewer registers than 64-bit
+  offset tiles; ``N·K·C·H·W`` may still pass ``2**31``).
 - **Grad wrt features: one launch of the same kernel.** The adjoint of a same-padded
   convolution is a same-padded convolution with the kernel flipped and in/out channels swapped,
   so ``grad_x_src = grad_out_src + Σ_{e=(src, dst)} conv(grad_out_dst, flip(W_e)^T)`` is the
   forward with edges reversed (CSR by source) and residual ``grad_out``.
-- **Grad wrt weights: one launch** of a second kernel: per edge, the correlation
-  ``Σ_{n,h,w} x_src(shifted by the tap) * grad_out_dst`` as a ``(R, C) = (R, P) @ (P, C)`` GEMM
-  over pixels, the pixel axis split over ``splits`` programs when there are too few
-  ``(edge, r-block)`` programs to fill the device. Partial sums go to an fp32 buffer
-  ``(splits, E, R, C)`` that torch sums (deterministic, no atomics), then permutes to
-  ``(E, C, C, k, k)``.
+- **Grad wrt weights: one launch** of a second kernel: per edge, the gradient of the patch
+  weights ``Σ_patches window(x_src) ⊗ patch(grad_out_dst)`` as a ``(R, J·C) = (R, P) @ (P, J·C)``
+  GEMM over patches, the patch axis split over ``splits`` programs when there are too few
+  ``(edge, block)`` programs to fill the device. Partial sums go to an fp32 buffer
+  ``(splits, E, R, J·C)`` that torch sums (deterministic, no atomics) and folds back to
+  ``(E, C, C, k, k)`` (``_fold_patch_weights``, the adjoint of the patch layout: each tap summed
+  over the ``J`` patch pixels that hold a copy of it).
 - **Not fused:** grad wrt bias is one torch reduction of ``grad_out`` per branch, gathered by
-  destination; the small weight re-layouts (``permute``/``flip``) are torch copies.
+  destination; the small weight re-layouts (patch layout, fold, ``flip``) are torch ops.
+- **Tiles** (``_blocks``) are fixed per dtype, not autotuned (autotuning cannot run under the
+  interpreter): ``tests/ops/test_compile_sm90.py`` compiles every preset's launches for sm_90
+  with the installed triton and fails on any register spill (none on 3.6 or 3.8).
 
 Precision: operands are loaded in the input dtype (fp16, bf16, fp32, fp64); accumulation is fp32
 (fp64 for fp64 inputs; every ``tl.dot`` names its ``out_dtype``, which triton 3.6 otherwise takes

@@ -19,7 +19,15 @@ Tolerances (stated per dtype, derived rather than tuned):
 import pytest
 import torch
 
-from labfast.kernels.message_passing import MessagePassingFunction, grad_weights, message_passing_triton, routing_tables
+from labfast.kernels.message_passing import (
+    MessagePassingFunction,
+    _fold_patch_weights,
+    _patch_weights,
+    grad_weights,
+    message_passing_triton,
+    patch_shape,
+    routing_tables,
+)
 from labfast.ops import backend, message_passing
 from labfast.ops.message_passing import message_passing_ref
 
@@ -217,3 +225,31 @@ def test_bad_arguments_raise_clear_errors(change, message):
     arguments.update(change)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         message_passing(**arguments)
+
+
+@pytest.mark.parametrize("channels, patch, columns", [
+    (1, (4, 4), 16), (2, (2, 4), 16), (3, (2, 4), 24), (4, (2, 2), 16), (5, (2, 2), 20), (8, (1, 2), 16),
+    (16, (1, 1), 16), (72, (1, 1), 72)])
+def test_patches_fill_the_dots_16_columns(channels, patch, columns):
+    """A patch of ``J`` pixels gives ``J·C >= 16`` columns (tl.dot's minimum), exactly 16 when C
+    divides 16: at the paper's C = 4 no column of the dot is padding (one pixel per row left 12 of 16 empty)."""
+    assert patch_shape(channels) == patch
+    assert patch[0] * patch[1] * channels == columns
+
+
+def test_patch_weights_place_each_tap_and_fold_is_their_adjoint():
+    """``_patch_weights`` puts ``W[co, ci, a-dy, b-dx]`` at row ``(a, b, ci)``, column ``(dy, dx, co)``
+    (zero elsewhere); ``_fold_patch_weights`` is its adjoint: ``<P(W), G> == <W, fold(G)>`` exactly in fp64."""
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.randn(2, 4, 4, 7, 7, dtype=torch.float64, generator=generator)
+    patched = _patch_weights(weights, (2, 2)).view(2, 8, 8, 4, 2, 2, 4)  # (E, a, b, ci, dy, dx, co)
+    for dy in range(2):
+        for dx in range(2):
+            copy = patched[:, dy:dy + 7, dx:dx + 7, :, dy, dx, :].permute(0, 4, 3, 1, 2)
+            assert torch.equal(copy, weights)
+            assert patched[:, :, :, :, dy, dx, :].abs().sum() == copy.abs().sum()  # nothing outside the copy
+    grad = torch.randn(2, 256, 16, dtype=torch.float64, generator=generator)
+    folded = _fold_patch_weights(grad, (2, 2), 4, 7)
+    assert folded.shape == weights.shape
+    torch.testing.assert_close((patched.reshape(2, 256, 16) * grad).sum(), (weights * folded).sum(),
+                               rtol=1e-12, atol=0)
