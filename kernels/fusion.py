@@ -38,7 +38,7 @@ import triton.language as tl
 
 # Pixels per program in the pointwise kernels. The input-fusion kernels resize a (16 heatmaps,
 # _PIXEL_BLOCK) tile and the feature concat a (16 channels, _CONCAT_PIXEL_BLOCK) one; at 256 pixels
-# triton 3.6 spilled 0.5-1.4 KB per thread on sm_90, and the concat's fp32 bilinear tile still
+# triton 3.6 spilled 0.5-1.1 KB per thread on sm_90, and the concat's fp32 bilinear tile still
 # spilled at 128 (tests/ops/test_compile_sm90.py fails on any spill).
 _PIXEL_BLOCK = 128
 _CONCAT_PIXEL_BLOCK = 64
