@@ -4,8 +4,9 @@ GPU cases (skipped without CUDA) use the paper preset's own calls: its two graph
 K = 13 boundaries at 64×64 — intra-level (the model's 38 directed neighbour edges over 13 branches)
 and inter-level (13 edges from each boundary of the previous stack, over 2K = 26 branches) — with
 the preset's C = 4 channels per branch and 7×7 messages; batch 1 / 32 / 256, fp32 and bf16,
-forward alone and forward + backward. One CPU case (reference and its compiled form) runs anywhere. Each group holds one shape, so pytest-benchmark's relative
-columns are the ratios against the reference measured in the same run; each row's
+forward alone and forward + backward. One CPU case (reference and its compiled form) runs
+anywhere. Each group holds one shape, so pytest-benchmark's relative columns (the reference ratio)
+are the ratios against the reference measured in the same run; each row's
 ``extra_info`` records device, versions, date and the op's FLOPs.
 
     pytest benchmarks/test_message_passing.py --benchmark-group-by=group \\

@@ -125,8 +125,8 @@ def _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w,
         row = tl.zeros((ROWS, COLS), dtype=ACC)
         for tap_x in range(TAPS_X):
             ix, weight_x, use_x = _axis_tap(ox, tap_x, w, W, AREA_X, ACC)
-            value = tl.load(base + (k[:, None] * (h * w) + (iy * w + ix)[None, :]), mask=mask & (use_y & use_x)[None, :],
-                            other=0.0)
+            value = tl.load(base + (k[:, None] * (h * w) + (iy * w + ix)[None, :]),
+                            mask=mask & (use_y & use_x)[None, :], other=0.0)
             row += weight_x[None, :] * value.to(ACC)
         result += weight_y[None, :] * row
     return result

@@ -452,7 +452,8 @@ class MessagePassingFunction(torch.autograd.Function):
         bias = None if bias is None else bias.contiguous()
         channels, ksize = weights.shape[1], weights.shape[-1]
         tables = routing_tables(edges, num_branches, features.device)
-        out = _convolve_and_route(features, _patch_weights(weights, patch_shape(channels)), bias, tables.by_destination, channels, ksize)
+        patch_weights = _patch_weights(weights, patch_shape(channels))
+        out = _convolve_and_route(features, patch_weights, bias, tables.by_destination, channels, ksize)
         ctx.save_for_backward(features, weights)
         ctx.tables = tables
         ctx.has_bias = bias is not None

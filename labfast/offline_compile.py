@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernels never compiled: {', '.join(sorted(missing))}", file=sys.stderr)
     spilling = [r for r in reports if r.spill_bytes > 0]
     for report in spilling:
-        print(f"register spills: {report.kernel} {report.config} {report.phase}: {report.spill_bytes} B", file=sys.stderr)
+        print(f"register spills: {report.kernel} {report.config} {report.phase}: {report.spill_bytes} B",
+              file=sys.stderr)
     return 1 if missing or spilling else 0
 
 

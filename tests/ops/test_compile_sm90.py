@@ -57,7 +57,8 @@ def test_every_kernel_compiles_to_sm90_cubin_without_spills_in_every_preset_and_
                if r["kernel"].startswith("_message_passing") and r["phase"] == "bf16")
     # C = 4 branches (paper, small) pack 2×2 pixel patches into the dot's 16 columns, C = 2 (tiny) 2×4.
     assert {(r["config"], "PATCH_Y=2 PATCH_X=2" in r["constexprs"]) for r in reports
-            if r["kernel"].startswith("_message_passing") and r["config"] != "tiny"} == {("paper", True), ("small", True)}
+            if r["kernel"].startswith("_message_passing") and r["config"] != "tiny"} == \
+        {("paper", True), ("small", True)}
     spilling = [f"{r['kernel']} {r['config']} {r['phase']} ({r['constexprs']}): {r['spill_bytes']} B"
                 for r in reports if r["spill_bytes"] > 0]
     assert not spilling, "register spills:\n" + "\n".join(spilling)
