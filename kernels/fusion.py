@@ -36,11 +36,16 @@ import torch
 import triton
 import triton.language as tl
 
-_PIXEL_BLOCK = 256  # pixels per program in the pointwise kernels
+# Pixels per program in the pointwise kernels. The input-fusion kernels resize a (16 heatmaps,
+# _PIXEL_BLOCK) tile and the feature concat a (16 channels, _CONCAT_PIXEL_BLOCK) one; at 256 pixels
+# triton 3.6 spilled 0.5-1.1 KB per thread on sm_90, and the concat's fp32 bilinear tile still
+# spilled at 128 (tests/ops/test_compile_sm90.py fails on any spill).
+_PIXEL_BLOCK = 128
+_CONCAT_PIXEL_BLOCK = 64
 _CHANNEL_BLOCK = 16  # output channels per program in HeatmapFeatureConcat's forward
 _ELEMENT_BLOCK = 1024  # elements per program in FeatureFusion
 _TILE = 16  # heatmap pixels per side owned by one resize-adjoint program (tl.dot needs >= 16)
-_CHUNK = 32  # output-gradient columns per step of the resize adjoint (bounds register use)
+_CHUNK = 32  # output-gradient rows and columns per step of the resize adjoint (bounds register use)
 
 
 def _accumulator(dtype: torch.dtype):
@@ -111,7 +116,7 @@ def _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w,
     on that axis (2 for bilinear, the longest area bin otherwise)."""
     oy = pixels // W
     ox = pixels % W
-    base = heatmaps_ptr + n.to(tl.int64) * K * h * w + k[:, None] * (h * w)
+    base = heatmaps_ptr + n.to(tl.int64) * K * h * w  # one 64-bit base; int32 offsets in the image
     mask = k_mask[:, None] & pixel_mask[None, :]
     result = tl.zeros((ROWS, COLS), dtype=ACC)
     # Σ_y w_y (Σ_x w_x v): for bilinear the same association as ATen's upsample_bilinear2d
@@ -120,7 +125,8 @@ def _resized_tile(heatmaps_ptr, n, k, k_mask, pixels, pixel_mask, K, H, W, h, w,
         row = tl.zeros((ROWS, COLS), dtype=ACC)
         for tap_x in range(TAPS_X):
             ix, weight_x, use_x = _axis_tap(ox, tap_x, w, W, AREA_X, ACC)
-            value = tl.load(base + (iy * w + ix)[None, :], mask=mask & (use_y & use_x)[None, :], other=0.0)
+            value = tl.load(base + (k[:, None] * (h * w) + (iy * w + ix)[None, :]),
+                            mask=mask & (use_y & use_x)[None, :], other=0.0)
             row += weight_x[None, :] * value.to(ACC)
         result += weight_y[None, :] * row
     return result
@@ -223,7 +229,8 @@ def _resize_adjoint_kernel(
     ``G_k = Σ_c grad[:, C + k C + c] · I_c`` (image ``(N, C, H, W)``); otherwise (heatmap–feature
     concat) ``G_k = grad[:, k]``. Output ``(N, K, h, w)``. ``AREA_*``: that axis was area-averaged
     (else bilinear). ``SPAN_Y × SPAN_X`` output pixels starting at ``_first_reader`` cover every
-    reader of the block (see ``_resize_adjoint_spans``).
+    reader of the block (see ``_resize_adjoint_spans``), visited in ``CHUNK × CHUNK`` windows (a
+    ``SPAN_Y``-tall window at 4× upsampling took all 255 registers).
     """
     nk = tl.program_id(0)
     n = nk // K
@@ -232,26 +239,29 @@ def _resize_adjoint_kernel(
     col_start = tl.program_id(2) * TILE
     rows = row_start + tl.arange(0, TILE)
     cols = col_start + tl.arange(0, TILE)
-    oy = _first_reader(row_start, h, H, AREA_Y, ACC) + tl.arange(0, SPAN_Y)
+    oy_first = _first_reader(row_start, h, H, AREA_Y, ACC)
     ox_first = _first_reader(col_start, w, W, AREA_X, ACC)
-    weight_y = _tap_weights(oy, H, rows, h, AREA_Y, ACC)  # (TILE, SPAN_Y)
     grad_base = grad_ptr + n.to(tl.int64) * grad_channels * H * W
     image_base = image_ptr + n.to(tl.int64) * C * H * W
     result = tl.zeros((TILE, TILE), dtype=ACC)
-    for step in range(SPAN_X // CHUNK):
-        ox = ox_first + step * CHUNK + tl.arange(0, CHUNK)
-        mask = (oy < H)[:, None] & (ox < W)[None, :]
-        offsets = oy[:, None] * W + ox[None, :]
-        if HAS_IMAGE:
-            window = tl.zeros((SPAN_Y, CHUNK), dtype=ACC)
-            for c in range(C):
-                grad = tl.load(grad_base + (C + k * C + c) * H * W + offsets, mask=mask, other=0.0)
-                image = tl.load(image_base + c * H * W + offsets, mask=mask, other=0.0)
-                window += grad.to(ACC) * image.to(ACC)
-        else:
-            window = tl.load(grad_base + k * H * W + offsets, mask=mask, other=0.0).to(ACC)
+    for step_x in range(SPAN_X // CHUNK):
+        ox = ox_first + step_x * CHUNK + tl.arange(0, CHUNK)
+        partial = tl.zeros((TILE, CHUNK), dtype=ACC)
+        for step_y in range(SPAN_Y // CHUNK):
+            oy = oy_first + step_y * CHUNK + tl.arange(0, CHUNK)
+            mask = (oy < H)[:, None] & (ox < W)[None, :]
+            offsets = oy[:, None] * W + ox[None, :]
+            if HAS_IMAGE:
+                window = tl.zeros((CHUNK, CHUNK), dtype=ACC)
+                for c in range(C):
+                    grad = tl.load(grad_base + (C + k * C + c) * H * W + offsets, mask=mask, other=0.0)
+                    image = tl.load(image_base + c * H * W + offsets, mask=mask, other=0.0)
+                    window += grad.to(ACC) * image.to(ACC)
+            else:
+                window = tl.load(grad_base + k * H * W + offsets, mask=mask, other=0.0).to(ACC)
+            weight_y = _tap_weights(oy, H, rows, h, AREA_Y, ACC)  # (TILE, CHUNK)
+            partial = tl.dot(weight_y, window, partial, input_precision="ieee", out_dtype=ACC)  # (TILE, CHUNK)
         weight_x = tl.trans(_tap_weights(ox, W, cols, w, AREA_X, ACC))  # (CHUNK, TILE)
-        partial = tl.dot(weight_y, window, input_precision="ieee")  # (TILE, CHUNK)
         result += tl.dot(partial, weight_x, input_precision="ieee")
     out_mask = (rows < h)[:, None] & (cols < w)[None, :]
     tl.store(out_ptr + nk.to(tl.int64) * h * w + rows[:, None] * w + cols[None, :],
@@ -417,7 +427,7 @@ class HeatmapFeatureConcat(torch.autograd.Function):
         k, h, w = heatmaps.shape[1:]
         area_y, area_x = _area_axes((h, w), (H, W), area)
         out = torch.empty((n, k + c, H, W), dtype=features.dtype, device=features.device)
-        block = min(_PIXEL_BLOCK, triton.next_power_of_2(H * W))
+        block = min(_CONCAT_PIXEL_BLOCK, triton.next_power_of_2(H * W))
         grid = (n, triton.cdiv(k + c, _CHANNEL_BLOCK), triton.cdiv(H * W, block))
         _feature_concat_fwd_kernel[grid](
             heatmaps, features, out, k, c, H, W, h, w, BLOCK_C=_CHANNEL_BLOCK, BLOCK=block,

@@ -1,4 +1,4 @@
-"""Compile every Triton kernel the paper-preset LAB launches to sm_90 cubin, on a machine without a GPU.
+"""Compile every Triton kernel the LAB presets launch to sm_90 cubin, on a machine without a GPU.
 
 ``python -m labfast.offline_compile`` (in a process *without* ``TRITON_INTERPRET=1``: Triton decides
 between interpreting and compiling when the kernels are decorated) runs the model's own launchers,
@@ -13,16 +13,19 @@ specialisation, constexpr block sizes), but nothing is launched:
   (``LABFAST_SELFCHECK=0``: it would compare against uninitialised outputs); the ops' launchers see
   CPU tensors, which ``labfast.ops.backend`` is told to accept for Triton as under the interpreter.
 
-It runs the paper preset (8 stacks, K boundaries of the scheme, 7×7 messages, 256 input) forward and
-backward in fp32 and under bf16 autocast, the boundary-heatmap op in fp32 and bf16, and every batch
-norm + ReLU of a training forward (``batch_norm_act``, training and eval, fp32 and bf16), then prints
-one row per compiled specialisation: registers, spill bytes (ptxas ``-v``), shared memory. Rows
-that look alike differ in the specialisation of integer arguments (divisible by 16, or equal to 1). Batch size does
+It runs each preset (by default all of them: paper, small, tiny) forward and backward in fp32 and
+under fp16 and bf16 autocast, the boundary-heatmap op in each dtype and every batch norm + ReLU of a training forward
+(``batch_norm_act``, training and eval), then prints one row per
+compiled specialisation: registers, spill bytes (ptxas ``-v``), shared memory. Rows that look alike
+differ in the specialisation of integer arguments (divisible by 16, or equal to 1). Batch size does
 not change a specialisation here (every pixel count is a multiple of 16 at batch 1 already).
+A specialisation compiled by several presets is listed once per phase, under the first preset (a
+phase lists every kernel it launches, also those it shares with another phase).
 
 The Triton cache goes to a fresh temporary folder per run (``TRITON_CACHE_DIR``), so a clean clone
 compiles everything and nothing is reused across runs. The last line printed is a JSON summary
-(``tests/ops/test_compile_sm90.py`` reads it).
+(``tests/ops/test_compile_sm90.py`` reads it). The exit status is 1 when a kernel was never compiled
+or any specialisation spills registers.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ import time
 _H100_PROPERTIES = {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536,
                     "warpSize": 32, "sm_clock_rate": 1980000, "mem_clock_rate": 2619000, "mem_bus_width": 5120}
 SUMMARY_PREFIX = "OFFLINE_COMPILE_SUMMARY "
+PHASES = ("fp32", "fp16", "bf16")
 
 
 @dataclasses.dataclass
@@ -50,7 +54,8 @@ class KernelReport:
     """One compiled specialisation of one kernel."""
 
     kernel: str
-    phase: str  # which run launched it: "fp32" or "bf16"
+    config: str  # the preset whose run first launched it
+    phase: str  # which run launched it: "fp32", "fp16" or "bf16"
     operand_dtypes: str  # pointer argument dtypes of the specialisation, e.g. "fp32,fp32,fp32"
     constexprs: str
     registers: int
@@ -121,6 +126,12 @@ def launched_kernel_names() -> set[str]:
     return names
 
 
+def _phase_dtype(phase: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[phase]
+
+
 _MODEL_OPS = ("message_passing", "input_fusion", "heatmap_feature_concat", "feature_fusion")
 
 
@@ -129,7 +140,7 @@ def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> l
 
     The forward runs under ``FakeTensorMode`` (shapes, dtypes and strides propagate, nothing is
     computed; a real bf16 autocast forward takes minutes on a CPU), with ``torch.autocast`` for
-    ``bf16`` as training does. Tensors are recorded as ``(shape, stride, dtype)``.
+    ``fp16`` and ``bf16`` as training does. Tensors are recorded as ``(shape, stride, dtype)``.
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -153,7 +164,8 @@ def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> l
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
             images = torch.rand(batch, 3, model.config.input_size, model.config.input_size)
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if phase == "bf16" else contextlib.nullcontext()
+            autocast = (contextlib.nullcontext() if phase == "fp32"
+                        else torch.autocast("cpu", dtype=_phase_dtype(phase)))
             with autocast:
                 model(images)
     finally:
@@ -186,8 +198,7 @@ def _boundary_heatmaps_launch(scheme: str, config: str, batch: int, phase: str) 
     boundary_scheme = LAB(scheme, model_config).boundary_scheme
     size = model_config.heatmap_size
     landmarks = torch.rand(batch, boundary_scheme.num_points, 2) * (size - 1)
-    boundary_heatmaps(landmarks, boundary_scheme, size=size,
-                      dtype=torch.bfloat16 if phase == "bf16" else torch.float32)
+    boundary_heatmaps(landmarks, boundary_scheme, size=size, dtype=_phase_dtype(phase))
 
 
 def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> None:
@@ -218,7 +229,7 @@ def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> 
     finally:
         labfast.ops.batch_norm_act = original
         os.environ["LABFAST_BACKEND"] = previous or "triton"
-    dtype = torch.bfloat16 if phase == "bf16" else torch.float32
+    dtype = _phase_dtype(phase)
     for shape, stride, with_residual, relu in calls:
         channels = shape[1]
         for training in (True, False):
@@ -230,8 +241,8 @@ def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> 
             out.backward(torch.empty_like(out))
 
 
-def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: int = 1,
-                          phases: tuple[str, ...] = ("fp32", "bf16")) -> list[KernelReport]:
+def compile_model_kernels(scheme: str = "300w", configs: tuple[str, ...] = ("paper", "small", "tiny"),
+                          batch: int = 1, phases: tuple[str, ...] = PHASES) -> list[KernelReport]:
     """Run the workload through the compile-only driver; one report per compiled specialisation."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("offline compile needs a process without TRITON_INTERPRET=1 "
@@ -256,36 +267,38 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
     backend.interpreting = lambda: True
     ptxas = get_ptxas(target.arch).path
 
-    compiled: dict[tuple[str, str], tuple[str, object]] = {}  # (phase, hash): a phase lists what it reuses too
-    phase_now = [""]
+    compiled: dict[tuple[str, str], tuple[str, str, object]] = {}  # (phase, hash)
+    run_now = [("", "")]
     original_run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = original_run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.setdefault((phase_now[0], kernel.hash), (phase_now[0], kernel))
+        compiled.setdefault((run_now[0][1], kernel.hash), (*run_now[0], kernel))
         return kernel
 
     JITFunction.run = compile_only
     try:
-        for phase in phases:
-            os.environ["LABFAST_BACKEND"] = "reference"
-            calls = record_model_op_calls(scheme, config, batch, phase)
-            os.environ["LABFAST_BACKEND"] = "triton"
-            phase_now[0] = phase
-            for op, args in calls:
-                _replay(op, args)
-            _boundary_heatmaps_launch(scheme, config, batch, phase)
-            _batch_norm_act_launch(scheme, config, batch, phase)
+        for config in configs:
+            for phase in phases:
+                os.environ["LABFAST_BACKEND"] = "reference"
+                calls = record_model_op_calls(scheme, config, batch, phase)
+                os.environ["LABFAST_BACKEND"] = "triton"
+                run_now[0] = (config, phase)
+                for op, args in calls:
+                    _replay(op, args)
+                _boundary_heatmaps_launch(scheme, config, batch, phase)
+                _batch_norm_act_launch(scheme, config, batch, phase)
     finally:
         JITFunction.run = original_run
         backend.interpreting = interpreting
         triton.runtime.driver._active = previous_driver
 
     reports = []
-    for phase, kernel in compiled.values():
+    for config, phase, kernel in compiled.values():
         registers, spills = _ptxas_usage(ptxas, kernel.asm["ptx"])
         reports.append(KernelReport(
             kernel=kernel.src.fn.__name__,
+            config=config,
             phase=phase,
             operand_dtypes=",".join(t[1:] for t in _signature_types(kernel.src.signature) if t.startswith("*")),
             constexprs=_constexpr_text(kernel),
@@ -294,7 +307,7 @@ def compile_paper_kernels(scheme: str = "300w", config: str = "paper", batch: in
             shared_bytes=int(kernel.metadata.shared),
             cubin_bytes=len(kernel.asm["cubin"]),
         ))
-    return sorted(reports, key=lambda r: (r.kernel, r.phase, r.operand_dtypes, r.constexprs))
+    return sorted(reports, key=lambda r: (r.kernel, r.config, r.phase, r.operand_dtypes, r.constexprs))
 
 
 def _signature_types(signature) -> list[str]:
@@ -316,8 +329,8 @@ def _constexpr_text(kernel) -> str:
 
 
 def format_table(reports: list[KernelReport]) -> str:
-    header = ("kernel", "phase", "operands", "registers", "spills (B)", "shared (B)", "constexprs")
-    rows = [(r.kernel, r.phase, r.operand_dtypes, str(r.registers), str(r.spill_bytes), str(r.shared_bytes),
+    header = ("kernel", "config", "phase", "operands", "registers", "spills (B)", "shared (B)", "constexprs")
+    rows = [(r.kernel, r.config, r.phase, r.operand_dtypes, str(r.registers), str(r.spill_bytes), str(r.shared_bytes),
              r.constexprs) for r in reports]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
@@ -328,26 +341,34 @@ def format_table(reports: list[KernelReport]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheme", default="300w")
-    parser.add_argument("--config", default="paper")
+    parser.add_argument("--config", action="append", help="preset (repeatable; default: every preset)")
+    parser.add_argument("--phase", action="append", choices=PHASES, help="dtype (repeatable; default: all)")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
     import triton
 
+    from labfast.model import PRESETS
+
+    configs = tuple(args.config or PRESETS)
+    phases = tuple(args.phase or PHASES)
     start = time.perf_counter()
-    reports = compile_paper_kernels(args.scheme, args.config, args.batch)
+    reports = compile_model_kernels(args.scheme, configs, args.batch, phases)
     seconds = time.perf_counter() - start
     print(f"triton {triton.__version__}: {len(reports)} kernel specialisations compiled to sm_90 cubin "
-          f"for LAB({args.scheme!r}, {args.config!r}) in {seconds:.1f} s")
+          f"for LAB({args.scheme!r}) presets {', '.join(configs)} in {', '.join(phases)} in {seconds:.1f} s")
     print(format_table(reports))
     expected = launched_kernel_names()
-    summary = {"triton": triton.__version__, "seconds": round(seconds, 1),
+    summary = {"triton": triton.__version__, "seconds": round(seconds, 1), "configs": configs, "phases": phases,
                "expected_kernels": sorted(expected), "reports": [dataclasses.asdict(r) for r in reports]}
     print(SUMMARY_PREFIX + json.dumps(summary))
     missing = expected - {r.kernel for r in reports}
     if missing:
         print(f"kernels never compiled: {', '.join(sorted(missing))}", file=sys.stderr)
-        return 1
-    return 0
+    spilling = [r for r in reports if r.spill_bytes > 0]
+    for report in spilling:
+        print(f"register spills: {report.kernel} {report.config} {report.phase}: {report.spill_bytes} B",
+              file=sys.stderr)
+    return 1 if missing or spilling else 0
 
 
 if __name__ == "__main__":

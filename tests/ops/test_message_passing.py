@@ -19,16 +19,33 @@ Tolerances (stated per dtype, derived rather than tuned):
 import pytest
 import torch
 
-from labfast.kernels.message_passing import MessagePassingFunction, grad_weights, message_passing_triton, routing_tables
+from labfast.kernels.message_passing import (
+    MessagePassingFunction,
+    _fold_patch_weights,
+    _patch_weights,
+    grad_weights,
+    message_passing_triton,
+    patch_shape,
+    routing_tables,
+)
 from labfast.ops import backend, message_passing
 from labfast.ops.message_passing import message_passing_ref
 
 # CPU tensors through the interpreter; the compiled kernels are tested by tests/gpu/ on a GPU.
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 
+from labfast import schemes  # noqa: E402
 from labfast.model import config_by_name  # noqa: E402
+from labfast.model.estimator import boundary_neighbours  # noqa: E402
 
 PAPER = config_by_name("paper")
+SMALL = config_by_name("small")
+TINY = config_by_name("tiny")
+# The model's graphs for 300-W: intra-level (38 edges between K = 13 boundaries) and inter-level
+# (boundary k of the previous stack to boundary k of this one: 13 edges over 2K = 26 branches).
+BOUNDARIES = schemes.get("300w").num_boundaries
+INTRA = boundary_neighbours(schemes.get("300w"))
+INTER = tuple((k, BOUNDARIES + k) for k in range(BOUNDARIES))
 CHAIN = ((0, 1), (1, 2), (2, 1), (0, 2))  # a chain both ways; branches 1 and 2 have two incoming edges
 MIXED = ((0, 1), (1, 0), (3, 1), (2, 2))  # a self-loop, branch 3 receives nothing
 
@@ -39,9 +56,14 @@ CASES = [
     ("mixed_c16_k1", 1, 4, 16, 6, 5, 1, MIXED),
     ("two_channel_blocks_c72_k1", 1, 2, 72, 5, 4, 1, ((0, 1), (1, 0))),
     ("pixel_blocks_across_images", 3, 2, 8, 9, 11, 3, ((0, 1), (1, 0))),
-    # The paper preset's branch width and kernel (C = 4, 7×7): the blocks a GPU launch uses there
-    # (BLOCK_CO = 16 with 12 masked columns, R = 196 in BLOCK_R chunks with a masked tail).
+    # The paper preset's branch width and kernel (C = 4, 7×7): 2×2 pixel patches (16 columns),
+    # an 8×8 window of 256 patch-weight rows; odd sizes cut the last patch row and column.
     ("paper_branch_c4_k7", 1, 3, PAPER.boundary_channels, 9, 11, PAPER.message_kernel, CHAIN),
+    # The model's own graphs at each preset's C and k (small images: interpreter time).
+    ("paper_intra_38_edges_c4_k7", 1, BOUNDARIES, PAPER.boundary_channels, 7, 9, PAPER.message_kernel, INTRA),
+    ("paper_inter_13_edges_c4_k7", 1, 2 * BOUNDARIES, PAPER.boundary_channels, 5, 6, PAPER.message_kernel, INTER),
+    ("small_intra_38_edges_c4_k3", 2, BOUNDARIES, SMALL.boundary_channels, 6, 5, SMALL.message_kernel, INTRA),
+    ("tiny_intra_38_edges_c2_k3", 1, BOUNDARIES, TINY.boundary_channels, 7, 9, TINY.message_kernel, INTRA),
 ]
 
 
@@ -104,7 +126,7 @@ def test_fp32_forward_and_backward_match_reference(case, with_bias):
         assert excess.max() <= 0, f"{name}: exceeds 2·n·u·Σ|terms| by {excess.max():.3e}"
 
 
-LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[-1]]
+LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[5], CASES[6]]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -203,3 +225,31 @@ def test_bad_arguments_raise_clear_errors(change, message):
     arguments.update(change)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         message_passing(**arguments)
+
+
+@pytest.mark.parametrize("channels, patch, columns", [
+    (1, (4, 4), 16), (2, (2, 4), 16), (3, (2, 4), 24), (4, (2, 2), 16), (5, (2, 2), 20), (8, (1, 2), 16),
+    (16, (1, 1), 16), (72, (1, 1), 72)])
+def test_patches_fill_the_dots_16_columns(channels, patch, columns):
+    """A patch of ``J`` pixels gives ``J·C >= 16`` columns (tl.dot's minimum), exactly 16 when C
+    divides 16: at the paper's C = 4 no column of the dot is padding (one pixel per row left 12 of 16 empty)."""
+    assert patch_shape(channels) == patch
+    assert patch[0] * patch[1] * channels == columns
+
+
+def test_patch_weights_place_each_tap_and_fold_is_their_adjoint():
+    """``_patch_weights`` puts ``W[co, ci, a-dy, b-dx]`` at row ``(a, b, ci)``, column ``(dy, dx, co)``
+    (zero elsewhere); ``_fold_patch_weights`` is its adjoint: ``<P(W), G> == <W, fold(G)>`` exactly in fp64."""
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.randn(2, 4, 4, 7, 7, dtype=torch.float64, generator=generator)
+    patched = _patch_weights(weights, (2, 2)).view(2, 8, 8, 4, 2, 2, 4)  # (E, a, b, ci, dy, dx, co)
+    for dy in range(2):
+        for dx in range(2):
+            copy = patched[:, dy:dy + 7, dx:dx + 7, :, dy, dx, :].permute(0, 4, 3, 1, 2)
+            assert torch.equal(copy, weights)
+            assert patched[:, :, :, :, dy, dx, :].abs().sum() == copy.abs().sum()  # nothing outside the copy
+    grad = torch.randn(2, 256, 16, dtype=torch.float64, generator=generator)
+    folded = _fold_patch_weights(grad, (2, 2), 4, 7)
+    assert folded.shape == weights.shape
+    torch.testing.assert_close((patched.reshape(2, 256, 16) * grad).sum(), (weights * folded).sum(),
+                               rtol=1e-12, atol=0)
