@@ -378,112 +378,148 @@ def resize_adjoint(grad: torch.Tensor, image: torch.Tensor | None, heatmaps_shap
     return out
 
 
-class InputFusion(torch.autograd.Function):
+def input_fusion_forward(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` image, ``(N, K, h, w)`` heatmaps -> ``(N, C (K + 1), H, W)`` in the image's dtype."""
+    image = image.contiguous()
+    heatmaps = heatmaps.contiguous()
+    n, c, H, W = image.shape
+    k, h, w = heatmaps.shape[1:]
+    out = torch.empty((n, c * (k + 1), H, W), dtype=image.dtype, device=image.device)
+    grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
+    _input_fusion_fwd_kernel[grid](
+        image, heatmaps, out, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
+        BLOCK=_PIXEL_BLOCK, ACC=_accumulator(image.dtype), num_warps=4,
+    )
+    return out
+
+
+def input_fusion_backward(grad: torch.Tensor, image: torch.Tensor, heatmaps: torch.Tensor,
+                          need_image: bool = True, need_heatmaps: bool = True):
+    """``(dL/dI, dL/dM)`` of ``input_fusion_forward`` (``None`` where not needed)."""
+    image = image.contiguous()
+    heatmaps = heatmaps.contiguous()
+    grad = grad.contiguous()
+    n, c, H, W = image.shape
+    k, h, w = heatmaps.shape[1:]
+    grad_image = grad_heatmaps = None
+    if need_image:
+        grad_image = torch.empty_like(image)
+        grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
+        _input_fusion_bwd_image_kernel[grid](
+            grad, heatmaps, grad_image, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
+            BLOCK=_PIXEL_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
+        )
+    if need_heatmaps:
+        grad_heatmaps = resize_adjoint(grad, image, heatmaps.shape, heatmaps.dtype, area=False)
+    return grad_image, grad_heatmaps
+
+
+def heatmap_feature_concat_forward(heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
+    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``(N, K + C, H, W)`` in the features' dtype.
+    ``area``: area-average the axes that shrink (``resize="area"``); else bilinear on both."""
+    heatmaps = heatmaps.contiguous()
+    features = features.contiguous()
+    n, c, H, W = features.shape
+    k, h, w = heatmaps.shape[1:]
+    area_y, area_x = _area_axes((h, w), (H, W), area)
+    out = torch.empty((n, k + c, H, W), dtype=features.dtype, device=features.device)
+    block = min(_CONCAT_PIXEL_BLOCK, triton.next_power_of_2(H * W))
+    grid = (n, triton.cdiv(k + c, _CHANNEL_BLOCK), triton.cdiv(H * W, block))
+    _feature_concat_fwd_kernel[grid](
+        heatmaps, features, out, k, c, H, W, h, w, BLOCK_C=_CHANNEL_BLOCK, BLOCK=block,
+        AREA_Y=area_y, AREA_X=area_x, TAPS_Y=_area_taps(h, H) if area_y else 2,
+        TAPS_X=_area_taps(w, W) if area_x else 2, ACC=_accumulator(features.dtype), num_warps=4,
+    )
+    return out
+
+
+def heatmap_feature_concat_backward_heatmaps(grad: torch.Tensor, heatmaps_shape, heatmaps_dtype,
+                                             area: bool) -> torch.Tensor:
+    """dL/dM of ``heatmap_feature_concat_forward`` (dL/dF is the slice ``grad[:, K:]``)."""
+    k, h, w = heatmaps_shape[1:]
+    if (h, w) == tuple(grad.shape[-2:]):  # no resize: its adjoint is the identity
+        return grad[:, :k].to(heatmaps_dtype, copy=True)
+    return resize_adjoint(grad.contiguous(), None, heatmaps_shape, heatmaps_dtype, area)
+
+
+def feature_fusion_forward(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` features and gate -> ``(N, 2C, H, W)`` in their promoted dtype."""
+    features = features.contiguous()
+    gate = gate.contiguous()
+    n, c, H, W = features.shape
+    dtype = torch.promote_types(features.dtype, gate.dtype)
+    out = torch.empty((n, 2 * c, H, W), dtype=dtype, device=features.device)
+    total = features.numel()
+    _feature_fusion_fwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
+        features, gate, out, c * H * W, total, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(dtype),
+        num_warps=4,
+    )
+    return out
+
+
+def feature_fusion_backward(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor,
+                            need_features: bool = True, need_gate: bool = True):
+    """``(dL/dF, dL/dT)`` of ``feature_fusion_forward`` (``None`` where not needed)."""
+    features = features.contiguous()
+    gate = gate.contiguous()
+    grad = grad.contiguous()
+    grad_features = torch.empty_like(features) if need_features else None
+    grad_gate = torch.empty_like(gate) if need_gate else None
+    total = features.numel()
+    c, H, W = features.shape[1:]
+    _feature_fusion_bwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
+        grad, features, gate, grad_features if need_features else features,
+        grad_gate if need_gate else gate, c * H * W, total, FEATURES_GRAD=need_features,
+        GATE_GRAD=need_gate, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
+    )
+    return grad_features, grad_gate
+
+
+class InputFusion(torch.autograd.Function):
+    """``input_fusion_forward`` with its backward, for direct calls (parity tests, self-check)."""
 
     @staticmethod
     def forward(ctx, image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-        image = image.contiguous()
-        heatmaps = heatmaps.contiguous()
-        n, c, H, W = image.shape
-        k, h, w = heatmaps.shape[1:]
-        out = torch.empty((n, c * (k + 1), H, W), dtype=image.dtype, device=image.device)
-        grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
-        _input_fusion_fwd_kernel[grid](
-            image, heatmaps, out, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
-            BLOCK=_PIXEL_BLOCK, ACC=_accumulator(image.dtype), num_warps=4,
-        )
         ctx.save_for_backward(image, heatmaps)
-        return out
+        return input_fusion_forward(image, heatmaps)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         image, heatmaps = ctx.saved_tensors
-        grad = grad.contiguous()
-        n, c, H, W = image.shape
-        k, h, w = heatmaps.shape[1:]
-        grad_image = grad_heatmaps = None
-        if ctx.needs_input_grad[0]:
-            grad_image = torch.empty_like(image)
-            grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
-            _input_fusion_bwd_image_kernel[grid](
-                grad, heatmaps, grad_image, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
-                BLOCK=_PIXEL_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
-            )
-        if ctx.needs_input_grad[1]:
-            grad_heatmaps = resize_adjoint(grad, image, heatmaps.shape, heatmaps.dtype, area=False)
-        return grad_image, grad_heatmaps
+        return input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
 
 
 class HeatmapFeatureConcat(torch.autograd.Function):
-    """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``(N, K + C, H, W)`` in the features' dtype.
-    ``area``: area-average the axes that shrink (``resize="area"``); else bilinear on both."""
+    """``heatmap_feature_concat_forward`` with its backward, for direct calls (parity tests, self-check)."""
 
     @staticmethod
     def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
-        heatmaps = heatmaps.contiguous()
-        features = features.contiguous()
-        n, c, H, W = features.shape
-        k, h, w = heatmaps.shape[1:]
-        area_y, area_x = _area_axes((h, w), (H, W), area)
-        out = torch.empty((n, k + c, H, W), dtype=features.dtype, device=features.device)
-        block = min(_CONCAT_PIXEL_BLOCK, triton.next_power_of_2(H * W))
-        grid = (n, triton.cdiv(k + c, _CHANNEL_BLOCK), triton.cdiv(H * W, block))
-        _feature_concat_fwd_kernel[grid](
-            heatmaps, features, out, k, c, H, W, h, w, BLOCK_C=_CHANNEL_BLOCK, BLOCK=block,
-            AREA_Y=area_y, AREA_X=area_x, TAPS_Y=_area_taps(h, H) if area_y else 2,
-            TAPS_X=_area_taps(w, W) if area_x else 2, ACC=_accumulator(features.dtype), num_warps=4,
-        )
         ctx.heatmaps_shape = heatmaps.shape
         ctx.heatmaps_dtype = heatmaps.dtype
         ctx.area = area
-        return out
+        return heatmap_feature_concat_forward(heatmaps, features, area)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        k, h, w = ctx.heatmaps_shape[1:]
+        k = ctx.heatmaps_shape[1]
         grad_heatmaps = grad_features = None
         if ctx.needs_input_grad[0]:
-            if (h, w) == tuple(grad.shape[-2:]):  # no resize: its adjoint is the identity
-                grad_heatmaps = grad[:, :k].to(ctx.heatmaps_dtype, copy=True)
-            else:
-                grad_heatmaps = resize_adjoint(grad.contiguous(), None, ctx.heatmaps_shape,
-                                               ctx.heatmaps_dtype, ctx.area)
+            grad_heatmaps = heatmap_feature_concat_backward_heatmaps(grad, ctx.heatmaps_shape, ctx.heatmaps_dtype,
+                                                                     ctx.area)
         if ctx.needs_input_grad[1]:
             grad_features = grad[:, k:]  # F is copied unchanged: its gradient is that slice
         return grad_heatmaps, grad_features, None
 
 
 class FeatureFusion(torch.autograd.Function):
-    """``(N, C, H, W)`` features and gate -> ``(N, 2C, H, W)`` in their promoted dtype."""
+    """``feature_fusion_forward`` with its backward, for direct calls (parity tests, self-check)."""
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        features = features.contiguous()
-        gate = gate.contiguous()
-        n, c, H, W = features.shape
-        dtype = torch.promote_types(features.dtype, gate.dtype)
-        out = torch.empty((n, 2 * c, H, W), dtype=dtype, device=features.device)
-        total = features.numel()
-        _feature_fusion_fwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
-            features, gate, out, c * H * W, total, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(dtype),
-            num_warps=4,
-        )
         ctx.save_for_backward(features, gate)
-        return out
+        return feature_fusion_forward(features, gate)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         features, gate = ctx.saved_tensors
-        grad = grad.contiguous()
-        need_features, need_gate = ctx.needs_input_grad
-        grad_features = torch.empty_like(features) if need_features else None
-        grad_gate = torch.empty_like(gate) if need_gate else None
-        total = features.numel()
-        c, H, W = features.shape[1:]
-        _feature_fusion_bwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
-            grad, features, gate, grad_features if need_features else features,
-            grad_gate if need_gate else gate, c * H * W, total, FEATURES_GRAD=need_features,
-            GATE_GRAD=need_gate, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
-        )
-        return grad_features, grad_gate
+        return feature_fusion_backward(grad, features, gate, *ctx.needs_input_grad)

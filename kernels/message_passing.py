@@ -442,43 +442,56 @@ def grad_weights(features, grad_out, tables, channels, ksize, splits=None):
     return _fold_patch_weights(partial.sum(0) if splits > 1 else partial[0], patch, channels, ksize)
 
 
+def message_passing_forward(features, weights, bias, edges, num_branches):
+    """The fused forward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs."""
+    features = features.contiguous()
+    weights = weights.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    channels, ksize = weights.shape[1], weights.shape[-1]
+    tables = routing_tables(edges, num_branches, features.device)
+    return _convolve_and_route(features, _patch_weights(weights, patch_shape(channels)), bias, tables.by_destination,
+                               channels, ksize)
+
+
+def message_passing_backward(grad_out, features, weights, edges, num_branches, needs_input_grad=(True, True, True)):
+    """``(dL/dfeatures, dL/dweights, dL/dbias)`` of ``message_passing_forward`` (``None`` where not needed)."""
+    features = features.contiguous()
+    weights = weights.contiguous()
+    tables = routing_tables(edges, num_branches, features.device)
+    grad_out = grad_out.contiguous()
+    channels, ksize = weights.shape[1], weights.shape[-1]
+    grad_features = grad_weights_ = grad_bias = None
+    if needs_input_grad[0]:
+        # Adjoint of a same-padded conv: flip the taps, swap in/out channels.
+        adjoint = _patch_weights(weights.flip(-2, -1).transpose(1, 2), patch_shape(channels))
+        grad_features = _convolve_and_route(grad_out, adjoint, None, tables.by_source, channels, ksize)
+    if needs_input_grad[1]:
+        grad_weights_ = grad_weights(features, grad_out, tables, channels, ksize).to(weights.dtype)
+    if needs_input_grad[2]:
+        n, _, h, w = grad_out.shape
+        accumulate = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        per_branch = grad_out.view(n, -1, channels, h * w).sum(dim=(0, 3), dtype=accumulate)
+        grad_bias = per_branch[tables.edge_destination.long()].to(weights.dtype)
+    return grad_features, grad_weights_, grad_bias
+
+
 class MessagePassingFunction(torch.autograd.Function):
-    """Fused forward and backward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs."""
+    """``message_passing_forward`` with its backward, for direct calls (parity tests, self-check)."""
 
     @staticmethod
     def forward(ctx, features, weights, bias, edges, num_branches):
-        features = features.contiguous()
-        weights = weights.contiguous()
-        bias = None if bias is None else bias.contiguous()
-        channels, ksize = weights.shape[1], weights.shape[-1]
-        tables = routing_tables(edges, num_branches, features.device)
-        patch_weights = _patch_weights(weights, patch_shape(channels))
-        out = _convolve_and_route(features, patch_weights, bias, tables.by_destination, channels, ksize)
         ctx.save_for_backward(features, weights)
-        ctx.tables = tables
+        ctx.edges, ctx.num_branches = edges, num_branches
         ctx.has_bias = bias is not None
-        return out
+        return message_passing_forward(features, weights, bias, edges, num_branches)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         features, weights = ctx.saved_tensors
-        tables = ctx.tables
-        grad_out = grad_out.contiguous()
-        channels, ksize = weights.shape[1], weights.shape[-1]
-        grad_features = grad_weights_ = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            # Adjoint of a same-padded conv: flip the taps, swap in/out channels.
-            adjoint = _patch_weights(weights.flip(-2, -1).transpose(1, 2), patch_shape(channels))
-            grad_features = _convolve_and_route(grad_out, adjoint, None, tables.by_source, channels, ksize)
-        if ctx.needs_input_grad[1]:
-            grad_weights_ = grad_weights(features, grad_out, tables, channels, ksize).to(weights.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            n, _, h, w = grad_out.shape
-            accumulate = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-            per_branch = grad_out.view(n, -1, channels, h * w).sum(dim=(0, 3), dtype=accumulate)
-            grad_bias = per_branch[tables.edge_destination.long()].to(weights.dtype)
-        return grad_features, grad_weights_, grad_bias, None, None
+        needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
+        return (*message_passing_backward(grad_out, features, weights, ctx.edges, ctx.num_branches, needs),
+                None, None)
 
 
 def message_passing_triton(

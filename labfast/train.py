@@ -489,27 +489,39 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     return {"run": str(out), "steps": step, "best_val_nme": best_nme}
 
 
+def training_losses(forward_model, weights: LABConfig, judge, images: torch.Tensor, landmarks: torch.Tensor,
+                    boundary_scheme, input_size: int, sigma: float, heatmaps_trained: bool):
+    """The pure part of a training step: images ``(N, 3, S, S)`` and landmarks ``(N, L, 2)`` (input
+    pixels) -> ``(loss terms, model output, ground-truth heatmaps or None)``, the ground-truth
+    boundary heatmaps made on the device. No host sync, so ``torch.compile(fullgraph=True)`` takes
+    it whole, forward and backward (``tests/model/test_compile.py``); checks, logging and the
+    optimiser steps stay outside (``_train_step``). ``judge``: the discriminator, or ``None``."""
+    output = forward_model(images)
+    terms: dict[str, torch.Tensor] = {}
+    target_heatmaps = None
+    if heatmaps_trained:
+        target_heatmaps = boundary_heatmaps(
+            heatmap_coordinates(landmarks, input_size, weights.heatmap_size).float(),
+            boundary_scheme, size=weights.heatmap_size, sigma=sigma)
+        terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
+    terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, input_size)
+    if judge is not None and heatmaps_trained:
+        terms["adversarial"] = weights.adversarial_weight * losses.adversarial_loss(judge(output.heatmaps[-1]))
+    return terms, output, target_heatmaps
+
+
 def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, scaler,
                 images, landmarks, scheme, boundary_scheme, device) -> dict[str, float]:
     """One optimiser step of estimator + regressor, then one of the discriminator (LAB Sec. 3.3)."""
     model = forward_model.module if hasattr(forward_model, "module") else forward_model
     model = getattr(model, "_orig_mod", model)
-    weights = model.config
     heatmaps_trained = any(p.requires_grad for p in model.estimator.parameters())
+    # the bare discriminator module: its gradients here are discarded (set to None before the D step)
+    judge = None if discriminator is None else getattr(discriminator, "module", discriminator)
     with autocast(config, device):
-        output = forward_model(images)
-        terms: dict[str, torch.Tensor] = {}
-        target_heatmaps = None
-        if heatmaps_trained:
-            target_heatmaps = boundary_heatmaps(
-                heatmap_coordinates(landmarks, config.input_size, weights.heatmap_size).float(),
-                boundary_scheme, size=weights.heatmap_size, sigma=config.sigma)
-            terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
-        terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, config.input_size)
-        if discriminator is not None and heatmaps_trained:
-            # the bare module: its gradients here are discarded (set to None before the D step)
-            judge = getattr(discriminator, "module", discriminator)
-            terms["adversarial"] = weights.adversarial_weight * losses.adversarial_loss(judge(output.heatmaps[-1]))
+        terms, output, target_heatmaps = training_losses(forward_model, model.config, judge, images, landmarks,
+                                                         boundary_scheme, config.input_size, config.sigma,
+                                                         heatmaps_trained)
         loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss is {loss.item()} ({ {k: v.item() for k, v in terms.items()} })")
@@ -521,7 +533,7 @@ def _train_step(config, forward_model, discriminator, optimizer, d_optimizer, sc
     logged["loss"] = loss.item()
     if d_optimizer is not None and target_heatmaps is not None:
         # d_fake: an estimate that does not lead to accurate landmarks is "fake" (LAB Sec. 3.3).
-        fake_targets = losses.fake_labels(output.landmarks.detach(), landmarks, scheme, weights)
+        fake_targets = losses.fake_labels(output.landmarks.detach(), landmarks, scheme, model.config)
         with autocast(config, device):
             # real and estimated heatmaps in one forward: DistributedDataParallel expects one per backward
             real_logits, fake_logits = discriminator(

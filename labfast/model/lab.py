@@ -31,6 +31,10 @@ class LABOutput:
     heatmaps: list[torch.Tensor]
 
 
+# a pytree node, so torch.export (and AOT autograd) can return it from the traced model
+torch.export.register_dataclass(LABOutput)
+
+
 class ModelSummary(dict):
     """``LAB.summary()``'s figures as a dict; ``str()`` of it is a printable table."""
 

@@ -58,6 +58,9 @@ def cuda_extension_status() -> str | None:
         from labfast import _cuda  # noqa: F401
     except Exception as error:
         return f"the CUDA extension labfast._cuda is not built ({error}); build with LABFAST_BUILD_CUDA=1"
+    from labfast.ops import cuda_fakes
+
+    cuda_fakes.register()  # torch.compile / torch.export trace the extension's operators with these
     return None
 
 
@@ -104,8 +107,9 @@ def self_check_enabled() -> bool:
 
 
 def _cannot_run_eagerly(tensor: torch.Tensor) -> bool:
-    """True while torch.compile traces or a CUDA graph is being captured (a check cannot run then)."""
-    if torch.compiler.is_compiling():
+    """True while torch.compile or torch.export traces (fake tensors) or a CUDA graph is being
+    captured: a check cannot run then."""
+    if torch.compiler.is_compiling() or torch._subclasses.fake_tensor.is_fake(tensor):
         return True
     return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
@@ -221,3 +225,16 @@ def select(op: str, tensor: torch.Tensor, supported: tuple[str, ...]) -> str:
         _logged.add(op)
         logger.info("labfast op %r runs the reference path (%s)", op, "; ".join(reasons) or "no fast path")
     return "reference"
+
+
+@torch.compiler.assume_constant_result
+def select_for(op: str, device: torch.device, dtype: torch.dtype, supported: tuple[str, ...]) -> str:
+    """``select`` for tensors on ``device`` of ``dtype``, as an op's public function asks it.
+
+    Under ``torch.compile`` Dynamo runs this once while tracing and bakes the answer into the graph
+    as a constant (``assume_constant_result``): no graph break on the environment reads, caches and
+    the log line inside, and a graph compiled for one backend stays on it (``torch._dynamo.reset()``
+    after changing ``LABFAST_BACKEND``). The self-check does not run while tracing; the operator
+    runs it on its first eager call and takes the reference inside itself if it fails.
+    """
+    return select(op, torch.empty(0, device=device, dtype=dtype), supported)

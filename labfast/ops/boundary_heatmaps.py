@@ -279,10 +279,14 @@ def check_finite_landmarks(landmarks: torch.Tensor) -> None:
     Without it the math degrades silently: a NaN point fails the repeat test (``NaN > tol`` is
     false) and is dropped like a repeat, an infinite one turns its whole channel to zero. The one
     place that looks at the values (one host sync, before any backend runs); the math below assumes
-    finite input. To run inside ``torch.compile(fullgraph=True)`` this is the function to turn
-    into a ``torch._check`` or to move before the compiled region.
+    finite input. Under ``torch.compile`` it is a device-side assertion instead
+    (``torch._assert_async``: no host sync, no graph break), which cannot name the culprit; the
+    caller that compiles a step checks eagerly before it.
     """
     finite = torch.isfinite(landmarks).all(dim=-1)  # (N, L)
+    if torch.compiler.is_compiling():
+        torch._assert_async(finite.all(), "landmarks must be finite (run eagerly to see which sample and landmark)")
+        return
     if bool(finite.all()):
         return
     bad = (~finite).nonzero()
@@ -329,16 +333,36 @@ def boundary_heatmaps(
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
     check_finite_landmarks(landmarks)
-    choice = backend.select("boundary_heatmaps", landmarks, supported=("triton", "cuda"))
-    if choice == "reference":
-        return _heatmaps_ref(landmarks, scheme, size, sigma, dtype)
     curves = dense_curves(landmarks, scheme, size).contiguous()
+    return torch.ops.labfast.boundary_heatmaps(curves, size, size, float(sigma), dtype)
+
+
+# The operator. Always called, the reference included: its body runs eagerly (never traced), so the
+# reference's data-dependent window (``squared_distance_ref``'s one host read) stays out of the
+# compiled graph. No autograd: ground truth needs no gradient.
+_FAST_PATHS = ("triton", "cuda")
+
+
+@torch.library.custom_op("labfast::boundary_heatmaps", mutates_args=())
+def _boundary_heatmaps_op(curves: torch.Tensor, height: int, width: int, sigma: float,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """``(N, K, P, 2)`` float32 curves -> ``(N, K, height, width)`` heatmaps in ``dtype``."""
+    def reference():
+        return gaussian_cut(squared_distance_ref(curves, height, width, 3.0 * sigma), sigma).to(dtype)
+
+    choice = backend.select("boundary_heatmaps", curves, supported=_FAST_PATHS)
     if choice == "triton":
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton
 
-        return backend.run_fast("boundary_heatmaps", "triton", landmarks,
-                                lambda: boundary_heatmaps_triton(curves, size, size, float(sigma), dtype),
-                                lambda: _heatmaps_ref(landmarks, scheme, size, sigma, dtype))
-    from labfast import _cuda  # noqa: F401  (loads the torch.ops.labfast_cuda registrations)
+        return backend.run_fast("boundary_heatmaps", "triton", curves,
+                                lambda: boundary_heatmaps_triton(curves, height, width, sigma, dtype), reference)
+    if choice == "cuda":
+        from labfast import _cuda  # noqa: F401  (loads the torch.ops.labfast_cuda registrations)
 
-    return torch.ops.labfast_cuda.boundary_heatmaps(curves, size, size, float(sigma), dtype)
+        return torch.ops.labfast_cuda.boundary_heatmaps(curves, height, width, sigma, dtype)
+    return reference()
+
+
+@_boundary_heatmaps_op.register_fake
+def _(curves, height, width, sigma, dtype):
+    return torch.empty(curves.shape[0], curves.shape[1], height, width, dtype=dtype, device=curves.device)

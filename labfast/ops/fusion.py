@@ -96,18 +96,21 @@ def _check_maps(op: str, **tensors: torch.Tensor) -> None:
             raise ValueError(f"{op}: {name} has batch {tensor.shape[0]} but {first_name} {first.shape[0]}")
 
 
+_FAST_PATHS = ("triton", "cuda")
+
+
+def _uses_reference(tensor: torch.Tensor) -> bool:
+    """Whether the public function runs the plain ``*_ref`` (autograd through its decomposition)
+    rather than the ``torch.ops.labfast`` operator (fast path inside); a constant under compile."""
+    return backend.select_for("fusion", tensor.device, tensor.dtype, _FAST_PATHS) == "reference"
+
+
 def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
     """``I ⊕ (I ⊗ M_1) ⊕ … ⊕ (I ⊗ M_K)``; see ``input_fusion_ref`` (same signature and result)."""
     _check_maps("input_fusion", image=image, heatmaps=heatmaps)
-    choice = backend.select("fusion", image, supported=("triton", "cuda"))
-    if choice == "triton":
-        from labfast.kernels.fusion import InputFusion
-
-        return backend.run_fast("fusion", "triton", image, lambda: InputFusion.apply(image, heatmaps),
-                                lambda: input_fusion_ref(image, heatmaps))
-    if choice == "cuda":
-        return _CudaInputFusion.apply(image, heatmaps)
-    return input_fusion_ref(image, heatmaps)
+    if _uses_reference(image):
+        return input_fusion_ref(image, heatmaps)
+    return torch.ops.labfast.input_fusion(image, heatmaps)
 
 
 def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor, resize: str = "area") -> torch.Tensor:
@@ -115,16 +118,9 @@ def heatmap_feature_concat(heatmaps: torch.Tensor, features: torch.Tensor, resiz
     _check_maps("heatmap_feature_concat", features=features, heatmaps=heatmaps)
     if resize not in RESIZE_MODES:
         raise ValueError(f"heatmap_feature_concat: resize={resize!r} is not one of {RESIZE_MODES}")
-    choice = backend.select("fusion", features, supported=("triton", "cuda"))
-    if choice == "triton":
-        from labfast.kernels.fusion import HeatmapFeatureConcat
-
-        return backend.run_fast("fusion", "triton", features,
-                                lambda: HeatmapFeatureConcat.apply(heatmaps, features, resize == "area"),
-                                lambda: heatmap_feature_concat_ref(heatmaps, features, resize))
-    if choice == "cuda":
-        return _CudaHeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
-    return heatmap_feature_concat_ref(heatmaps, features, resize)
+    if _uses_reference(features):
+        return heatmap_feature_concat_ref(heatmaps, features, resize)
+    return torch.ops.labfast.heatmap_feature_concat(heatmaps, features, resize == "area")
 
 
 def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -134,76 +130,289 @@ def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"feature_fusion: gate has shape {tuple(gate.shape)} but features {tuple(features.shape)}"
         )
-    choice = backend.select("fusion", features, supported=("triton", "cuda"))
-    if choice == "triton":
-        from labfast.kernels.fusion import FeatureFusion
+    if _uses_reference(features):
+        return feature_fusion_ref(features, gate)
+    return torch.ops.labfast.feature_fusion(features, gate)
 
-        return backend.run_fast("fusion", "triton", features, lambda: FeatureFusion.apply(features, gate),
-                                lambda: feature_fusion_ref(features, gate))
-    if choice == "cuda":
-        return _CudaFeatureFusion.apply(features, gate)
-    return feature_fusion_ref(features, gate)
+
+# ---------------------------------------------------------------------------------------------
+# The operators. Their bodies run eagerly (never traced): each picks its path with
+# ``backend.select`` (a fast path that fails its self-check or does not compile runs the reference
+# there, and the backward operator then differentiates the reference with ``torch.func.vjp``).
+# Outputs are NCHW-contiguous whatever the path; a gradient not asked for is an empty tensor.
+
+
+def _run(tensor: torch.Tensor, triton, cuda, reference):
+    """Call the ``triton``, ``cuda`` or ``reference`` thunk, as ``backend`` decides for ``tensor``."""
+    choice = backend.select("fusion", tensor, supported=_FAST_PATHS)
+    if choice == "triton":
+        return backend.run_fast("fusion", "triton", tensor, triton, reference)
+    return cuda() if choice == "cuda" else reference()
+
+
+def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
+def _reference_grads(reference, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor):
+    """The reference's input gradients for ``grad`` (a fallback inside a backward operator)."""
+    return _contiguous(*torch.func.vjp(reference, *inputs)[1](grad))
+
+
+def _gradient(gradient: torch.Tensor | None, like: torch.Tensor, needed: bool) -> torch.Tensor:
+    """``gradient`` where it was asked for, else an empty tensor (operators return no ``None``)."""
+    return gradient if needed else like.new_empty(0)
+
+
+def _nchw(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+
+
+@torch.library.custom_op("labfast::input_fusion", mutates_args=())
+def _input_fusion_op(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+    def triton():
+        from labfast.kernels.fusion import input_fusion_forward
+
+        return input_fusion_forward(image, heatmaps)
+
+    return _run(image, triton, lambda: _cuda_input_fusion_forward(image, heatmaps),
+                lambda: input_fusion_ref(image, heatmaps).contiguous())
+
+
+@_input_fusion_op.register_fake
+def _(image, heatmaps):
+    n, c, height, width = image.shape
+    return _nchw((n, c * (heatmaps.shape[1] + 1), height, width), image)
+
+
+@torch.library.custom_op("labfast::input_fusion_backward", mutates_args=())
+def _input_fusion_backward_op(grad: torch.Tensor, image: torch.Tensor, heatmaps: torch.Tensor,
+                              image_needs_grad: bool, heatmaps_needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    needs = (image_needs_grad, heatmaps_needs_grad)
+
+    def triton():
+        from labfast.kernels.fusion import input_fusion_backward
+
+        return input_fusion_backward(grad, image, heatmaps, *needs)
+
+    grads = _run(image, triton, lambda: _cuda_input_fusion_backward(grad, image, heatmaps, *needs),
+                 lambda: _reference_grads(input_fusion_ref, (image, heatmaps), grad))
+    return _gradient(grads[0], image, needs[0]), _gradient(grads[1], heatmaps, needs[1])
+
+
+@_input_fusion_backward_op.register_fake
+def _(grad, image, heatmaps, image_needs_grad, heatmaps_needs_grad):
+    return (_nchw(image.shape if image_needs_grad else (0,), image),
+            _nchw(heatmaps.shape if heatmaps_needs_grad else (0,), heatmaps))
+
+
+def _input_fusion_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _input_fusion_backward(ctx, grad):
+    image, heatmaps = ctx.saved_tensors
+    grads = torch.ops.labfast.input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
+    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+
+
+_input_fusion_op.register_autograd(_input_fusion_backward, setup_context=_input_fusion_setup)
+
+
+@torch.library.custom_op("labfast::heatmap_feature_concat", mutates_args=())
+def _heatmap_feature_concat_op(heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
+    def triton():
+        from labfast.kernels.fusion import heatmap_feature_concat_forward
+
+        return heatmap_feature_concat_forward(heatmaps, features, area)
+
+    return _run(features, triton, lambda: _cuda_heatmap_feature_concat_forward(heatmaps, features, area),
+                lambda: heatmap_feature_concat_ref(heatmaps, features, _resize_mode(area)).contiguous())
+
+
+@_heatmap_feature_concat_op.register_fake
+def _(heatmaps, features, area):
+    n, c, height, width = features.shape
+    return _nchw((n, heatmaps.shape[1] + c, height, width), features)
+
+
+def _resize_mode(area: bool) -> str:
+    return "area" if area else "bilinear"
+
+
+@torch.library.custom_op("labfast::heatmap_feature_concat_backward", mutates_args=())
+def _heatmap_feature_concat_backward_op(grad: torch.Tensor, heatmaps: torch.Tensor, area: bool) -> torch.Tensor:
+    """dL/dM only: dL/dF is the slice ``grad[:, K:]`` (F is copied unchanged)."""
+    def triton():
+        from labfast.kernels.fusion import heatmap_feature_concat_backward_heatmaps
+
+        return heatmap_feature_concat_backward_heatmaps(grad, heatmaps.shape, heatmaps.dtype, area)
+
+    def reference():
+        features = grad[:, heatmaps.shape[1]:]  # only its shape and dtype matter to dL/dM
+        return _reference_grads(lambda m: heatmap_feature_concat_ref(m, features, _resize_mode(area)),
+                                (heatmaps,), grad)[0]
+
+    return _run(grad, triton, lambda: _cuda_heatmap_feature_concat_backward(grad, heatmaps, area), reference)
+
+
+@_heatmap_feature_concat_backward_op.register_fake
+def _(grad, heatmaps, area):
+    return _nchw(heatmaps.shape, heatmaps)
+
+
+def _heatmap_feature_concat_setup(ctx, inputs, output):
+    heatmaps, _, area = inputs
+    ctx.save_for_backward(heatmaps)
+    ctx.area = area
+
+
+def _heatmap_feature_concat_backward(ctx, grad):
+    (heatmaps,) = ctx.saved_tensors
+    grad_heatmaps = grad_features = None
+    if ctx.needs_input_grad[0]:
+        grad_heatmaps = torch.ops.labfast.heatmap_feature_concat_backward(grad, heatmaps, ctx.area)
+    if ctx.needs_input_grad[1]:
+        grad_features = grad[:, heatmaps.shape[1]:]
+    return grad_heatmaps, grad_features, None
+
+
+_heatmap_feature_concat_op.register_autograd(_heatmap_feature_concat_backward, setup_context=_heatmap_feature_concat_setup)
+
+
+@torch.library.custom_op("labfast::feature_fusion", mutates_args=())
+def _feature_fusion_op(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def triton():
+        from labfast.kernels.fusion import feature_fusion_forward
+
+        return feature_fusion_forward(features, gate)
+
+    return _run(features, triton, lambda: _cuda_feature_fusion_forward(features, gate),
+                lambda: feature_fusion_ref(features, gate).contiguous())
+
+
+@_feature_fusion_op.register_fake
+def _(features, gate):
+    n, c, height, width = features.shape
+    return _nchw((n, 2 * c, height, width), features, torch.promote_types(features.dtype, gate.dtype))
+
+
+@torch.library.custom_op("labfast::feature_fusion_backward", mutates_args=())
+def _feature_fusion_backward_op(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor,
+                                features_needs_grad: bool, gate_needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    needs = (features_needs_grad, gate_needs_grad)
+
+    def triton():
+        from labfast.kernels.fusion import feature_fusion_backward
+
+        return feature_fusion_backward(grad, features, gate, *needs)
+
+    grads = _run(features, triton, lambda: _cuda_feature_fusion_backward(grad, features, gate),
+                 lambda: _reference_grads(feature_fusion_ref, (features, gate), grad))
+    return _gradient(grads[0], features, needs[0]), _gradient(grads[1], gate, needs[1])
+
+
+@_feature_fusion_backward_op.register_fake
+def _(grad, features, gate, features_needs_grad, gate_needs_grad):
+    return (_nchw(features.shape if features_needs_grad else (0,), features),
+            _nchw(gate.shape if gate_needs_grad else (0,), gate))
+
+
+def _feature_fusion_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _feature_fusion_backward(ctx, grad):
+    features, gate = ctx.saved_tensors
+    grads = torch.ops.labfast.feature_fusion_backward(grad, features, gate, *ctx.needs_input_grad)
+    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+
+
+_feature_fusion_op.register_autograd(_feature_fusion_backward, setup_context=_feature_fusion_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA extension's launchers (``csrc/fusion.cu``); heatmaps are cast to the image's / features'
+# dtype first and feature fusion runs in the promoted dtype, as in the references.
+
+
+def _cuda_input_fusion_forward(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+    return torch.ops.labfast_cuda.input_fusion_forward(image, heatmaps.to(image.dtype))
+
+
+def _cuda_input_fusion_backward(grad, image, heatmaps, need_image=True, need_heatmaps=True):
+    cast = heatmaps.to(image.dtype)
+    grad_image = grad_heatmaps = None
+    if need_image:
+        grad_image = torch.ops.labfast_cuda.input_fusion_backward_image(grad, image, cast)
+    if need_heatmaps:
+        grad_heatmaps = torch.ops.labfast_cuda.input_fusion_backward_heatmaps(grad, image, cast).to(heatmaps.dtype)
+    return grad_image, grad_heatmaps
+
+
+def _cuda_heatmap_feature_concat_forward(heatmaps, features, area: bool) -> torch.Tensor:
+    return torch.ops.labfast_cuda.heatmap_feature_concat_forward(heatmaps.to(features.dtype), features, area)
+
+
+def _cuda_heatmap_feature_concat_backward(grad, heatmaps, area: bool) -> torch.Tensor:
+    cast = heatmaps.to(grad.dtype)
+    return torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, cast, area).to(heatmaps.dtype)
+
+
+def _cuda_feature_fusion_forward(features, gate) -> torch.Tensor:
+    dtype = torch.promote_types(features.dtype, gate.dtype)
+    return torch.ops.labfast_cuda.feature_fusion_forward(features.to(dtype), gate.to(dtype))
+
+
+def _cuda_feature_fusion_backward(grad, features, gate):
+    dtype = torch.promote_types(features.dtype, gate.dtype)
+    grad_features, grad_gate = torch.ops.labfast_cuda.feature_fusion_backward(grad, features.to(dtype), gate.to(dtype))
+    return grad_features.to(features.dtype), grad_gate.to(gate.dtype)
 
 
 class _CudaInputFusion(torch.autograd.Function):
-    """``csrc/fusion.cu``'s input fusion; heatmaps are cast to the image's dtype first, as in the reference."""
+    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
 
     @staticmethod
     def forward(ctx, image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-        cast = heatmaps.to(image.dtype)
-        ctx.save_for_backward(image, cast)
-        ctx.heatmaps_dtype = heatmaps.dtype
-        return torch.ops.labfast_cuda.input_fusion_forward(image, cast)
+        ctx.save_for_backward(image, heatmaps)
+        return _cuda_input_fusion_forward(image, heatmaps)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         image, heatmaps = ctx.saved_tensors
-        grad_image = grad_heatmaps = None
-        if ctx.needs_input_grad[0]:
-            grad_image = torch.ops.labfast_cuda.input_fusion_backward_image(grad, image, heatmaps)
-        if ctx.needs_input_grad[1]:
-            grad_heatmaps = torch.ops.labfast_cuda.input_fusion_backward_heatmaps(grad, image, heatmaps)
-            grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
-        return grad_image, grad_heatmaps
+        return _cuda_input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
 
 
 class _CudaHeatmapFeatureConcat(torch.autograd.Function):
-    """``csrc/fusion.cu``'s ``M ⊕ F``; heatmaps are cast to the features' dtype first, as in the reference.
-    ``area``: area-average the axes that shrink (``resize="area"``)."""
+    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
 
     @staticmethod
     def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
-        cast = heatmaps.to(features.dtype)
-        ctx.save_for_backward(cast)
-        ctx.heatmaps_dtype = heatmaps.dtype
+        ctx.save_for_backward(heatmaps)
         ctx.area = area
-        return torch.ops.labfast_cuda.heatmap_feature_concat_forward(cast, features, area)
+        return _cuda_heatmap_feature_concat_forward(heatmaps, features, area)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (heatmaps,) = ctx.saved_tensors
         grad_heatmaps = grad_features = None
         if ctx.needs_input_grad[0]:
-            grad_heatmaps = torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, heatmaps, ctx.area)
-            grad_heatmaps = grad_heatmaps.to(ctx.heatmaps_dtype)
+            grad_heatmaps = _cuda_heatmap_feature_concat_backward(grad, heatmaps, ctx.area)
         if ctx.needs_input_grad[1]:
             grad_features = grad[:, heatmaps.shape[1]:]  # F is copied unchanged
         return grad_heatmaps, grad_features, None
 
 
 class _CudaFeatureFusion(torch.autograd.Function):
-    """``csrc/fusion.cu``'s feature fusion, in the promoted dtype of its inputs (as the reference)."""
+    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(features.dtype, gate.dtype)
-        features_cast, gate_cast = features.to(dtype), gate.to(dtype)
-        ctx.save_for_backward(features_cast, gate_cast)
-        ctx.dtypes = (features.dtype, gate.dtype)
-        return torch.ops.labfast_cuda.feature_fusion_forward(features_cast, gate_cast)
+        ctx.save_for_backward(features, gate)
+        return _cuda_feature_fusion_forward(features, gate)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         features, gate = ctx.saved_tensors
-        grad_features, grad_gate = torch.ops.labfast_cuda.feature_fusion_backward(grad, features, gate)
-        return grad_features.to(ctx.dtypes[0]), grad_gate.to(ctx.dtypes[1])
+        return _cuda_feature_fusion_backward(grad, features, gate)

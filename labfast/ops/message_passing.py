@@ -112,10 +112,93 @@ def message_passing(
     path caches its routing tables per edge tuple, so pass the same tuple every call.
     """
     edges, _ = check_message_passing_arguments(features, weights, bias, edges)
-    if backend.select("message_passing", features, supported=("triton",)) == "triton":
-        from labfast.kernels.message_passing import message_passing_triton
+    if backend.select_for("message_passing", features.device, features.dtype, _FAST_PATHS) == "reference":
+        return message_passing_ref(features, weights, bias, edges)
+    return torch.ops.labfast.message_passing(features, weights, bias, [index for edge in edges for index in edge])
+
+
+# ---------------------------------------------------------------------------------------------
+# The operators: ``edges`` travel flat, ``[src_0, dst_0, src_1, dst_1, ...]``. Their bodies run
+# eagerly (never traced) and pick the path with ``backend.select``; one that falls back to the
+# reference (failed self-check, compile error) is differentiated with ``torch.func.vjp``.
+
+_FAST_PATHS = ("triton",)
+
+
+def _pairs(edges: list[int]) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(edges[0::2], edges[1::2]))
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("labfast::message_passing", mutates_args=())
+def _message_passing_op(features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                        edges: list[int]) -> torch.Tensor:
+    pairs = _pairs(edges)
+    if backend.select("message_passing", features, supported=_FAST_PATHS) == "triton":
+        from labfast.kernels import message_passing as kernels
 
         return backend.run_fast("message_passing", "triton", features,
-                                lambda: message_passing_triton(features, weights, bias, edges),
-                                lambda: message_passing_ref(features, weights, bias, edges))
-    return message_passing_ref(features, weights, bias, edges)
+                                lambda: kernels.message_passing_triton(features, weights, bias, pairs),
+                                lambda: message_passing_ref(features, weights, bias, pairs).contiguous())
+    return message_passing_ref(features, weights, bias, pairs).contiguous()
+
+
+@_message_passing_op.register_fake
+def _(features, weights, bias, edges):
+    return torch.empty(features.shape, dtype=features.dtype, device=features.device)
+
+
+@torch.library.custom_op("labfast::message_passing_backward", mutates_args=())
+def _message_passing_backward_op(
+    grad: torch.Tensor, features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+    edges: list[int], needs_input_grad: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dL/dfeatures, dL/dweights, dL/dbias)``; an empty tensor where not needed (or no bias)."""
+    pairs = _pairs(edges)
+    needs = (needs_input_grad[0], needs_input_grad[1], needs_input_grad[2] and bias is not None)
+
+    def reference():
+        inputs = (features, weights) if bias is None else (features, weights, bias)
+        grads = torch.func.vjp(lambda f, w, b=None: message_passing_ref(f, w, b, pairs), *inputs)[1](grad)
+        return (*grads, None)[:3]
+
+    grads = None
+    if backend.select("message_passing", features, supported=_FAST_PATHS) == "triton":
+        from labfast.kernels import message_passing as kernels
+
+        num_branches = features.shape[1] // weights.shape[1]
+        grads = backend.run_fast("message_passing", "triton", features,
+                                 lambda: kernels.message_passing_backward(grad, features, weights, pairs,
+                                                                          num_branches, needs),
+                                 reference)
+    else:
+        grads = reference()
+    like = (features, weights, weights if bias is None else bias)
+    return tuple(g.contiguous() if need else _empty(x) for g, need, x in zip(grads, needs, like))
+
+
+@_message_passing_backward_op.register_fake
+def _(grad, features, weights, bias, edges, needs_input_grad):
+    needs = (needs_input_grad[0], needs_input_grad[1], needs_input_grad[2] and bias is not None)
+    like = (features, weights, weights if bias is None else bias)
+    return tuple(torch.empty(x.shape if need else (0,), dtype=x.dtype, device=x.device)
+                 for need, x in zip(needs, like))
+
+
+def _message_passing_setup(ctx, inputs, output):
+    features, weights, bias, edges = inputs
+    ctx.save_for_backward(features, weights, bias)
+    ctx.edges = edges
+
+
+def _message_passing_backward(ctx, grad):
+    features, weights, bias = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    grads = torch.ops.labfast.message_passing_backward(grad, features, weights, bias, ctx.edges, needs)
+    return (*(g if need else None for g, need in zip(grads, needs)), None)
+
+
+_message_passing_op.register_autograd(_message_passing_backward, setup_context=_message_passing_setup)

@@ -318,10 +318,8 @@ def test_cpu_tensors_take_the_reference_by_default(clean_backend_env):
 @interpreted
 def test_forced_triton_runs_the_kernels_under_the_interpreter(clean_backend_env):
     clean_backend_env.setenv("LABFAST_BACKEND_FUSION", "triton")
-    expected = {"input_fusion": "InputFusionBackward", "heatmap_feature_concat": "HeatmapFeatureConcatBackward",
-                "feature_fusion": "FeatureFusionBackward"}
-    for name, call in _fusion_calls().items():
-        assert call().grad_fn.name() == expected[name]
+    for name, call in _fusion_calls().items():  # the torch.ops.labfast operator, Triton inside
+        assert call().grad_fn.name() == f"GeneratedBackwardFor_labfast_{name}_defaultBackward"
 
 
 def test_forced_cuda_on_cpu_raises_a_clear_error(clean_backend_env):

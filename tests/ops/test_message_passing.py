@@ -199,15 +199,15 @@ def test_non_contiguous_features_are_handled():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_forced_triton_backend_routes_through_the_fused_function(monkeypatch):
+def test_forced_triton_backend_routes_through_the_operator(monkeypatch):
     tensors = make_inputs(1, 2, 4, 4, 4, 3, ((0, 1),), torch.float32)
     features = tensors[0].requires_grad_()
     monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "triton")
     assert type(message_passing(features, tensors[1], tensors[2], [[0, 1]]).grad_fn).__name__ == \
-        "MessagePassingFunctionBackward"
+        "GeneratedBackwardFor_labfast_message_passing_defaultBackward"
     monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "reference")
     assert type(message_passing(features, tensors[1], tensors[2], [[0, 1]]).grad_fn).__name__ != \
-        "MessagePassingFunctionBackward"
+        "GeneratedBackwardFor_labfast_message_passing_defaultBackward"
 
 
 @pytest.mark.parametrize("change, message", [

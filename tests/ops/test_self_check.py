@@ -141,13 +141,8 @@ def test_fusion_and_heatmap_triton_paths_fall_back_when_a_specialisation_does_no
     import labfast.kernels.fusion as fusion_kernels
     from labfast.ops import boundary_heatmaps, boundary_heatmaps_ref, fusion
 
-    class DoesNotCompile:
-        @staticmethod
-        def apply(*args):
-            does_not_compile(None, None, None, None)
-
-    for name in ("InputFusion", "HeatmapFeatureConcat", "FeatureFusion"):
-        monkeypatch.setattr(fusion_kernels, name, DoesNotCompile)
+    for name in ("input_fusion_forward", "heatmap_feature_concat_forward", "feature_fusion_forward"):
+        monkeypatch.setattr(fusion_kernels, name, lambda *args: does_not_compile(None, None, None, None))
     monkeypatch.setattr(heatmap_kernels, "boundary_heatmaps_triton", lambda *args: does_not_compile(*args[:4]))
     for op in ("fusion", "boundary_heatmaps"):  # both passed their self-check earlier
         backend._self_checked[(op, "triton", torch.float32, "cpu")] = None
