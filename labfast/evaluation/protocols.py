@@ -1,0 +1,276 @@
+"""``labfast eval``: a checkpoint on a data set's test protocol, as the paper's tables print it.
+
+    labfast eval --checkpoint best.pt --dataset 300w --data-root DATA/300w [--subset common] [--flip]
+                 [--boxes gt|detector]
+
+Prints one row per subset (NME %, FR@10 %, AUC@10) — 300-W common / challenging / full (and the
+300-W test set on request), WFLW full and its six attribute subsets, COFW, AFLW full / frontal —
+and writes ``metrics.json`` plus a CED plot (``ced.png``) to ``--out`` (default: ``labfast-eval-DATASET``
+in the working directory). ``--checkpoint`` defaults to the shipped weights.
+
+A malformed annotation (a ``.pts`` with the wrong number of points, an unreadable line) is skipped
+with a warning and counted in the table and ``metrics.json``; ``--strict`` stops at the first one.
+The command exits with status 1 when no subset could be evaluated.
+
+Errors are measured in the original image: predictions in crop coordinates are mapped back with
+the inverse of the crop's affine transform before the NME is taken against the annotation.
+
+``--boxes gt`` (default) crops every face from its annotated landmark box, the protocol's box.
+``--boxes detector`` crops it from the face detector's box (converted to a landmark box), as a user
+gets it from a photo: each annotated face takes the detection that contains its box's centre and
+overlaps it most; a face with no such detection is *missed* and scored ``MISSED_NME`` (a failure
+at every threshold, and it weighs on the mean NME), so a detector that finds fewer faces never looks
+better.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from labfast import checkpoint, data, metrics, plots
+from labfast.inference.runtime import add_threads_argument, set_threads
+
+logger = logging.getLogger("labfast.evaluation.protocols")
+
+NORMALISER_NAMES = {"inter_ocular": "inter-ocular distance", "inter_pupil": "inter-pupil distance",
+                    "box": "face box size, sqrt(w·h)"}
+DEFAULT_SUBSETS = {
+    "300w": ("common", "challenging", "full"),
+    "wflw": ("full", "pose", "expression", "illumination", "makeup", "occlusion", "blur"),
+    "cofw": ("test",),
+    "aflw": ("full", "frontal"),
+}
+
+
+def read_test_faces(dataset: str, root: Path, subset: str, strict: bool = True) -> list:
+    if dataset == "300w":
+        return data.read_300w(root, subset=subset, strict=strict)
+    if dataset == "wflw":
+        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset, strict=strict)
+    if dataset == "cofw":
+        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root, strict=strict)
+    if dataset == "aflw":
+        return data.read_aflw(root, split=subset, strict=strict)
+    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SUBSETS)}")
+
+
+#: NME given to a face the detector missed: one whole normaliser (inter-ocular distance for 300-W),
+#: ten times the failure threshold.
+MISSED_NME = 1.0
+BOX_SOURCES = ("gt", "detector")
+
+
+def detect_landmark_boxes(image_bgr: np.ndarray) -> np.ndarray:
+    """Faces found by the default detector (shipped YuNet) as landmark-extent boxes ``(F, 4)``."""
+    from labfast.inference import detect
+
+    return detect.detect_landmark_boxes(image_bgr).boxes
+
+
+def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
+    """For each annotated face, the detected box that contains its box's centre and overlaps it
+    most (``labfast.tools.detector_fit.match``, the rule the detector's box conversion was fitted with),
+    or ``None`` when the detector missed it."""
+    from labfast.tools.detector_fit import match
+
+    matched = []
+    for sample in samples:
+        image = sample.image if sample.image is not None else data.read_image_bgr(sample.image_path)
+        boxes = np.asarray(detect(image), np.float64).reshape(-1, 4)
+        index = match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
+        matched.append(None if index is None else boxes[index])
+    return matched
+
+
+class _SkipCounter(logging.Handler):
+    """Adds up the "skipped N bad entries" summaries the readers log (``labfast.data``) with ``strict=False``."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.skipped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("skipped %d bad entries") and record.args:
+            self.skipped += int(record.args[0])
+
+
+@contextlib.contextmanager
+def count_skipped():
+    """Count the annotations the data readers skip inside the block (``counter.skipped``)."""
+    counter = _SkipCounter()
+    reader_logger = logging.getLogger("labfast.data")
+    reader_logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        reader_logger.removeHandler(counter)
+
+
+def invert_affine(affine: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of 2×3 affine matrices ``(N, 2, 3)``."""
+    linear, offset = affine[:, :, :2], affine[:, :, 2:]
+    inverse = torch.linalg.inv(linear)
+    return torch.cat([inverse, -inverse @ offset], dim=2)
+
+
+def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """``(N, L, 2)`` points through ``(N, 2, 3)`` matrices."""
+    return points @ affine[:, :, :2].transpose(1, 2) + affine[:, :, 2].unsqueeze(1)
+
+
+@torch.no_grad()
+def predict_faces(model, samples: list, device: torch.device, batch_size: int = 32, flip: bool = False,
+                  progress: bool = True) -> np.ndarray:
+    """Landmarks ``(N, L, 2)`` for annotated faces, in original image coordinates.
+
+    With ``flip``, the prediction is averaged with the one for the mirrored crop, mapped back
+    through ``x -> W - 1 - x`` and the scheme's flip permutation (test-time augmentation).
+    """
+    input_size = model.config.input_size
+    dataset = data.FaceDataset(samples, model.scheme, input_size=input_size, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    permutation = torch.tensor(model.scheme.flip_permutation)
+    predictions = []
+    for batch in tqdm(loader, desc="faces", unit="batch", disable=not progress, leave=False):
+        images = batch["image"].to(device)
+        landmarks = model(images).landmarks.float().cpu()
+        if flip:
+            mirrored = model(images.flip(-1)).landmarks.float().cpu()
+            unflipped = torch.empty_like(mirrored)
+            unflipped[:, permutation] = mirrored  # mirrored point i is the original's permutation[i]
+            unflipped[..., 0] = input_size - 1 - unflipped[..., 0]
+            landmarks = (landmarks + unflipped) / 2
+        predictions.append(apply_affine(landmarks, invert_affine(batch["affine"].double()).float()))
+    return torch.cat(predictions).numpy()
+
+
+def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: torch.device,
+             batch_size: int = 32, flip: bool = False, boxes: str = "gt", detect=detect_landmark_boxes,
+             strict: bool = False) -> dict[str, Any]:
+    """NME / FR / AUC per subset; a subset whose files are absent (or that has no readable face) is
+    reported, not skipped silently. Malformed annotations are skipped and counted (``skipped``)
+    unless ``strict``, where the first one raises ``labfast.data.AnnotationError``.
+
+    ``boxes``: ``"gt"`` crops from the annotated boxes, ``"detector"`` from ``detect``'s boxes
+    (missed faces scored ``MISSED_NME``; module docstring).
+    """
+    if boxes not in BOX_SOURCES:
+        raise ValueError(f"boxes must be one of {', '.join(BOX_SOURCES)}, got {boxes!r}")
+    results: dict[str, Any] = {}
+    for subset in subsets:
+        try:
+            with count_skipped() as counter:
+                samples = read_test_faces(dataset, root, subset, strict=strict)
+        except FileNotFoundError as error:
+            results[subset] = {"missing": str(error)}
+            logger.warning("%s %s: not evaluated (%s)", dataset, subset, error)
+            continue
+        if not samples:
+            results[subset] = {"missing": f"no readable face ({counter.skipped} malformed annotation(s) skipped)"}
+            logger.warning("%s %s: not evaluated (no readable face)", dataset, subset)
+            continue
+        truth = np.stack([sample.landmarks for sample in samples])
+        annotated_boxes = np.stack([sample.box for sample in samples])
+        if boxes == "gt":
+            found = np.ones(len(samples), bool)
+            cropped = samples
+        else:
+            detected = match_detections(samples, detect)
+            found = np.array([box is not None for box in detected])
+            cropped = [dataclasses.replace(sample, box=box) for sample, box in zip(samples, detected) if box is not None]
+        nmes = np.full(len(samples), MISSED_NME)
+        if cropped:
+            predicted = predict_faces(model, cropped, device, batch_size=batch_size, flip=flip)
+            nmes[found] = metrics.nme(predicted, truth[found], model.scheme, boxes=annotated_boxes[found])
+        results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()),
+                           "skipped": counter.skipped, "nmes": nmes.tolist()}
+    return results
+
+
+def format_table(dataset: str, results: dict[str, Any]) -> str:
+    lines = [f"{'subset':<14}{'faces':>7}{'missed':>8}{'NME %':>9}{'FR@10 %':>10}{'AUC@10':>9}"]
+    for subset, row in results.items():
+        if "missing" in row:
+            lines.append(f"{subset:<14}{'—':>7}  not evaluated: {row['missing']}")
+            continue
+        skipped = f"  ({row['skipped']} malformed annotation(s) skipped)" if row.get("skipped") else ""
+        lines.append(f"{subset:<14}{row['faces']:>7}{row.get('missed', 0):>8}{row['nme']:>9.2f}{row['fr']:>10.2f}"
+                     f"{row['auc']:>9.4f}{skipped}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="a labfast checkpoint (default: the weights shipped with labfast)")
+    parser.add_argument("--dataset", required=True, choices=sorted(DEFAULT_SUBSETS))
+    parser.add_argument("--data-root", required=True, help="the data set's root folder (or .mat file for COFW)")
+    parser.add_argument("--subset", action="append", help="subset(s) to evaluate (default: all of the protocol's)")
+    parser.add_argument("--flip", action="store_true", help="average with the prediction for the mirrored face")
+    parser.add_argument("--boxes", choices=BOX_SOURCES, default="gt",
+                        help="crop from the annotated boxes (gt) or from the face detector's (detector; missed faces fail)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: labfast-eval-DATASET in the working directory)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed annotation instead of skipping it")
+    add_threads_argument(parser)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(args) -> int:
+    from labfast.inference.aligner import default_weights
+    from labfast.data import AnnotationError
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        set_threads(args.threads)
+    weights = args.checkpoint or default_weights()
+    model, info = checkpoint.load_model(weights, device=device)
+    if model.scheme.name != args.dataset:
+        raise SystemExit(f"labfast eval: {weights} predicts the {model.scheme.name} scheme, not {args.dataset}")
+    subsets = tuple(args.subset or DEFAULT_SUBSETS[args.dataset])
+    try:
+        results = evaluate(model, args.dataset, Path(args.data_root), subsets, device, batch_size=args.batch,
+                           flip=args.flip, boxes=args.boxes, strict=args.strict)
+    except AnnotationError as error:
+        raise SystemExit(f"labfast eval: {error} (--strict; without it malformed annotations are skipped and counted)") from None
+    print(f"{args.dataset} — {weights}, {args.boxes} boxes{' (flip averaged)' if args.flip else ''}")
+    print(format_table(args.dataset, results))
+    out = Path(args.out) if args.out else Path.cwd() / f"labfast-eval-{args.dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({
+        "checkpoint": str(weights), "dataset": args.dataset, "flip": args.flip, "boxes": args.boxes,
+        "units": {"nme": "% of the normaliser", "fr": "% of faces", "auc": "fraction (0-1)",
+                  "nmes": "% of the normaliser, per face", "normaliser": model.scheme.normalizer,
+                  "failure_threshold": "NME 10 %"},
+        "results": _in_percent(results)}, indent=2) + "\n")
+    written = [out / "metrics.json"]
+    curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
+    if curves:
+        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution",
+                       normaliser=NORMALISER_NAMES[model.scheme.normalizer])
+        written.append(out / "ced.png")
+    print(f"wrote {' and '.join(str(path) for path in written)}")
+    if not curves:
+        logger.error("nothing was evaluated: no subset of %s could be read under %s", args.dataset, args.data_root)
+        return 1
+    return 0
+
+
+def _in_percent(results: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``'s one unit: per-face NMEs in % like the summary NME (``metrics.summarize``)."""
+    return {subset: {**row, "nmes": [round(100 * value, 4) for value in row["nmes"]]} if "nmes" in row else row
+            for subset, row in results.items()}

@@ -1,0 +1,1 @@
+"""Training: presets, the loop, the step, its state (resume) and the schedule."""
