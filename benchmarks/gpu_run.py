@@ -344,7 +344,7 @@ def release(checkpoint_path: Path, dest: Path) -> None:
     import torch
 
     from labfast import checkpoint
-    from labfast.export import release as release_checkpoint
+    from labfast.inference.export import release as release_checkpoint
     from labfast.model import LAB
 
     model, info = checkpoint.load_model(checkpoint_path)

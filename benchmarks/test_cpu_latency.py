@@ -33,10 +33,10 @@ import numpy as np
 import pytest
 import torch
 
-from labfast import bench
-from labfast.aligner import FaceAligner
+from labfast.perf import bench
+from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
-from labfast.demo import BUNDLED_DATA
+from labfast.commands.demo import BUNDLED_DATA
 
 
 def dlib_predictor():
@@ -89,7 +89,7 @@ def measure(rounds: int, faces: list, threads: tuple[int, ...] = (1, 2), warmup:
 
 
 def optional_versions() -> dict:
-    """Versions of the runtimes measured here that ``labfast.bench.versions`` does not list."""
+    """Versions of the runtimes measured here that ``labfast.perf.bench.versions`` does not list."""
     found = {}
     for name in ("onnxruntime", "dlib"):
         if importlib.util.find_spec(name) is not None:

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-import labfast.train
-from labfast import checkpoint, config_fields, presets
-from labfast.demo import BUNDLED_DATA
-from labfast.evaluate import predict_faces
+import labfast.train.loop
+from labfast import checkpoint, config_fields
+from labfast.train import presets
+from labfast.commands.demo import BUNDLED_DATA
+from labfast.evaluation.protocols import predict_faces
 from labfast.metrics import nme
 from labfast.model import LABConfig
-from labfast.train import (_checkpoint_due, build_model, read_training_faces, restore_training_state,
+from labfast.train.loop import (_checkpoint_due, build_model, read_training_faces, restore_training_state,
                            set_training_mode, train)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_a_crash_mid_epoch_resumes_exactly_from_the_periodic_checkpoint(tmp_path
     """Without mid-epoch checkpoints a crash loses the epoch: last.pt would still say step 2."""
     train(tiny_config(tmp_path), tmp_path / "straight")
     config = tiny_config(tmp_path, "checkpoint_every_steps=1")
-    real_step, calls = labfast.train._train_step, []
+    real_step, calls = labfast.train.loop._train_step, []
 
     def crash_at_step_4(*args):
         calls.append(1)
@@ -73,12 +74,12 @@ def test_a_crash_mid_epoch_resumes_exactly_from_the_periodic_checkpoint(tmp_path
             raise KeyboardInterrupt("killed")
         return real_step(*args)
 
-    monkeypatch.setattr(labfast.train, "_train_step", crash_at_step_4)
+    monkeypatch.setattr(labfast.train.loop, "_train_step", crash_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "crashed")
     saved = checkpoint.load(tmp_path / "crashed" / "last.pt")
     assert (saved["epoch"], saved["batches_done"], saved["step"]) == (1, 1, 3)  # inside epoch 1 of 2 batches
-    monkeypatch.setattr(labfast.train, "_train_step", real_step)
+    monkeypatch.setattr(labfast.train.loop, "_train_step", real_step)
     assert train(config, tmp_path / "crashed", resume=True)["steps"] == 4
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed")
     for name in straight:
@@ -192,7 +193,7 @@ def test_override_leaves_the_preset_untouched():
 
 
 def test_the_documented_override_examples_apply():
-    texts = [(REPOSITORY / "README.md").read_text(), Path(labfast.train.__file__).read_text(),
+    texts = [(REPOSITORY / "README.md").read_text(), Path(labfast.train.loop.__file__).read_text(),
              Path(presets.__file__).read_text()]
     examples = sorted({match for text in texts for match in re.findall(r"\b(?:model|augment)\.\w+=[^\s`\])]+", text)})
     assert {"augment.rotation_deg=20", "model.stacks=2"} <= set(examples), examples
@@ -226,7 +227,7 @@ def _faces_with_a_corrupt_image(tmp_path: Path) -> tuple[Path, Path]:
 def test_an_unreadable_image_is_skipped_named_and_counted_with_workers(tmp_path, caplog):
     root, corrupt = _faces_with_a_corrupt_image(tmp_path)
     config = tiny_config(tmp_path, f"data_root={root}", "num_workers=1", "max_bad_fraction=0.2", "log_every=1")
-    with caplog.at_level(logging.WARNING, logger="labfast.train"):
+    with caplog.at_level(logging.WARNING, logger="labfast.train.loop"):
         summary = train(config, tmp_path / "run")
     assert summary["steps"] == 4  # the batch that held it trained on its 3 readable faces
     named = [record for record in caplog.records if corrupt.name in record.getMessage()]
@@ -344,7 +345,7 @@ def test_cross_data_set_regressor_trains_on_a_frozen_estimator_of_other_boundari
 def test_train_step_rejects_a_non_finite_landmark_naming_the_sample(tmp_path):
     # The step's ground truth (labfast.ops.boundary_heatmaps) names the sample and the landmark,
     # before any optimiser step; it used to surface only as "training loss is nan".
-    from labfast.train import _train_step
+    from labfast.train.loop import _train_step
 
     config = tiny_config(tmp_path)
     model = build_model(config)
@@ -360,11 +361,11 @@ def test_train_step_rejects_a_non_finite_landmark_naming_the_sample(tmp_path):
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
-# ----------------------------------------------------------------------------- time budget (labfast.schedule)
+# ----------------------------------------------------------------------------- time budget (labfast.train.schedule)
 
 
 def test_time_budget_fits_whole_epochs_into_the_time_left():
-    from labfast.schedule import PLANNED_SHARE, fitted_epochs
+    from labfast.train.schedule import PLANNED_SHARE, fitted_epochs
 
     # 100 s left at 10 s an epoch: floor(100 * 0.95 / 10) = 9 more after the 2 done
     assert PLANNED_SHARE == 0.95 and fitted_epochs(2, 100.0, 10.0, preset_epochs=60) == 11
@@ -373,14 +374,14 @@ def test_time_budget_fits_whole_epochs_into_the_time_left():
 
 
 def test_time_budget_keeps_milestones_at_their_fractions_of_the_schedule():
-    from labfast.schedule import scaled_milestones
+    from labfast.train.schedule import scaled_milestones
 
     assert scaled_milestones((40, 55), preset_epochs=60, epochs=30, epochs_done=2) == (20, 28)  # 27.5 rounds to 28
     assert scaled_milestones((40, 55), preset_epochs=60, epochs=3, epochs_done=2) == (2, 3)  # 2 and 2.75
 
 
 def test_time_budget_sizes_the_schedule_from_the_second_epochs_wall_time():
-    from labfast.schedule import TimeBudget
+    from labfast.train.schedule import TimeBudget
 
     config = presets.get("300w")  # 60 epochs, milestones (40, 55)
     config.time_budget_minutes = 2.0
@@ -438,7 +439,7 @@ def test_an_unreadable_validation_image_is_left_out_named_and_the_run_goes_on(tm
     corrupt = root / Path(held_out[0].image_path).relative_to(BUNDLED_DATA)
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
     config = tiny_config(tmp_path, f"data_root={root}", "train_limit=10", "val_fraction=0.2", "epochs=1")
-    with caplog.at_level(logging.WARNING, logger="labfast.train"):
+    with caplog.at_level(logging.WARNING, logger="labfast.train.loop"):
         train(config, tmp_path / "run")
     assert any("validation" in r.getMessage() and corrupt.name in r.getMessage() for r in caplog.records)
     assert len(scalars(tmp_path / "run", "val_nme")) == 1
@@ -447,7 +448,7 @@ def test_an_unreadable_validation_image_is_left_out_named_and_the_run_goes_on(tm
 def _deadline_worker(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
-    from labfast.train import Runtime, _past_deadline
+    from labfast.train.loop import Runtime, _past_deadline
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

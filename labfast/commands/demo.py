@@ -28,7 +28,8 @@ from labfast.train import presets
 from labfast.inference.aligner import FaceAligner, default_weights
 from labfast.inference.runtime import add_threads_argument, set_threads
 from labfast.data import read_image_bgr
-from labfast.evaluation.protocols import format_table, predict_faces, resolve_device
+from labfast.evaluation.protocols import format_table, predict_faces
+from labfast.inference.aligner import resolve_device
 from labfast.inference.overlay import draw_faces
 from labfast.train.loop import read_training_faces, train
 

@@ -50,7 +50,7 @@ class AugmentConfig:
     """
 
     # YuNet's box error after its fitted conversion, on the 2012 300-W training faces
-    # (``labfast.detect.box_error("yunet")``, measured by ``python -m labfast.detector_fit``; 2012 of 2012
+    # (``labfast.inference.detect.box_error("yunet")``, measured by ``python -m labfast.tools.detector_fit``; 2012 of 2012
     # found): centre error std 0.029 (x) / 0.028 (y) of the landmark box's longer side, log side-ratio
     # std 0.042 (converted vs landmark box IoU: median 0.90, 10th percentile 0.83). A test pins these.
     box_shift_std: float = 0.029

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

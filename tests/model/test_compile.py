@@ -13,7 +13,7 @@ import torch
 from torch._dynamo.backends.common import aot_autograd
 
 from labfast.model import LAB, config_by_name
-from labfast.train import training_losses
+from labfast.train.loop import training_losses
 
 BACKENDS = ["reference", "triton"]
 FORWARD_OPERATORS = {"labfast.input_fusion.default", "labfast.message_passing.default",
