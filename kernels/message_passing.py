@@ -64,9 +64,6 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from labfast.ops.message_passing import check_message_passing_arguments
-
-
 
 @triton.jit
 def _message_passing_forward_kernel(
@@ -443,7 +440,10 @@ def grad_weights(features, grad_out, tables, channels, ksize, splits=None):
 
 
 def message_passing_forward(features, weights, bias, edges, num_branches):
-    """The fused forward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs."""
+    """The fused forward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs. The arguments are
+    those ``labfast.ops.message_passing`` checked, in one of the kernels' dtypes."""
+    if features.dtype not in _TL_DTYPES:
+        raise ValueError(f"features dtype {features.dtype} is not one of {', '.join(map(str, _TL_DTYPES))}")
     features = features.contiguous()
     weights = weights.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -473,35 +473,3 @@ def message_passing_backward(grad_out, features, weights, edges, num_branches, n
         per_branch = grad_out.view(n, -1, channels, h * w).sum(dim=(0, 3), dtype=accumulate)
         grad_bias = per_branch[tables.edge_destination.long()].to(weights.dtype)
     return grad_features, grad_weights_, grad_bias
-
-
-class MessagePassingFunction(torch.autograd.Function):
-    """``message_passing_forward`` with its backward, for direct calls (parity tests, self-check)."""
-
-    @staticmethod
-    def forward(ctx, features, weights, bias, edges, num_branches):
-        ctx.save_for_backward(features, weights)
-        ctx.edges, ctx.num_branches = edges, num_branches
-        ctx.has_bias = bias is not None
-        return message_passing_forward(features, weights, bias, edges, num_branches)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        features, weights = ctx.saved_tensors
-        needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
-        return (*message_passing_backward(grad_out, features, weights, ctx.edges, ctx.num_branches, needs),
-                None, None)
-
-
-def message_passing_triton(
-    features: torch.Tensor,
-    weights: torch.Tensor,
-    bias: torch.Tensor | None,
-    edges,
-) -> torch.Tensor:
-    """Triton path of ``labfast.ops.message_passing`` (same signature and result)."""
-    edges, num_branches = check_message_passing_arguments(features, weights, bias, edges)
-    if features.dtype not in _TL_DTYPES:
-        raise ValueError(f"features dtype {features.dtype} is not one of {', '.join(map(str, _TL_DTYPES))}")
-    return MessagePassingFunction.apply(features, weights, bias, edges, num_branches)

@@ -228,17 +228,6 @@ def test_bad_arguments_name_the_argument():
         batch_norm_act(x, ones, ones, None, None, training=False)
 
 
-def test_custom_ops_pass_opcheck(triton_forced):
-    x, residual, weight, bias, running_mean, running_var = make_inputs((2, 5, 3, 3))
-    torch.library.opcheck(torch.ops.labfast.batch_norm_statistics, (x, running_mean, running_var, 0.1, 1e-5),
-                          test_utils=("test_schema", "test_faketensor"))
-    mean, invstd = x.mean(dim=(0, 2, 3)), (x.var(dim=(0, 2, 3), unbiased=False) + 1e-5).rsqrt()
-    for training, relu in ((True, True), (False, False)):
-        arguments = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), mean, invstd,
-                     residual.requires_grad_(), training, relu)
-        torch.library.opcheck(torch.ops.labfast.batch_norm_act, arguments)
-
-
 def test_module_compiles_in_one_graph(triton_forced):
     """``torch.compile(fullgraph=True)`` of a conv + ``BatchNormAct`` block traces the custom ops
     without a graph break (fullgraph raises on any), runs forward and backward, and agrees with eager."""
