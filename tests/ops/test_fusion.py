@@ -294,6 +294,39 @@ def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(triton
     torch.testing.assert_close(grads[0], expected[0], rtol=1e-6, atol=1e-6)
 
 
+@interpreted
+def test_operators_run_the_references_inside_where_the_kernels_do_not_compile(monkeypatch):
+    """A fast path that fails to compile falls back inside the forward and the backward operator
+    (``backend.run``): outputs and gradients are the references' (float64: the same arithmetic)."""
+    import labfast.kernels.fusion as kernels
+
+    def does_not_compile(*arguments):
+        raise subprocess.CalledProcessError(255, ["ptxas"], "ptxas fatal: Unresolved extern function")
+
+    for name in ("input_fusion", "heatmap_feature_concat", "feature_fusion"):
+        for step in ("forward", "backward"):
+            monkeypatch.setattr(kernels, f"{name}_{step}", does_not_compile)
+    monkeypatch.setattr(backend, "_takes_fast_paths", lambda tensor: True)  # CUDA's automatic choice
+    generator = torch.Generator().manual_seed(0)
+    image, heatmaps = (torch.rand(shape, generator=generator, dtype=torch.float64) for shape in
+                       ((1, 3, 8, 8), (1, 2, 4, 4)))
+    features, gate = (torch.rand(1, 4, 2, 2, generator=generator, dtype=torch.float64) for _ in range(2))
+    for public, reference, inputs in ((input_fusion, input_fusion_ref, [image, heatmaps]),
+                                      (heatmap_feature_concat, heatmap_feature_concat_ref, [heatmaps, features]),
+                                      (feature_fusion, feature_fusion_ref, [features, gate])):
+        # the Triton path passed its self-check; the first launch does not compile
+        monkeypatch.setattr(backend, "_self_checked", {("fusion", "triton", torch.float64, "cpu"): None})
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        assert public(*leaves).grad_fn.name().startswith("GeneratedBackwardFor_labfast_")
+        monkeypatch.setattr(backend, "_self_checked", {("fusion", "triton", torch.float64, "cpu"): None})
+        grad_out = torch.randn(reference(*inputs).shape, generator=generator, dtype=torch.float64)
+        (out, grads), (expected_out, expected_grads) = (run(function, inputs, grad_out)
+                                                        for function in (public, reference))
+        torch.testing.assert_close(out, expected_out, rtol=1e-15, atol=1e-15)
+        for grad, expected in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-15, atol=1e-15)
+
+
 @pytest.fixture
 def clean_backend_env(monkeypatch):
     monkeypatch.delenv("LABFAST_BACKEND", raising=False)
