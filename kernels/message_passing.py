@@ -372,20 +372,17 @@ def _convolve_and_route(x, flat_weights, bias, tables, channels, ksize):
         x, flat_weights, bias if bias is not None else flat_weights, out,
         offsets, edge_index, gathered,
         height, width, channels_total, patch_rows, patch_cols,
-        C=channels,
-        KSIZE=ksize,
-        PATCH_Y=patch_y,
-        PATCH_X=patch_x,
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=_accumulator(x.dtype),
-        DOT_DTYPE=_dot_operand(x.dtype),
-        INPUT_PRECISION=_input_precision(x.dtype),
-        BLOCK_P=blocks.p,
-        BLOCK_R=blocks.r,
-        BLOCK_N=block_n,
-        num_warps=blocks.warps,
+        HAS_BIAS=bias is not None, **_launch_constants(channels, ksize, x.dtype, blocks, block_n),
     )
     return out.to(x.dtype)
+
+
+def _launch_constants(channels: int, ksize: int, dtype: torch.dtype, blocks: Blocks, block_n: int) -> dict:
+    """The compile-time arguments both kernels take (and ``num_warps``)."""
+    patch_y, patch_x = patch_shape(channels)
+    return dict(C=channels, KSIZE=ksize, PATCH_Y=patch_y, PATCH_X=patch_x, ACC_DTYPE=_accumulator(dtype),
+                DOT_DTYPE=_dot_operand(dtype), INPUT_PRECISION=_input_precision(dtype), BLOCK_P=blocks.p,
+                BLOCK_R=blocks.r, BLOCK_N=block_n, num_warps=blocks.warps)
 
 
 def _block_n(columns: int) -> int:
@@ -424,17 +421,7 @@ def grad_weights(features, grad_out, tables, channels, ksize, splits=None):
     _message_passing_grad_weight_kernel[(num_edges, rc_blocks, splits)](
         features, grad_out, partial, tables.edge_source, tables.edge_destination,
         num_edges, n, height, width, channels_total, patch_rows, patch_cols,
-        C=channels,
-        KSIZE=ksize,
-        PATCH_Y=patch_y,
-        PATCH_X=patch_x,
-        ACC_DTYPE=_accumulator(features.dtype),
-        DOT_DTYPE=_dot_operand(features.dtype),
-        INPUT_PRECISION=_input_precision(features.dtype),
-        BLOCK_P=blocks.p,
-        BLOCK_R=blocks.r,
-        BLOCK_N=block_n,
-        num_warps=blocks.warps,
+        **_launch_constants(channels, ksize, features.dtype, blocks, block_n),
     )
     return _fold_patch_weights(partial.sum(0) if splits > 1 else partial[0], patch, channels, ksize)
 

@@ -45,7 +45,7 @@ from typing import TypeVar
 
 import torch
 
-from labfast.ops import cuda_extension
+import labfast.ops.cuda_extension as cuda_extension
 
 logger = logging.getLogger("labfast.ops")
 

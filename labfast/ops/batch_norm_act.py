@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
 
 OP = "batch_norm_act"
 FAST_PATHS = ("triton",)

@@ -58,7 +58,8 @@ import math
 
 import torch
 
-from labfast.ops import backend, cuda_extension
+import labfast.ops.backend as backend
+import labfast.ops.cuda_extension as cuda_extension
 from labfast.schemes import Scheme, get
 
 OP = "boundary_heatmaps"

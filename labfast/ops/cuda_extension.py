@@ -22,7 +22,7 @@ import torch
 def status() -> str | None:
     """``None`` if the compiled ``labfast._cuda`` extension loads, else the reason."""
     try:
-        from labfast import _cuda  # noqa: F401  (registers torch.ops.labfast_cuda)
+        import labfast._cuda  # noqa: F401  (registers torch.ops.labfast_cuda)
     except Exception as error:
         return f"the CUDA extension labfast._cuda is not built ({error}); build with LABFAST_BUILD_CUDA=1"
     for name, fake in FAKES.items():

@@ -27,7 +27,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from labfast.ops import backend, cuda_extension
+import labfast.ops.backend as backend
+import labfast.ops.cuda_extension as cuda_extension
 
 OP = "fusion"
 FAST_PATHS = ("triton", "cuda")

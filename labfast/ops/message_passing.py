@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
 
 OP = "message_passing"
 FAST_PATHS = ("triton",)

@@ -17,7 +17,12 @@ import dataclasses
 from collections.abc import Callable
 from types import ModuleType
 
-from labfast.ops import batch_norm_act, boundary_heatmaps, fusion, message_passing
+# Submodules by their full names: the package's __init__ imports this module (and exports the
+# functions, which share some of these modules' names, once this module has run).
+import labfast.ops.batch_norm_act as batch_norm_act
+import labfast.ops.boundary_heatmaps as boundary_heatmaps
+import labfast.ops.fusion as fusion
+import labfast.ops.message_passing as message_passing
 
 
 @dataclasses.dataclass(frozen=True)
