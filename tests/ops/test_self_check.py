@@ -82,7 +82,8 @@ def test_a_fast_path_that_does_not_compile_falls_back_with_one_line(monkeypatch,
 def test_a_compile_failure_after_a_passing_check_falls_back_once(monkeypatch, caplog, automatic_on_cpu):
     features, weights, bias = inputs()
     assert backend.self_check_failure("message_passing", "triton", features) is None  # the real kernel passes
-    monkeypatch.setattr(message_passing_kernels, "message_passing_forward", does_not_compile)  # a new specialisation fails
+    # a new specialisation fails
+    monkeypatch.setattr(message_passing_kernels, "message_passing_forward", does_not_compile)
     with caplog.at_level(logging.WARNING, logger="labfast.ops"):
         for _ in range(2):
             out = message_passing(features, weights, bias, EDGES)
