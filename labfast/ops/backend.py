@@ -32,7 +32,7 @@ not cached, while ``torch.compile`` traces or a CUDA graph is being captured (th
 taken unchecked), so make one eager call first to have it before compiling or capturing:
 ``FaceAligner`` runs eagerly, and an eager warm-up call (``labfast bench``'s first call of an eager
 row) checks every op it reaches. A fast path that checked out but fails to compile later, at a new
-specialisation, also falls back with one log line (``run_fast``).
+specialisation, also falls back with one log line (``_run_fast``).
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def _mismatch(fast: Sequence[torch.Tensor | None], reference: Sequence[torch.Ten
 def self_check_failure(op: str, backend: str, tensor: torch.Tensor) -> str | None:
     """Run (once per op, backend, dtype, device) the op's self-check; the failure reason or ``None``."""
     key = (op, backend, tensor.dtype, str(tensor.device))
-    if key in _self_checked:  # also holds run_fast's compile failures, checked or not
+    if key in _self_checked:  # also holds _run_fast's compile failures, checked or not
         return _self_checked[key]
     check = _self_checks.get(op)
     if check is None or not self_check_enabled() or _cannot_run_eagerly(tensor):
@@ -206,7 +206,7 @@ def compile_errors() -> tuple[type[BaseException], ...]:
 Result = TypeVar("Result")
 
 
-def run_fast(op: str, backend: str, tensor: torch.Tensor, fast: Callable[[], Result],
+def _run_fast(op: str, backend: str, tensor: torch.Tensor, fast: Callable[[], Result],
              reference: Callable[[], Result]) -> Result:
     """``fast()``, or ``reference()`` with one log line if the fast path fails to compile (a
     specialisation the self-check did not meet). A forced backend re-raises."""
@@ -232,14 +232,14 @@ def run(op: str, tensor: torch.Tensor, fast_paths: Mapping[str, Callable[[], Res
         reference: Callable[[], Result]) -> Result:
     """An operator's body: the launcher of the path ``select`` chooses for ``tensor`` (``fast_paths``
     maps each of the op's fast paths, in preference order, to a thunk), or ``reference()``. A fast
-    path that does not compile falls back (``run_fast``), except while it is under its self-check,
+    path that does not compile falls back (``_run_fast``), except while it is under its self-check,
     whose verdict the error must reach."""
     choice = select(op, tensor, supported=tuple(fast_paths))
     if choice == "reference":
         return reference()
     if (op, choice) in _checking:
         return fast_paths[choice]()
-    return run_fast(op, choice, tensor, fast_paths[choice], reference)
+    return _run_fast(op, choice, tensor, fast_paths[choice], reference)
 
 
 def _takes_fast_paths(tensor: torch.Tensor) -> bool:
