@@ -32,7 +32,7 @@ not cached, while ``torch.compile`` traces or a CUDA graph is being captured (th
 taken unchecked), so make one eager call first to have it before compiling or capturing:
 ``FaceAligner`` runs eagerly, and an eager warm-up call (``labfast bench``'s first call of an eager
 row) checks every op it reaches. A fast path that checked out but fails to compile later, at a new
-specialisation, also falls back with one log line (``_run_fast``).
+specialisation, also falls back with one log line (``run``).
 """
 from __future__ import annotations
 
