@@ -230,8 +230,8 @@ def format_table(report: WildReport) -> str:
                      f"NME on the {differences['both_found']} both found {_interval(differences['nme_both_found'])} points")
     if report.latency:
         latency = report.latency
-        times = ", ".join(f"{name} {row['median_ms']:.2f} ms" for name, row in latency["rows"].items())
-        ratio = f" (labfast {latency['ratio']:.1f}x dlib)" if latency["ratio"] else ""
+        times = ", ".join(f"{name} {row['median_ms']:.2f} ms (min {row['min_ms']:.2f})" for name, row in latency["rows"].items())
+        ratio = f"; labfast {latency['ratio']:.1f}x dlib's median" if latency["ratio"] else ""
         lines.append(f"CPU per face given a box, {latency['threads']} thread(s), median of {latency['rounds']} "
                      f"rounds: {times}{ratio}; load average {latency['load_average'][0]:.1f}")
     if report.skipped:
