@@ -85,7 +85,8 @@ class WildReport:
 
     @property
     def both_found(self) -> np.ndarray:
-        return np.logical_and.reduce([result.found for result in self.methods.values()])
+        found = [result.found for result in self.methods.values()]
+        return np.logical_and.reduce(found) if found else np.zeros(len(self.names), bool)
 
 
 def dlib_installed() -> bool:
