@@ -50,7 +50,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import importlib
 import json
 import logging
 import math
@@ -310,10 +309,6 @@ def _fast_path(backend: str, device: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- kernel cases
 
-_KERNEL_OPS = ("input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing", "batch_norm_act")
-_OP_MODULES = {"message_passing": "labfast.ops.message_passing", "batch_norm_act": "labfast.ops.batch_norm_act"}
-
-
 @dataclasses.dataclass(frozen=True)
 class KernelCase:
     """One fused op at one argument signature the model uses: tensor shapes and static arguments."""
@@ -326,14 +321,12 @@ class KernelCase:
     def label(self) -> str:
         """The op and its tensor shapes, e.g. ``feature_fusion 2x64x64x64,2x64x64x64`` (weights as ``E=``;
         batch norm: the activation's shape, ``+ residual`` when it adds one)."""
-        shapes = self.shapes[:1] if self.op in ("message_passing", "batch_norm_act") else self.shapes
-        text = ",".join("x".join(map(str, shape)) for shape in shapes if shape is not None)
-        if self.op == "batch_norm_act" and self.shapes[5] is not None:
-            text += " + residual"
+        shapes, suffix = self.shapes, ""
         if self.op == "message_passing":
-            weights = self.shapes[1]
-            text += f" E={weights[0]} k={weights[-1]}"
-        return f"{self.op} {text}"
+            shapes, suffix = self.shapes[:1], f" E={self.shapes[1][0]} k={self.shapes[1][-1]}"
+        elif self.op == "batch_norm_act":
+            shapes, suffix = self.shapes[:1], " + residual" if self.shapes[5] is not None else ""
+        return f"{self.op} " + ",".join("x".join(map(str, shape)) for shape in shapes if shape is not None) + suffix
 
 
 def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:
@@ -345,7 +338,7 @@ def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:
     from labfast.model import LAB, config_by_name
 
     seen: dict[KernelCase, None] = {}
-    originals = {name: getattr(ops, name) for name in _KERNEL_OPS}
+    originals = {name: getattr(ops, name) for name, op in ops.OPS.items() if op.model}
 
     def recorder(name):
         def record(*args):
@@ -357,7 +350,7 @@ def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:
 
     model = LAB(SCHEME, config_by_name(config_name)).to("meta").eval()
     try:
-        for name in _KERNEL_OPS:
+        for name in originals:
             setattr(ops, name, recorder(name))
         with torch.no_grad(), forced_backend("reference"):
             model(torch.zeros(batch, 3, INPUT_SIZE, INPUT_SIZE, device="meta"))
@@ -397,8 +390,7 @@ def prepare_kernel(case: KernelCase, dtype: str, backend: str, device: torch.dev
     defaults: batch statistics, running-statistic update, ReLU)."""
     from labfast import ops
 
-    module = importlib.import_module(_OP_MODULES.get(case.op, "labfast.ops.fusion"))
-    reference = getattr(module, f"{case.op}_ref")
+    reference = ops.OPS[case.op].reference
     arguments = kernel_arguments(case, dtype, device, seed)
     if backend == "reference":
         return _under("reference", lambda: reference(*arguments))

@@ -132,9 +132,6 @@ def _phase_dtype(phase: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[phase]
 
 
-_MODEL_OPS = ("message_passing", "input_fusion", "heatmap_feature_concat", "feature_fusion")
-
-
 def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> list[tuple]:
     """The argument specs ``(op, args)`` of every fused-op call of one ``LAB(scheme, config)`` forward.
 
@@ -150,7 +147,9 @@ def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> l
 
     model = LAB(scheme, config_by_name(config)).eval()
     calls: list[tuple] = []
-    originals = {name: getattr(labfast.ops, name) for name in _MODEL_OPS}
+    # batch norm has its own replay, in training and eval mode (_batch_norm_act_launch)
+    originals = {name: getattr(labfast.ops, name) for name, op in labfast.ops.OPS.items()
+                 if op.model and name != "batch_norm_act"}
 
     def recorder(name):
         def record(*args):
@@ -159,7 +158,7 @@ def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> l
             return originals[name](*args)
         return record
 
-    for name in _MODEL_OPS:
+    for name in originals:
         setattr(labfast.ops, name, recorder(name))
     try:
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():

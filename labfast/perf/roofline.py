@@ -283,10 +283,8 @@ def fused_op_predictions(config_name: str, batch: int, dtype: str) -> list[Predi
             backward_flops = 2 * flops  # grad of the input and of the weights
         elif case.op == "batch_norm_act":
             forward, backward, flops, backward_flops = _batch_norm_act_traffic(case, itemsize)
-        else:
-            out = {"input_fusion": numel[0] * (shapes[1][1] + 1),
-                   "heatmap_feature_concat": _concat_out(shapes),
-                   "feature_fusion": 2 * numel[0]}[case.op]
+        else:  # the heatmap-feature fusions
+            out = _output_elements(case)
             flops = out  # one product per output element (resizing's interpolation not counted)
             forward = (sum(numel) + out) * itemsize
             backward = (out + sum(numel) * 2) * itemsize  # grad out + inputs in, grads of the inputs out
@@ -360,10 +358,12 @@ def batch_norm_act_step_prediction(config_name: str, batch: int, dtype: str,
                       note="bound: the fused kernels' traffic; eager: the same calls unfused (batch_norm, add, relu)")
 
 
-def _concat_out(shapes: list[tuple[int, ...]]) -> int:
-    """Output elements of ``M ⊕ F``: ``(N, K + C, H, W)`` with M ``(N, K, h, w)``, F ``(N, C, H, W)``."""
-    (n, k, _, _), (_, c, h, w) = shapes
-    return n * (k + c) * h * w
+def _output_elements(case) -> int:
+    """Elements of the op's output at ``case``'s shapes: its reference run on meta tensors."""
+    from labfast.ops import OPS
+
+    tensors = [torch.empty(shape, device="meta") for shape in case.shapes if shape is not None]
+    return OPS[case.op].reference(*tensors).numel()
 
 
 def model_prediction(name: str, traffic: Traffic, dtype: str, ceilings: list[devices.Ceiling]) -> Prediction:
