@@ -178,7 +178,8 @@ def _message_passing_backward_op(
     def reference():
         inputs = (features, weights) if bias is None else (features, weights, bias)
         grads = torch.func.vjp(lambda f, w, b=None: message_passing_ref(f, w, b, pairs), *inputs)[1](grad)
-        return (*grads, None)[:3]
+        # never a view of grad (with no edges dL/dfeatures is grad itself)
+        return (*(g.clone(memory_format=torch.contiguous_format) for g in grads), None)[:3]
 
     grads = backend.run(
         OP, features,
