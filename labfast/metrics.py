@@ -17,7 +17,6 @@ All inputs may be NumPy arrays or torch tensors; results are float64 NumPy.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -131,36 +130,3 @@ def summarize(nmes, threshold: float = 0.10) -> dict[str, float]:
         "auc": auc(nmes, threshold),
         "count": len(nmes),
     }
-
-
-def by_attribute(
-    nmes, attributes: Sequence[Mapping[str, bool]], threshold: float = 0.10
-) -> dict[str, dict[str, float]]:
-    """Summaries of the whole set and of each attribute subset (WFLW: pose, expression, …).
-
-    Args:
-        nmes: ``(N,)`` per-face NME.
-        attributes: one dict per face, attribute name -> bool (a face is in a subset when True).
-
-    Returns:
-        ``{"full": summarize(all), name: summarize(faces with name True), …}`` in the order the
-        names first appear; a subset with no face is left out (it has no mean).
-    """
-    nmes = _check_nmes(nmes)
-    if len(attributes) != len(nmes):
-        raise ValueError(f"{len(attributes)} attribute dicts for {len(nmes)} faces")
-    members: dict[str, list[int]] = {}
-    for face, face_attributes in enumerate(attributes):
-        for name, value in face_attributes.items():
-            if name == "full":
-                raise ValueError(f"face {face}: 'full' is reserved for the whole set, not an attribute")
-            if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
-                raise ValueError(f"face {face}: attribute {name!r} must be a bool, got {value!r}")
-            members.setdefault(name, [])
-            if value:
-                members[name].append(face)
-    summaries = {"full": summarize(nmes, threshold)}
-    for name, faces in members.items():
-        if faces:
-            summaries[name] = summarize(nmes[faces], threshold)
-    return summaries

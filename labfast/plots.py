@@ -1,4 +1,4 @@
-"""Figures: CED curves of several methods, boundary heatmaps of a face.
+"""Figures: CED curves of several methods.
 
 Figures are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas — no ``pyplot`` and
 no global backend switch, so importing labfast never changes a user's matplotlib state and works
@@ -52,39 +52,3 @@ def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str
     axes.set_title(title if title is not None else f"Cumulative error distribution (threshold {100 * threshold:g} %)")
     figure.tight_layout()
     return figure
-
-
-def boundary_image(heatmaps) -> np.ndarray:
-    """``(K, H, W)`` boundary heatmaps of one face -> ``(H, W)`` float32, the maximum over the K lines."""
-    if hasattr(heatmaps, "detach"):  # a torch tensor
-        heatmaps = heatmaps.detach().cpu().numpy()
-    heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    if heatmaps.ndim != 3:
-        raise ValueError(f"heatmaps of one face must have shape (K, H, W), got {heatmaps.shape}")
-    return heatmaps.max(axis=0)
-
-
-def plot_boundaries(heatmaps, path, landmarks=None, title: str | None = None) -> Path:
-    """Write a PNG of a face's boundary heatmaps (max over K), optionally with ``(L, 2)`` landmarks
-    in the same heatmap pixel units drawn on top (pixel centres at integer coordinates). Returns the path."""
-    image = boundary_image(heatmaps)
-    figure = Figure(figsize=(4, 4), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    # extent puts pixel (row i, col j) centred on (x=j, y=i), the convention of the landmarks.
-    height, width = image.shape
-    axes.imshow(image, cmap="magma", vmin=0.0, vmax=1.0, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-    if landmarks is not None:
-        if hasattr(landmarks, "detach"):
-            landmarks = landmarks.detach().cpu().numpy()
-        landmarks = np.asarray(landmarks, dtype=np.float64)
-        if landmarks.ndim != 2 or landmarks.shape[1] != 2:
-            raise ValueError(f"landmarks must have shape (L, 2), got {landmarks.shape}")
-        axes.scatter(landmarks[:, 0], landmarks[:, 1], s=6, c="cyan")
-    axes.set_axis_off()
-    if title is not None:
-        axes.set_title(title)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    return path

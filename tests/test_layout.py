@@ -17,7 +17,7 @@ def _library_files():
 
 
 def test_import_layers_hold():
-    """commands > train, perf > evaluation > inference > model > ops > kernels > foundations; no circles."""
+    """commands > perf > train > evaluation > inference > checkpoint > model > ops > kernels > foundations; no circles."""
     lint = shutil.which("lint-imports")
     if lint is None:
         pytest.fail("import-linter is not installed (requirements.txt lists it): pip install import-linter")

@@ -132,29 +132,6 @@ def test_summaries_reject_empty_nan_negative_or_2d_errors(nmes):
         metrics.summarize(nmes)
 
 
-def test_by_attribute_summarises_each_subset():
-    nmes = np.array([0.02, 0.05, 0.20, 0.04])
-    attributes = [
-        {"pose": True, "blur": False, "occlusion": False},
-        {"pose": False, "blur": True, "occlusion": False},
-        {"pose": True, "blur": True, "occlusion": False},
-        {"pose": False, "blur": False, "occlusion": False},
-    ]
-    summaries = metrics.by_attribute(nmes, attributes)
-    assert list(summaries) == ["full", "pose", "blur"]  # no face is occluded: no subset
-    assert summaries["full"] == metrics.summarize(nmes)
-    assert summaries["pose"]["nme"] == pytest.approx(11.0, rel=RTOL)  # (0.02 + 0.20) / 2
-    assert summaries["pose"]["fr"] == 50.0 and summaries["pose"]["count"] == 2
-    assert summaries["blur"]["auc"] == pytest.approx(0.25, rel=RTOL)  # ((1 - 0.5) + 0) / 2
-
-
-def test_by_attribute_rejects_mismatched_or_non_boolean_attributes():
-    with pytest.raises(ValueError, match="3 attribute dicts for 2 faces"):
-        metrics.by_attribute([0.1, 0.2], [{}] * 3)
-    with pytest.raises(ValueError, match="face 1: attribute 'pose'"):
-        metrics.by_attribute([0.1, 0.2], [{"pose": True}, {"pose": "yes"}])
-
-
 def test_plot_ced_writes_a_png(tmp_path):
     rng = np.random.default_rng(4)
     path = plot_ced(
@@ -166,4 +143,3 @@ def test_plot_ced_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="at least one curve"):
         plot_ced({}, tmp_path / "empty.png")
-
