@@ -11,7 +11,7 @@ from labfast.data import read_300w, read_faces
 @pytest.fixture
 def calls(monkeypatch):
     """Each reader replaced by a recorder of its arguments."""
-    import labfast.data.readers as readers
+    from labfast.data import readers
 
     recorded = []
     for name in ("read_300w", "read_wflw", "read_cofw", "read_aflw"):
