@@ -17,19 +17,23 @@ from labfast import metrics
 
 
 def plot_ced(curves: Mapping[str, object], path, threshold: float = 0.10, title: str | None = None,
-             normaliser: str = "inter-ocular distance") -> Path:
+             normaliser: str = "inter-ocular distance", missed_nme: float | None = None) -> Path:
     """Write a PNG of the CED curves ``{name: (N,) per-face NME as a fraction}`` on ``[0, threshold]``
     (:func:`ced_figure`). Returns the path written."""
     path = Path(path)
-    ced_figure(curves, threshold, title, normaliser).savefig(path, bbox_inches="tight")
+    ced_figure(curves, threshold, title, normaliser, missed_nme).savefig(path, bbox_inches="tight")
     return path
 
 
 def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str | None = None,
-               normaliser: str = "inter-ocular distance") -> Figure:
+               normaliser: str = "inter-ocular distance", missed_nme: float | None = None) -> Figure:
     """The CED figure: each curve the exact step function of :func:`labfast.metrics.ced`, its x axis
     in % of ``normaliser``; the legend (NME %, FR %, AUC at ``threshold`` per curve) sits below the
-    axes, so it never hides a curve."""
+    axes, so it never hides a curve.
+
+    ``missed_nme``: the NME given to the faces a detector missed. They stay in each curve (they
+    never reach it: failures, as in FR and AUC), but the legend's mean NME is over the faces found,
+    which it counts, not a mean dominated by the stand-in value."""
     if not curves:
         raise ValueError("plot_ced needs at least one curve")
     figure = Figure(figsize=(6, 4.5 + 0.25 * len(curves)), dpi=120)
@@ -38,10 +42,12 @@ def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str
     for name, nmes in curves.items():
         x, y = metrics.ced(nmes, threshold)
         summary = metrics.summarize(nmes, threshold)
-        label = (
-            f"{name}: NME {summary['nme']:.2f}%, FR {summary['fr']:.2f}%, "
-            f"AUC {summary['auc']:.3f} (n={summary['count']})"
-        )
+        mean_nme = f"NME {summary['nme']:.2f}%"
+        if missed_nme is not None:
+            values = np.asarray(nmes, dtype=np.float64)
+            found = values[values != missed_nme]
+            mean_nme = f"NME {100 * found.mean():.2f}% on {len(found)} found" if len(found) else "no face found"
+        label = f"{name}: {mean_nme}, FR {summary['fr']:.2f}%, AUC {summary['auc']:.3f} (n={summary['count']})"
         axes.step(100 * np.asarray(x), y, where="post", label=label)
     axes.set_xlim(0.0, 100 * threshold)
     axes.set_ylim(0.0, 1.0)
