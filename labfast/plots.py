@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from labfast import metrics
+from labfast.arrays import as_numpy
 
 
 def plot_ced(curves: Mapping[str, object], path, threshold: float = 0.10, title: str | None = None,
@@ -56,9 +57,7 @@ def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str
 
 def boundary_image(heatmaps) -> np.ndarray:
     """``(K, H, W)`` boundary heatmaps of one face -> ``(H, W)`` float32, the maximum over the K lines."""
-    if hasattr(heatmaps, "detach"):  # a torch tensor
-        heatmaps = heatmaps.detach().cpu().numpy()
-    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    heatmaps = as_numpy(heatmaps, np.float32)
     if heatmaps.ndim != 3:
         raise ValueError(f"heatmaps of one face must have shape (K, H, W), got {heatmaps.shape}")
     return heatmaps.max(axis=0)
@@ -75,9 +74,7 @@ def plot_boundaries(heatmaps, path, landmarks=None, title: str | None = None) ->
     height, width = image.shape
     axes.imshow(image, cmap="magma", vmin=0.0, vmax=1.0, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     if landmarks is not None:
-        if hasattr(landmarks, "detach"):
-            landmarks = landmarks.detach().cpu().numpy()
-        landmarks = np.asarray(landmarks, dtype=np.float64)
+        landmarks = as_numpy(landmarks)
         if landmarks.ndim != 2 or landmarks.shape[1] != 2:
             raise ValueError(f"landmarks must have shape (L, 2), got {landmarks.shape}")
         axes.scatter(landmarks[:, 0], landmarks[:, 1], s=6, c="cyan")
