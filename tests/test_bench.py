@@ -15,8 +15,8 @@ from labfast.cli import main
 from labfast.inference.aligner import default_weights
 from labfast.perf import bench, devices, measure, plan, timing
 from labfast.perf.inputs import synthetic_faces
-from labfast.perf.sections import SECTIONS
 from labfast.perf.op_calls import kernel_cases
+from labfast.perf.sections import SECTIONS
 
 
 @pytest.fixture(scope="module")

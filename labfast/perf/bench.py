@@ -35,7 +35,7 @@ import datetime
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

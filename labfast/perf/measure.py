@@ -9,10 +9,12 @@ min(peak FLOP/s, intensity x bandwidth), with the vendor peaks of ``labfast.perf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -121,7 +123,7 @@ class Rows:
                 row.status, row.reason = "skipped", f"the time budget of {self.budget_s:g} s was spent before this row"
             else:
                 logger.debug("measuring %s", row.label)
-                self._measure_row(row, lambda: prepare(backend), items, flops, backend == "reference", count_bytes)
+                self._measure_row(row, functools.partial(prepare, backend), items, flops, backend == "reference", count_bytes)
             if backend == "reference":
                 flops = row.flops
             self.rows.append(row)

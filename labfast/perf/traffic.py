@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from labfast.perf import devices
+
 
 @dataclasses.dataclass
 class Traffic:

@@ -4,7 +4,8 @@ them; always on the CPU; not the ground truth, see its docstring) and against th
 reference ``boundary_heatmaps_ref``."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

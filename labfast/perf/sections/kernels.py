@@ -4,7 +4,8 @@ pass on the meta device, ``labfast.perf.op_calls.kernel_cases``), forward only, 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,6 +47,10 @@ def prepare(case: KernelCase, dtype: str, backend: str, device: torch.device,
 def measure(rows: Rows, config: str, batch: int, dtype: str, names: list[str]) -> None:
     """The rows of the ``names`` backends for every case of ``config`` at ``batch``."""
     for case in kernel_cases(config, batch):
-        inputs = sum(math.prod(shape) for shape in case.shapes if shape is not None) * DTYPES[dtype].itemsize
-        rows.measure(names, lambda backend: Row("kernels", case.label, backend, dtype, batch, "calls/s", bytes=inputs),
-                     lambda backend: prepare(case, dtype, backend, rows.device), 1, count_bytes=True)
+        _measure_case(rows, case, batch, dtype, names)
+
+
+def _measure_case(rows: Rows, case: KernelCase, batch: int, dtype: str, names: list[str]) -> None:
+    inputs = sum(math.prod(shape) for shape in case.shapes if shape is not None) * DTYPES[dtype].itemsize
+    rows.measure(names, lambda backend: Row("kernels", case.label, backend, dtype, batch, "calls/s", bytes=inputs),
+                 lambda backend: prepare(case, dtype, backend, rows.device), 1, count_bytes=True)

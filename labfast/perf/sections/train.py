@@ -4,7 +4,7 @@ regressor forward/backward, ground-truth heatmaps made on the device by
 256x256 images and synthetic 300-W faces."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
