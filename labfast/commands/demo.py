@@ -117,7 +117,7 @@ def _detector_summary(aligner: FaceAligner, faces: list) -> dict:
     """NME / FR / AUC when each face is found by the aligner's detector instead of given by its
     annotation: the detection that contains the annotated box's centre and overlaps it most; a face
     without one counts as a failure (NME infinite: in FR, not in the mean)."""
-    from labfast.tools.detector_fit import match
+    from labfast.inference.detect import match
 
     nmes = []
     for face in faces:

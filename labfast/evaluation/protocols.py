@@ -76,9 +76,9 @@ def detect_landmark_boxes(image_bgr: np.ndarray) -> np.ndarray:
 
 def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
     """For each annotated face, the detected box that contains its box's centre and overlaps it
-    most (``labfast.tools.detector_fit.match``, the rule the detector's box conversion was fitted with),
+    most (``labfast.inference.detect.match``, the rule the detector's box conversion was fitted with),
     or ``None`` when the detector missed it."""
-    from labfast.tools.detector_fit import match
+    from labfast.inference.detect import match
 
     matched = []
     for sample in samples:
