@@ -1,7 +1,7 @@
-"""``train``: images/s of one full LAB step (``labfast.train.loop._train_step``: estimator +
+"""``train``: images/s of one full LAB step (``labfast.train.step.train_step``: estimator +
 regressor forward/backward, ground-truth heatmaps made on the device by
 ``labfast.ops.boundary_heatmaps``, the discriminator's step, both optimiser steps) on random
-256x256 images and synthetic 300-W faces."""
+256x256 uint8 images and synthetic 300-W faces."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,31 +27,30 @@ def _train_config(config_name: str, batch: int, dtype: str):
 
 def prepare(config_name: str, batch: int, dtype: str, backend: str,
             device: torch.device, seed: int = 0) -> Callable[[], dict]:
-    """A callable running one full LAB training step (``labfast.train.loop._train_step``) per call.
+    """A callable running one full LAB training step (``labfast.train.step.train_step``) per call.
 
     Raises ``Unavailable`` when ``backend`` cannot run on ``device``.
     """
-    from labfast.train import loop as train
+    from labfast.train.build import build_model
+    from labfast.train.runtime import Runtime
+    from labfast.train.step import build_trainer, train_step
 
     backends.check_fast(backend, device)
     if backend == "fast+cudagraphs":
         raise Unavailable("CUDA graphs are measured for inference only")
     config = _train_config(config_name, batch, dtype)
     torch.manual_seed(seed)
-    model = train.build_model(config).to(device)
+    model = build_model(config).to(device)
     if model.discriminator is None:
         raise Unavailable(f"config {config_name!r} has no discriminator; the LAB step needs one")
-    generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.")]
-    optimizer = torch.optim.Adam(generator_parameters, lr=config.lr)
-    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=config.discriminator_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    forward_model = backends.compiled(model) if "compile" in backend else model
-    images = random_images(batch, device, seed)
+    trainer = build_trainer(model, config, Runtime(device=device))
+    if "compile" in backend:
+        trainer.forward = backends.compiled(model)
+    images = (random_images(batch, device, seed) * 255).to(torch.uint8)  # crops reach the step as uint8
     landmarks = synthetic_faces(batch, INPUT_SIZE, seed).to(device)
 
     def step() -> dict:
-        return train._train_step(config, forward_model, model.discriminator, optimizer, d_optimizer, scaler,
-                                 images, landmarks, model.scheme, model.boundary_scheme, device)
+        return train_step(trainer, images, landmarks)
 
     return backends.under(backends.dispatch(backend), step)
 
