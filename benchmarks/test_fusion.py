@@ -21,7 +21,7 @@ import torch
 
 from labfast.ops import OPS, cuda_extension
 from labfast.ops.fusion import RESIZE_MODES
-from labfast.perf.bench import environment
+from labfast.perf.devices import environment
 
 NUM_BOUNDARIES = 13
 HEATMAP_SIZE = 64
