@@ -10,7 +10,7 @@ import numpy as np
 
 from labfast import checkpoint, plots
 from labfast.evaluation.protocols import BOX_SOURCES, DEFAULT_SUBSETS, NORMALISER_NAMES, evaluate, format_table
-from labfast.inference.aligner import resolve_device
+from labfast.inference.core import resolve_device
 from labfast.inference.runtime import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from labfast.inference.aligner import default_weights
     from labfast.data import AnnotationError
+    from labfast.inference.weights import default_weights
 
     device = resolve_device(args.device)
     if device.type == "cpu":

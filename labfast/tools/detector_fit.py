@@ -35,26 +35,6 @@ from labfast.inference import detect
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "detectors" / detect.CONVERSION_FILE
 
 
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of each of ``boxes`` ``(F, 4)`` with one ``box`` ``(4,)``."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    width = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
-    inter = width * height
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)
-
-
-def match(boxes: np.ndarray, landmark_box: np.ndarray) -> int | None:
-    """Index of the detection that contains the landmark box's centre and overlaps it most, or ``None``."""
-    centre_x, centre_y = (landmark_box[0] + landmark_box[2]) / 2, (landmark_box[1] + landmark_box[3]) / 2
-    inside = (boxes[:, 0] <= centre_x) & (centre_x <= boxes[:, 2]) & (boxes[:, 1] <= centre_y) & (centre_y <= boxes[:, 3])
-    if not inside.any():
-        return None
-    overlap = np.where(inside, box_iou(boxes, landmark_box), -1.0)
-    return int(np.argmax(overlap))
-
-
 @dataclass
 class Matched:
     """Per face: the matched raw detector box (``None`` where missed), and the detection time (s)."""
@@ -71,7 +51,7 @@ def run_detector(samples, detector: str) -> Matched:
         start = time.perf_counter()
         found = detect.detect_faces(image, detector)
         seconds.append(time.perf_counter() - start)
-        index = match(found.boxes, sample.box) if len(found) else None
+        index = detect.match(found.boxes, sample.box) if len(found) else None
         boxes.append(None if index is None else found.boxes[index])
     return Matched(boxes, seconds)
 
@@ -111,7 +91,7 @@ def fit(samples, detector: str) -> dict:
     landmark_boxes = np.stack([samples[index].box for index in found])
     fitted = fit_conversion(detector_boxes, landmark_boxes)
     converted = detect.convert_boxes(detector_boxes, fitted)
-    ious = np.array([box_iou(box[None], truth)[0] for box, truth in zip(converted, landmark_boxes)])
+    ious = np.array([detect.box_iou(box[None], truth)[0] for box, truth in zip(converted, landmark_boxes)])
     return {
         "conversion": fitted.__dict__,
         "box_error": converted_error(converted, landmark_boxes),
