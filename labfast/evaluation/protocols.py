@@ -110,30 +110,54 @@ def count_skipped():
         reader_logger.removeHandler(counter)
 
 
-def predict_faces(model, samples: list, device: torch.device, batch_size: int = 32, flip: bool = False,
-                  progress: bool = True) -> np.ndarray:
-    """Landmarks ``(N, L, 2)`` float32 for annotated faces, in original image coordinates, through
-    the inference core (``labfast.inference.core``) with an eager ``model`` on ``device``, cropped
-    from each face's annotated ``box``; ``flip`` averages with the mirrored crop's prediction."""
-    core = InferenceCore.for_model(model, device, flip=flip)
+def annotated_landmarks(core: InferenceCore, samples: list, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """Landmarks ``(N, L, 2)`` float32 of annotated faces, in original image coordinates, each face
+    cropped from its ``box`` and run through ``core`` (``labfast.inference.core``)."""
     faces = ((data.sample_image(sample), sample.box) for sample in samples)  # one image read at a time
     batches = tqdm(core.align(faces, batch_size), total=math.ceil(len(samples) / batch_size), desc="faces",
                    unit="batch", disable=not progress, leave=False)
     return np.concatenate([batch.landmarks for batch in batches])
 
 
+def predict_faces(model, samples: list, device: torch.device, batch_size: int = 32, flip: bool = False,
+                  progress: bool = True) -> np.ndarray:
+    """:func:`annotated_landmarks` with an eager ``model`` on ``device``; ``flip`` averages each face
+    with its mirrored crop's prediction."""
+    return annotated_landmarks(InferenceCore.for_model(model, device, flip=flip), samples, batch_size, progress)
+
+
+def score_faces(core: InferenceCore, samples: list, scheme, boxes: str = "gt", detect=detect_landmark_boxes,
+                batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+    """NME / FR / AUC (``metrics.summarize``) of annotated faces plus ``faces``, ``missed`` and the
+    per-face ``nmes``: cropped from the annotated boxes (``boxes="gt"``) or from ``detect``'s
+    (``"detector"``, missed faces scored ``MISSED_NME``; module docstring)."""
+    if boxes not in BOX_SOURCES:
+        raise ValueError(f"boxes must be one of {', '.join(BOX_SOURCES)}, got {boxes!r}")
+    truth = np.stack([sample.landmarks for sample in samples])
+    annotated_boxes = np.stack([sample.box for sample in samples])
+    if boxes == "gt":
+        found = np.ones(len(samples), bool)
+        cropped = samples
+    else:
+        detected = match_detections(samples, detect)
+        found = np.array([box is not None for box in detected])
+        cropped = [dataclasses.replace(sample, box=box) for sample, box in zip(samples, detected) if box is not None]
+    nmes = np.full(len(samples), MISSED_NME)
+    if cropped:
+        predicted = annotated_landmarks(core, cropped, batch_size, progress)
+        nmes[found] = metrics.nme(predicted, truth[found], scheme, boxes=annotated_boxes[found])
+    return {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()), "nmes": nmes.tolist()}
+
+
 def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: torch.device,
              batch_size: int = 32, flip: bool = False, boxes: str = "gt", detect=detect_landmark_boxes,
              strict: bool = False) -> dict[str, Any]:
-    """NME / FR / AUC per subset; a subset whose files are absent (or that has no readable face) is
-    reported, not skipped silently. Malformed annotations are skipped and counted (``skipped``)
-    unless ``strict``, where the first one raises ``labfast.data.AnnotationError``.
-
-    ``boxes``: ``"gt"`` crops from the annotated boxes, ``"detector"`` from ``detect``'s boxes
-    (missed faces scored ``MISSED_NME``; module docstring).
+    """:func:`score_faces` per subset with an eager ``model``; a subset whose files are absent (or
+    that has no readable face) is reported, not skipped silently. Malformed annotations are skipped
+    and counted (``skipped``) unless ``strict``, where the first one raises
+    ``labfast.data.AnnotationError``.
     """
-    if boxes not in BOX_SOURCES:
-        raise ValueError(f"boxes must be one of {', '.join(BOX_SOURCES)}, got {boxes!r}")
+    core = InferenceCore.for_model(model, device, flip=flip)
     results: dict[str, Any] = {}
     for subset in subsets:
         try:
@@ -147,21 +171,9 @@ def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: 
             results[subset] = {"missing": f"no readable face ({counter.skipped} malformed annotation(s) skipped)"}
             logger.warning("%s %s: not evaluated (no readable face)", dataset, subset)
             continue
-        truth = np.stack([sample.landmarks for sample in samples])
-        annotated_boxes = np.stack([sample.box for sample in samples])
-        if boxes == "gt":
-            found = np.ones(len(samples), bool)
-            cropped = samples
-        else:
-            detected = match_detections(samples, detect)
-            found = np.array([box is not None for box in detected])
-            cropped = [dataclasses.replace(sample, box=box) for sample, box in zip(samples, detected) if box is not None]
-        nmes = np.full(len(samples), MISSED_NME)
-        if cropped:
-            predicted = predict_faces(model, cropped, device, batch_size=batch_size, flip=flip)
-            nmes[found] = metrics.nme(predicted, truth[found], model.scheme, boxes=annotated_boxes[found])
-        results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()),
-                           "skipped": counter.skipped, "nmes": nmes.tolist()}
+        row = score_faces(core, samples, model.scheme, boxes, detect, batch_size)
+        nmes = row.pop("nmes")
+        results[subset] = {**row, "skipped": counter.skipped, "nmes": nmes}
     return results
 
 
