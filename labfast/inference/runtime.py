@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from labfast.inference.export import OUTPUTS, InferenceModel, reference_ops
+
 logger = logging.getLogger("labfast.inference.runtime")
 
 #: Intra-op threads for CPU inference unless told otherwise (module docstring: why one).
@@ -60,8 +62,6 @@ class OnnxRuntimeModel:
     def __init__(self, model: torch.nn.Module, threads: int):
         import onnxruntime
 
-        from labfast.inference.export import OUTPUTS, InferenceModel, reference_ops
-
         wrapper = InferenceModel(model).eval()
         size = model.config.input_size
         check = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -89,15 +89,16 @@ class OnnxRuntimeModel:
 
 
 class TorchModel:
-    """Eager PyTorch under ``inference_mode``, the same call contract as :class:`OnnxRuntimeModel`."""
+    """Eager PyTorch under ``inference_mode``: the exported graph's outputs (``InferenceModel``) in
+    float32, the same call contract as :class:`OnnxRuntimeModel`."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
+        self.graph = InferenceModel(model)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.model(images)
-        return output.landmarks.float(), output.heatmaps[-1].float()
+        landmarks, boundary_heatmaps = self.graph(images)
+        return landmarks.float(), boundary_heatmaps.float()
 
 
 def inference_runtime(model: torch.nn.Module, device: torch.device, runtime: str = "auto",
