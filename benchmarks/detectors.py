@@ -27,6 +27,7 @@ from labfast import metrics
 from labfast.inference import detect
 from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
+from labfast.inference.detect import box_iou
 from labfast.tools.detector_fit import run_detector
 
 
@@ -35,7 +36,7 @@ def detector_rows(samples, aligner: FaceAligner | None) -> dict:
     for detector in detect.DETECTORS:
         matched = run_detector(samples, detector)
         found = [index for index, box in enumerate(matched.boxes) if box is not None]
-        ious = [detect.box_iou(detect.to_landmark_box(matched.boxes[index][None], detector), samples[index].box)[0] for index in found]
+        ious = [box_iou(detect.to_landmark_box(matched.boxes[index][None], detector), samples[index].box)[0] for index in found]
         row = {
             "faces": len(samples), "found": len(found), "recall": round(len(found) / len(samples), 4),
             "median_iou": round(float(np.median(ious)), 3) if ious else None,

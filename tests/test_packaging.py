@@ -1,4 +1,4 @@
-"""Packaging: the top-level kernels/ folder ships as labfast.kernels, the YuNet detector as package data;
+"""Packaging: the top-level kernels/ folder ships as labfast.kernels (through the link labfast/kernels), the YuNet detector as package data;
 research-only data does not ship."""
 import subprocess
 import sys

@@ -6,12 +6,12 @@ from .dataset import (DEFAULT_MARGIN, AugmentConfig, FaceDataset, collate_readab
                       read_image_bgr, sample_image)
 from .pts import read_pts, write_pts
 from .sample import Sample, box_from_landmarks
-from .w300 import W300_SUBSETS, read_300w
+from .w300 import W300_SUBSETS, read_300w, read_pts_folder
 from .wflw import WFLW_ATTRIBUTES, read_wflw, read_wflw_test_subset
 
 __all__ = [
     "AFLW_SPLITS", "AnnotationError", "AugmentConfig", "DEFAULT_MARGIN", "FaceDataset", "Sample",
     "W300_SUBSETS", "WFLW_ATTRIBUTES", "box_from_landmarks", "collate_readable", "crop_face", "crop_face_pixels", "read_300w",
-    "read_aflw", "read_cofw", "read_image_bgr", "read_pts", "read_wflw", "read_wflw_test_subset", "sample_image",
-    "write_pts",
+    "read_aflw", "read_cofw", "read_image_bgr", "read_pts", "read_pts_folder", "read_wflw", "read_wflw_test_subset",
+    "sample_image", "write_pts",
 ]

@@ -231,9 +231,7 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 
 def match(boxes: np.ndarray, landmark_box: np.ndarray) -> int | None:
-    """Index of the detection (of ``boxes`` ``(F, 4)``) that contains the annotated landmark box's
-    centre and overlaps it most, or ``None``: the rule the box conversion was fitted with
-    (``labfast.tools.detector_fit``) and detector boxes are scored with (``labfast eval --boxes detector``)."""
+    """Index of the detection that contains the landmark box's centre and overlaps it most, or ``None``."""
     centre_x, centre_y = (landmark_box[0] + landmark_box[2]) / 2, (landmark_box[1] + landmark_box[3]) / 2
     inside = (boxes[:, 0] <= centre_x) & (centre_x <= boxes[:, 2]) & (boxes[:, 1] <= centre_y) & (centre_y <= boxes[:, 3])
     if not inside.any():

@@ -31,8 +31,13 @@ import cv2
 import numpy as np
 
 from labfast.inference import detect
+from labfast.inference.detect import box_iou, match
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "detectors" / detect.CONVERSION_FILE
+
+
+
+
 
 
 @dataclass
@@ -51,7 +56,7 @@ def run_detector(samples, detector: str) -> Matched:
         start = time.perf_counter()
         found = detect.detect_faces(image, detector)
         seconds.append(time.perf_counter() - start)
-        index = detect.match(found.boxes, sample.box) if len(found) else None
+        index = match(found.boxes, sample.box) if len(found) else None
         boxes.append(None if index is None else found.boxes[index])
     return Matched(boxes, seconds)
 
@@ -91,7 +96,7 @@ def fit(samples, detector: str) -> dict:
     landmark_boxes = np.stack([samples[index].box for index in found])
     fitted = fit_conversion(detector_boxes, landmark_boxes)
     converted = detect.convert_boxes(detector_boxes, fitted)
-    ious = np.array([detect.box_iou(box[None], truth)[0] for box, truth in zip(converted, landmark_boxes)])
+    ious = np.array([box_iou(box[None], truth)[0] for box, truth in zip(converted, landmark_boxes)])
     return {
         "conversion": fitted.__dict__,
         "box_error": converted_error(converted, landmark_boxes),
