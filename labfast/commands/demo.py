@@ -32,8 +32,8 @@ from labfast.inference.detect import detect_landmark_boxes
 from labfast.inference.overlay import draw_faces
 from labfast.inference.runtime import add_threads_argument, set_threads
 from labfast.inference.weights import default_weights
-from labfast.train import presets
-from labfast.train.loop import read_training_faces, train
+from labfast.train import presets, train
+from labfast.train.faces import read_training_faces
 
 logger = logging.getLogger("labfast.commands.demo")
 
