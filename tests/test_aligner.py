@@ -26,7 +26,7 @@ class CentroidModel(torch.nn.Module):
         self.num_points, self.num_boundaries = num_points, num_boundaries
 
     def forward(self, images: torch.Tensor) -> LABOutput:
-        brightness = images.mean(dim=1)  # (N, S, S)
+        brightness = images.float().mean(dim=1)  # (N, S, S), whatever the dtype the aligner passes
         size = brightness.shape[-1]
         grid = torch.arange(size, dtype=torch.float64)
         weight = brightness.double()

@@ -13,15 +13,15 @@ from labfast.inference.runtime import TorchModel
 
 
 def test_model_input_from_uint8_crops_is_crop_faces_float_crop_bit_for_bit():
-    """Normalising on the device must give the very numbers the float crop gives (RGB, pixel / 255
-    in float32): any other rounding or channel order would move every landmark."""
+    """The uint8 crops the core uploads, once the model divides them by 255 (``LAB.normalize``), must be
+    the very numbers the float crop gives: another channel order or layout would move every landmark."""
     faces = read_300w(BUNDLED_DATA, "common")[:3]
     images = [read_image_bgr(face.image_path) for face in faces]
     pixels = np.stack([crop_face_pixels(image, face.box, input_size=128)[0] for image, face in zip(images, faces)])
     floats = np.stack([crop_face(image, face.box, input_size=128)[0] for image, face in zip(images, faces)])
     made = model_input(torch.from_numpy(pixels))
-    assert made.dtype == torch.float32 and made.is_contiguous() and made.shape == (3, 3, 128, 128)
-    assert torch.equal(made, torch.from_numpy(floats).permute(0, 3, 1, 2))
+    assert made.dtype == torch.uint8 and made.is_contiguous() and made.shape == (3, 3, 128, 128)
+    assert torch.equal(made.float() / 255, torch.from_numpy(floats).permute(0, 3, 1, 2))
 
 
 class HostCopies(torch.Tensor):

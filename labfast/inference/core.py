@@ -8,8 +8,9 @@ For a batch of faces:
 
 1. crop, on the host: each face's square around its box, warped from its image as uint8 BGR
    (``labfast.data.crop_face_pixels``: the training crop, without augmentation);
-2. upload the uint8 crops (a quarter of the bytes of float32) and make the model's input on the
-   device: RGB, float32 in [0, 1] (:func:`model_input`, the numbers ``labfast.data.crop_face`` gives);
+2. upload the uint8 crops (a quarter of the bytes of float32), RGB and channels first on the device
+   (:func:`model_input`); the model turns them into [0, 1] there (``LAB.normalize``, the numbers
+   ``labfast.data.crop_face`` gives on the host);
 3. forward; with flip averaging, a second forward of the mirrored crops, whose landmarks are
    mirrored back (``x -> S - 1 - x``) and relabelled (the scheme's flip permutation) and averaged in;
 4. each face's confidence (:func:`landmark_confidence`) from its crop-space landmarks and the
@@ -32,8 +33,8 @@ from labfast.data import crop_face_pixels
 from labfast.data.transforms import apply_affine, invert_affine, rescale_pixel_coordinates
 from labfast.inference.runtime import TorchModel
 
-#: ``images (N, 3, S, S)`` float32 RGB in [0, 1] on the core's device -> ``(landmarks (N, L, 2)`` in
-#: crop pixels, ``boundary_heatmaps (N, K, S/4, S/4))``: eager PyTorch, ONNX Runtime or a CUDA-graph
+#: ``images (N, 3, S, S)`` uint8 RGB on the core's device -> float32 ``landmarks (N, L, 2)`` in crop
+#: pixels and ``boundary_heatmaps (N, K, S/4, S/4)``: eager PyTorch, ONNX Runtime or a CUDA-graph
 #: replay (``labfast.inference.runtime``, ``labfast.inference.cuda_graphs``).
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,10 +47,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def model_input(crops: torch.Tensor) -> torch.Tensor:
-    """``(N, S, S, 3)`` uint8 BGR crops -> the model's input ``(N, 3, S, S)`` float32 RGB in [0, 1],
-    NCHW-contiguous, on the crops' device: ``pixel / 255``, as ``labfast.data.crop_face`` computes it."""
-    rgb = crops.permute(0, 3, 1, 2).flip(1)
-    return rgb.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    """``(N, S, S, 3)`` uint8 BGR crops -> the model's input ``(N, 3, S, S)`` uint8 RGB, NCHW-contiguous,
+    on the crops' device (the model divides by 255 there: ``LAB.normalize``)."""
+    return crops.permute(0, 3, 1, 2).flip(1).contiguous()
 
 
 def heatmap_to_crop(heatmap_size: int, input_size: int) -> np.ndarray:

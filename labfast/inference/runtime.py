@@ -54,9 +54,11 @@ def set_threads(threads: int | None) -> int:
 class OnnxRuntimeModel:
     """The inference graph of a LAB model under ONNX Runtime on the CPU.
 
-    ``model(images)`` with ``images (N, 3, S, S)`` float32 -> ``(landmarks (N, L, 2),
-    boundary_heatmaps (N, K, S/4, S/4))`` float32 tensors, like ``labfast.inference.export.InferenceModel``.
-    Raises ``RuntimeError`` when the exported graph disagrees with eager beyond ``PARITY_TOLERANCE``.
+    ``model(images)`` with ``images (N, 3, S, S)`` uint8 RGB (``labfast.inference.core.model_input``)
+    -> ``(landmarks (N, L, 2), boundary_heatmaps (N, K, S/4, S/4))`` float32 tensors, like
+    ``labfast.inference.export.InferenceModel``. The graph is recorded from uint8 images, so the
+    model's own conversion to [0, 1] (``LAB.normalize``) runs inside it. Raises ``RuntimeError`` when
+    the exported graph disagrees with eager beyond ``PARITY_TOLERANCE``.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int):
@@ -64,7 +66,7 @@ class OnnxRuntimeModel:
 
         wrapper = InferenceModel(model).eval()
         size = model.config.input_size
-        check = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        check = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         graph = io.BytesIO()
         # The TorchScript-based exporter: seconds, where the torch.export one takes minutes on a small
         # CPU; the parity check below guards it as labfast export's check guards the file it writes.
@@ -84,7 +86,7 @@ class OnnxRuntimeModel:
                                    f"(tolerance {PARITY_TOLERANCE[name]})")
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy())})
         return tuple(torch.from_numpy(output) for output in outputs)
 
 
