@@ -8,9 +8,9 @@ For a batch of faces:
 
 1. crop, on the host: each face's square around its box, warped from its image as uint8 BGR
    (``labfast.data.crop_face_pixels``: the training crop, without augmentation);
-2. upload the uint8 crops (a quarter of the bytes of float32), RGB and channels first on the device
-   (:func:`model_input`); the model turns them into [0, 1] there (``LAB.normalize``, the numbers
-   ``labfast.data.crop_face`` gives on the host);
+2. upload the uint8 crops (a quarter of the bytes of float32) and make them RGB, channels first, on
+   the device (:func:`model_input`); the model turns them into [0, 1] there (``LAB.normalize``: the
+   numbers ``labfast.data.crop_face`` gives on the host);
 3. forward; with flip averaging, a second forward of the mirrored crops, whose landmarks are
    mirrored back (``x -> S - 1 - x``) and relabelled (the scheme's flip permutation) and averaged in;
 4. each face's confidence (:func:`landmark_confidence`) from its crop-space landmarks and the
