@@ -14,7 +14,7 @@ from labfast.model import LABOutput, config_by_name
 
 
 class CropOracle(torch.nn.Module):
-    """Stands in for LAB: returns fixed crop-space landmarks, whatever the image."""
+    """Stands in for LAB: returns fixed crop-space landmarks, whatever the image (and blank heatmaps)."""
 
     def __init__(self, crop_landmarks: torch.Tensor):
         super().__init__()
@@ -25,7 +25,11 @@ class CropOracle(torch.nn.Module):
 
     def forward(self, images):
         self.calls += 1
-        return LABOutput(landmarks=self.crop_landmarks[: len(images)].clone(), heatmaps=[])
+        return LABOutput(landmarks=self.crop_landmarks[: len(images)].clone(), heatmaps=self.heatmaps(images))
+
+    def heatmaps(self, images):
+        size = self.config.heatmap_size
+        return [torch.zeros(len(images), self.scheme.num_boundaries, size, size)]
 
 
 def test_predictions_are_mapped_back_to_the_original_image():
@@ -50,7 +54,7 @@ def test_flip_averaging_undoes_the_mirror_and_the_relabelling():
     class MirrorAware(CropOracle):
         def forward(self, images):
             self.calls += 1
-            return LABOutput(landmarks=(plain if self.calls % 2 else relabelled).clone(), heatmaps=[])
+            return LABOutput(landmarks=(plain if self.calls % 2 else relabelled).clone(), heatmaps=self.heatmaps(images))
 
     with_flip = predict_faces(MirrorAware(plain), faces, torch.device("cpu"), batch_size=2, flip=True, progress=False)
     without = predict_faces(CropOracle(plain), faces, torch.device("cpu"), batch_size=2, progress=False)

@@ -11,7 +11,7 @@ import numpy as np
 
 from labfast import checkpoint, plots
 from labfast.evaluation.protocols import BOX_SOURCES, DEFAULT_SUBSETS, MISSED_NME, NORMALISER_NAMES, evaluate, format_table
-from labfast.inference.aligner import resolve_device
+from labfast.inference.core import resolve_device
 from labfast.inference.runtime import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from labfast.inference.aligner import default_weights
     from labfast.data import AnnotationError
+    from labfast.inference.weights import default_weights
 
     if args.dataset == "wild":
         return _run_wild(args)

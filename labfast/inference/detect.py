@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from labfast.data.transforms import rescale_pixel_coordinates
+
 DETECTORS = ("yunet", "haar")
 DEFAULT_DETECTOR = "yunet"
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -151,8 +153,8 @@ def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     found = np.asarray(found, np.float32)
     boxes = np.concatenate([found[:, :2], found[:, :2] + found[:, 2:4]], axis=1)
-    if scale < 1.0:  # pixel centres: x_original = (x_copy + 0.5) / scale - 0.5
-        boxes = (boxes + 0.5) / (image.shape[1] / image_bgr.shape[1]) - 0.5
+    if scale < 1.0:  # back from the downscaled copy's pixels, pixel centres onto pixel centres
+        boxes = rescale_pixel_coordinates(boxes, image_bgr.shape[1] / image.shape[1])
     return boxes, found[:, -1]
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from labfast.data.transforms import invert_affine
 from labfast.inference.aligner import Face
 
 LANDMARK_COLOUR = (255, 255, 255)  # BGR; white with a black rim stays visible over every boundary hue
@@ -34,7 +35,7 @@ def draw_boundaries(image_bgr: np.ndarray, heatmaps: np.ndarray, heatmap_to_imag
     heatmap value times ``HEATMAP_OPACITY``, so the photo stays visible under weak responses.
     """
     height, width = image_bgr.shape[:2]
-    image_to_heatmap = cv2.invertAffineTransform(np.asarray(heatmap_to_image, np.float64))
+    image_to_heatmap = invert_affine(heatmap_to_image)
     # Warp every channel into the image at once: cv2 handles up to 4 channels per call.
     warped = np.concatenate(
         [
