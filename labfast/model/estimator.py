@@ -26,6 +26,7 @@ from labfast import ops
 from labfast.model.batch_norm_act import BatchNormAct
 from labfast.model.config import LABConfig
 from labfast.model.hourglass import Hourglass, ResidualBlock
+from labfast.ops.message_passing import message_passing_dense
 from labfast.schemes import Scheme
 
 # Boundaries adjacent in face structure, by the boundary names of labfast.schemes (the paper
@@ -88,7 +89,12 @@ class MessagePassing(nn.Module):
 
     The weights are stored as ``(E·C, C, k, k)`` and viewed as the op's ``(E, C, C, k, k)``: a 5-D
     parameter would make ``model.to(memory_format=torch.channels_last)`` fail ("required rank 4").
+
+    ``dense``: compute the same sum as one dense convolution (``message_passing_dense``, faster on
+    the CPU for a dense graph); a setting of the computation, not of the model (not saved).
     """
+
+    dense = False
 
     def __init__(self, edges: tuple[tuple[int, int], ...], channels: int, kernel_size: int) -> None:
         super().__init__()
@@ -106,7 +112,8 @@ class MessagePassing(nn.Module):
         # The op wants one dtype for features, weights and bias (under autocast it casts the three
         # to the autocast dtype itself).
         weight = self.weight.view(len(self.edges), self.channels, *self.weight.shape[1:])
-        return ops.message_passing(
+        passing = message_passing_dense if self.dense else ops.message_passing
+        return passing(
             branches, weight.to(branches.dtype), self.bias.to(branches.dtype), self.edges
         )
 
@@ -175,6 +182,14 @@ class BoundaryHeatmapEstimator(nn.Module):
             self.inter = nn.ModuleList(
                 InterLevelPassing(k, branch, config.message_kernel) for _ in range(config.stacks - 1)
             )
+
+    def use_dense_message_passing(self, enabled: bool = True) -> None:
+        """Intra-level message passing as one dense convolution (``MessagePassing.dense``): the same
+        sums in another order, three times faster forward and backward on the CPU at the small
+        preset's shapes. Inter-level passing keeps the op: one edge per destination, where the dense
+        form does 13x the multiply-adds and is slower (``labfast.ops.message_passing_dense``)."""
+        for passing in getattr(self, "intra", ()):
+            passing.dense = enabled
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(images)

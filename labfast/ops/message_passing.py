@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import labfast.ops.backend as backend
+from labfast.ops.boundary_heatmaps import index_table
 
 OP = "message_passing"
 FAST_PATHS = ("triton",)
@@ -63,6 +64,59 @@ def message_passing_ref(
     routing[[dst for _, dst in edges], list(range(num_edges))] = 1
     out = branches + torch.einsum("ke,nechw->nkchw", routing, messages)
     return out.view(n, kc, h, w)
+
+
+def message_passing_dense(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor | None,
+    edges,
+) -> torch.Tensor:
+    """The sum of ``message_passing_ref`` as one dense convolution: a training-speed form for the CPU.
+
+    With ``S`` the branches that send and ``D`` those that receive, the messages are one ``k×k``
+    convolution from the ``|S|·C`` source channels to the ``|D|·C`` destination channels whose
+    weight holds ``W_e`` in block ``(dst, src)`` of each edge ``e`` and zeros elsewhere, and whose
+    bias is the sum of the ``b_e`` into each destination:
+
+        out_dst = x_dst + Σ_{src ∈ S} conv(x_src, W_(src, dst)) + Σ_{e=(src, dst)} b_e
+
+    The same as the reference in exact arithmetic (a zero block adds exact zeros; edges repeated
+    between one pair add up); in floating point the terms are summed in another order, so the two
+    agree to rounding (``tests/ops/test_message_passing.py``). Why: oneDNN runs a grouped
+    convolution of C = 4 channel groups far below the rate of a dense one, so on a dense graph
+    the dense convolution wins although it does ``|S|·|D| / E`` times the multiply-adds (4.4x on
+    the intra-level graph of 300-W: 13 branches, 38 edges); on a sparse graph (inter-level
+    passing: one edge per destination, 13x) it loses (``benchmarks/test_train_step_cpu.py``).
+    Plain PyTorch: no fast path, no operator; ``(N, K*C, H, W)`` -> ``(N, K*C, H, W)``.
+    """
+    features, weights, bias = _autocast(features, weights, bias)
+    edges, num_branches = check_message_passing_arguments(features, weights, bias, edges)
+    if not edges:
+        return features.clone()
+    channels, size = weights.shape[1], weights.shape[-1]
+    senders, receivers = sorted({src for src, _ in edges}), sorted({dst for _, dst in edges})
+    sender_of = [senders.index(src) for src, _ in edges]
+    receiver_of = [receivers.index(dst) for _, dst in edges]
+    blocks = weights.new_zeros(len(receivers), len(senders), channels, channels, size, size).index_put(
+        (_table(receiver_of, features), _table(sender_of, features)), weights, accumulate=True)
+    dense_weight = blocks.transpose(1, 2).reshape(len(receivers) * channels, len(senders) * channels, size, size)
+    dense_bias = None if bias is None else bias.new_zeros(len(receivers), channels).index_add(
+        0, _table(receiver_of, features), bias).flatten()
+    n, _, height, width = features.shape
+    branches = features.view(n, num_branches, channels, height, width)
+    branches_sent = branches if senders == list(range(num_branches)) else branches.index_select(
+        1, _table(senders, features))
+    messages = F.conv2d(branches_sent.reshape(n, -1, height, width), dense_weight, dense_bias,
+                        padding=size // 2).view(n, len(receivers), channels, height, width)
+    if receivers == list(range(num_branches)):
+        return (branches + messages).view_as(features)
+    return branches.index_add(1, _table(receivers, features), messages).view_as(features)
+
+
+def _table(values: list[int], like: torch.Tensor) -> torch.Tensor:
+    """A constant index tensor on ``like``'s device, made once per process (``index_table``)."""
+    return index_table(tuple(values), like.device)
 
 
 def check_message_passing_arguments(
