@@ -250,18 +250,38 @@ def squared_distance_ref(curves: torch.Tensor, height: int, width: int, reach: f
     ``reach`` of it (side ``|b - a| + 2 reach + 2``, clipped to the map) and the minimum is taken
     with ``scatter_reduce``. With ``reach = 3 sigma`` the heatmap is the same as with the distance
     of every pixel to every segment, at ~1/60 of the work at 64x64 (the longest segment sets the
-    window, read with one host sync).
+    window, read with one host sync: :func:`window_side`).
 
     Point-to-segment: ``t = clamp(<p - a, b - a> / |b - a|^2, 0, 1)``, ``d^2 = |p - a - t (b - a)|^2``;
     a zero-length segment is its point. The Triton and CUDA kernels use the same expression.
+    """
+    return squared_distance_in_windows(curves, height, width, reach, window_side(curves, reach))
+
+
+def window_side(curves: torch.Tensor, reach: float) -> int:
+    """Side of the pixel window every segment of ``(N, K, P, 2)`` curves visits: ``floor(longest
+    segment + 2 reach) + 2``, the longest segment read on the host."""
+    segments = curves[:, :, 1:] - curves[:, :, :-1]
+    longest = segments.norm(dim=-1).nan_to_num(0.0, 0.0, 0.0).amax().item() if segments.numel() else 0.0
+    return int(math.floor(longest + 2 * reach)) + 2
+
+
+def squared_distance_in_windows(curves: torch.Tensor, height: int, width: int, reach: float,
+                                side: int) -> torch.Tensor:
+    """:func:`squared_distance_ref` with every segment visiting a ``side`` x ``side`` window (clipped to
+    the map) anchored ``reach`` before its lower corner.
+
+    Every pixel within ``reach`` of the polyline gets its exact squared distance whenever
+    ``side >= window_side(curves, reach)``; a larger side also visits pixels beyond ``reach``, whose
+    values (above ``reach**2``) the Gaussian's cut at ``3 sigma = reach`` sets to zero, so the
+    heatmaps are the same. No host read: with ``side`` a constant it compiles as one graph
+    (``labfast.train.speed``).
     """
     count, num_boundaries, num_samples, _ = curves.shape
     curves = curves.reshape(count * num_boundaries, num_samples, 2)
     starts = curves[:, :-1] if num_samples > 1 else curves
     ends = curves[:, 1:] if num_samples > 1 else curves
-    longest = (ends - starts).norm(dim=-1).nan_to_num(0.0, 0.0, 0.0).amax().item() if curves.numel() else 0.0
-    side_x = min(int(math.floor(longest + 2 * reach)) + 2, width)
-    side_y = min(int(math.floor(longest + 2 * reach)) + 2, height)
+    side_x, side_y = min(side, width), min(side, height)
     offset_x = torch.arange(side_x, device=curves.device, dtype=torch.float32)
     offset_y = torch.arange(side_y, device=curves.device, dtype=torch.float32).unsqueeze(-1)
     outside = height * width  # scatter target of window pixels off the map, dropped at the end

@@ -56,6 +56,11 @@ class TrainConfig:
     max_bad_fraction: float = 0.01  # unreadable training images are skipped; more than this share ends the run
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: off)
     checkpoint_every_minutes: float = 10.0  # also write last.pt after this much time since the last write (0: off)
+    # the step's speed switches (labfast.train.speed; benchmarks/test_train_step_cpu.py measures them)
+    threads: int = 0  # torch intra-op threads of the training process (0: torch's default, one per core)
+    compile_step: bool = False  # Inductor compiles the step's losses whole, forward and backward (one process)
+    dense_message_passing: bool = False  # intra-level message passing as one dense convolution
+    fused_adam: bool = False  # both Adam optimisers as one fused kernel each
 
     def __post_init__(self) -> None:
         config_fields.check(self)
@@ -64,6 +69,8 @@ class TrainConfig:
             for name, value in self.model_overrides.items()}
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"TrainConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.threads < 0:
+            raise ValueError(f"TrainConfig.threads must be 0 (torch's default) or positive, got {self.threads}")
 
 
 PRESETS: dict[str, TrainConfig] = {

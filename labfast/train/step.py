@@ -8,22 +8,22 @@ MSE over every stack + landmark loss + adversarial loss of the boundary effectiv
 discriminator, which is then updated in its own step.
 
 The step's knobs are set in one place, :func:`build_trainer`: DistributedDataParallel,
-``torch.compile`` (``TrainConfig.compile``), autocast (``TrainConfig.amp``, :func:`autocast`) and the
-fp16 gradient scaler.
+``torch.compile`` (``TrainConfig.compile``), autocast (``TrainConfig.amp``, :func:`autocast`), the
+fp16 gradient scaler and the speed switches (``labfast.train.speed``).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import NamedTuple
+from collections.abc import Callable
 
 import torch
 
-from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.model import LAB, LABConfig, losses
-from labfast.ops.boundary_heatmaps import check_finite_landmarks, dense_curves, heatmaps_of_curves
+from labfast.train import speed
 from labfast.train.presets import TrainConfig
 from labfast.train.runtime import Runtime, distribute
+from labfast.train.targets import BoundaryTargets, boundary_targets
 
 
 @dataclasses.dataclass
@@ -39,29 +39,24 @@ class Trainer:
     scaler: torch.amp.GradScaler
     device: torch.device
     heatmaps_trained: bool  # False for a frozen (cross-data-set) estimator: no heatmap loss, no discriminator
-
-
-class BoundaryTargets(NamedTuple):
-    """The ground truth of one step in heatmap pixels: ``(N, K, P, 2)`` curves, ``(N, K, h, w)`` heatmaps."""
-
-    curves: torch.Tensor
-    heatmaps: torch.Tensor
+    losses: Callable  # training_losses, or its compiled form (labfast.train.speed)
 
 
 def build_trainer(model: LAB, config: TrainConfig, runtime: Runtime) -> Trainer:
     """Optimisers, scaler and the wrapped forward of ``model`` (already on ``runtime.device``)."""
     heatmaps_trained = any(p.requires_grad for p in model.estimator.parameters())
+    step_losses = speed.apply(model, config, runtime, training_losses)
     generator_parameters = [p for name, p in model.named_parameters()
                             if not name.startswith("discriminator.") and p.requires_grad]
-    optimizer = torch.optim.Adam(generator_parameters, lr=config.lr, weight_decay=config.weight_decay)
-    discriminator_optimizer = (torch.optim.Adam(model.discriminator.parameters(), lr=config.discriminator_lr)
+    optimizer = speed.adam(generator_parameters, config, lr=config.lr, weight_decay=config.weight_decay)
+    discriminator_optimizer = (speed.adam(model.discriminator.parameters(), config, lr=config.discriminator_lr)
                                if model.discriminator is not None else None)
     forward, discriminator = distribute(model, runtime)
     if config.compile:
         forward = torch.compile(forward)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16")
     return Trainer(config, model, forward, discriminator, optimizer, discriminator_optimizer, scaler,
-                   runtime.device, heatmaps_trained)
+                   runtime.device, heatmaps_trained, step_losses)
 
 
 def autocast(config: TrainConfig, device: torch.device):
@@ -73,35 +68,20 @@ def autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def heatmap_coordinates(landmarks: torch.Tensor, input_size: int, heatmap_size: int) -> torch.Tensor:
-    """Crop pixel coordinates -> heatmap pixel coordinates (pixel centres map onto pixel centres)."""
-    return rescale_pixel_coordinates(landmarks, heatmap_size / input_size)
-
-
-def boundary_targets(landmarks: torch.Tensor, boundary_scheme, input_size: int, heatmap_size: int,
-                     sigma: float) -> BoundaryTargets:
-    """The ground truth of crop-pixel ``(N, L, 2)`` landmarks: their dense curves and heatmaps.
-
-    A non-finite landmark raises ``ValueError`` naming the sample and the landmark.
-    """
-    points = heatmap_coordinates(landmarks, input_size, heatmap_size).float()
-    check_finite_landmarks(points)
-    curves = dense_curves(points, boundary_scheme, heatmap_size)
-    return BoundaryTargets(curves, heatmaps_of_curves(curves, heatmap_size, sigma))
-
-
 def training_losses(forward_model, weights: LABConfig, judge, images: torch.Tensor, landmarks: torch.Tensor,
-                    boundary_scheme, input_size: int, sigma: float, heatmaps_trained: bool):
+                    boundary_scheme, input_size: int, sigma: float, heatmaps_trained: bool,
+                    targets: BoundaryTargets | None = None):
     """The pure part of a training step: images ``(N, 3, S, S)`` (uint8, or float in [0, 1]) and
     landmarks ``(N, L, 2)`` (input pixels) -> ``(loss terms, model output, BoundaryTargets or None)``,
-    the ground truth made on the device. No host sync, so ``torch.compile(fullgraph=True)`` takes
-    it whole, forward and backward (``tests/model/test_compile.py``); checks, logging and the
-    optimiser steps stay outside (:func:`train_step`). ``judge``: the discriminator, or ``None``."""
+    the ground truth made on the device (``targets``: made already, as ``boundary_targets`` makes
+    it). No host sync, so ``torch.compile(fullgraph=True)`` takes it whole, forward and backward
+    (``tests/model/test_compile.py``); checks, logging and the optimiser steps stay outside
+    (:func:`train_step`). ``judge``: the discriminator, or ``None``."""
     output = forward_model(images)
     terms: dict[str, torch.Tensor] = {}
-    targets = None
     if heatmaps_trained:
-        targets = boundary_targets(landmarks, boundary_scheme, input_size, weights.heatmap_size, sigma)
+        if targets is None:
+            targets = boundary_targets(landmarks, boundary_scheme, input_size, weights.heatmap_size, sigma)
         terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, targets.heatmaps)
     terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, input_size)
     if judge is not None and heatmaps_trained:
@@ -115,9 +95,9 @@ def train_step(trainer: Trainer, images: torch.Tensor, landmarks: torch.Tensor) 
     # the bare discriminator module: its gradients here are discarded (set to None before the D step)
     judge = model.discriminator if trainer.discriminator is not None else None
     with autocast(config, trainer.device):
-        terms, output, targets = training_losses(trainer.forward, model.config, judge, images, landmarks,
-                                                 model.boundary_scheme, config.input_size, config.sigma,
-                                                 trainer.heatmaps_trained)
+        terms, output, targets = trainer.losses(trainer.forward, model.config, judge, images, landmarks,
+                                                model.boundary_scheme, config.input_size, config.sigma,
+                                                trainer.heatmaps_trained)
         loss = sum(terms.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss is {loss.item()} ({ {k: v.item() for k, v in terms.items()} })")

@@ -20,7 +20,7 @@ from tiny_runs import tiny_config
 #: every module that calls the curve function by a name of its own (labfast.ops exports a function
 #: named boundary_heatmaps, which hides the module of that name as an attribute)
 CURVE_USERS = [importlib.import_module(name) for name in
-               ("labfast.ops.boundary_heatmaps", "labfast.model.losses", "labfast.train.step")]
+               ("labfast.ops.boundary_heatmaps", "labfast.model.losses", "labfast.train.targets")]
 
 
 def _trainer(*assignments: str):
