@@ -82,9 +82,11 @@ PRESETS: dict[str, TrainConfig] = {
     "cofw_300w_boundaries": TrainConfig(dataset="cofw", boundary_dataset="300w", epochs=100, lr_milestones=(70, 90)),
     "aflw_300w_boundaries": TrainConfig(dataset="aflw", boundary_dataset="300w"),
     # CPU-sized: the small model, used for the CPU-trained shipped weights and the demo.
-    # 128x128 crops (32x32 heatmaps): 4x cheaper than 256, ~30 images/s on 2 CPU cores.
+    # 128x128 crops (32x32 heatmaps): 4x cheaper than 256. The step's speed switches on: one thread
+    # beside the loader's worker on a 2-core CPU (benchmarks/test_train_step_cpu.py measures each).
     "300w_cpu": TrainConfig(dataset="300w", model="small", input_size=128, epochs=30, batch_size=16, lr=1e-3,
-                            lr_milestones=(20, 26), num_workers=1),
+                            lr_milestones=(20, 26), num_workers=1, threads=1, compile_step=True,
+                            dense_message_passing=True, fused_adam=True),
 }
 
 
