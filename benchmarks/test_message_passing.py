@@ -8,11 +8,17 @@ the preset's C = 4 channels per branch and 7×7 messages; batch 1 / 32 / 256, fp
 forward alone and forward + backward. One CPU case (reference and its compiled form) runs
 anywhere. Each group holds one shape, so pytest-benchmark's relative columns (the reference ratio)
 are the ratios against the reference measured in the same run; each row's
-``extra_info`` records device, versions, date and the op's FLOPs.
+``extra_info`` records device, versions, date and the op's FLOPs. A CPU case at the small preset's
+shapes (the training step's) times the reference and ``message_passing_dense``, forward +
+backward, interleaved call by call, on both graphs.
 
     pytest benchmarks/test_message_passing.py --benchmark-group-by=group \\
         --benchmark-json benchmarks/results/message_passing-<device>-<date>.json
 """
+
+import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -21,7 +27,7 @@ from labfast import schemes
 from labfast.perf.devices import environment
 from labfast.model import config_by_name
 from labfast.model.estimator import boundary_neighbours
-from labfast.ops.message_passing import message_passing, message_passing_ref
+from labfast.ops.message_passing import message_passing, message_passing_dense, message_passing_ref
 
 PAPER = config_by_name("paper")
 BOUNDARIES = schemes.get("300w").num_boundaries
@@ -103,3 +109,42 @@ def test_message_passing_gpu(benchmark, monkeypatch, name, batch, graph, dtype, 
 def test_message_passing_cpu_reference(benchmark, monkeypatch, name):
     """A small CPU case anywhere: the reference and its compiled form (Triton needs a GPU)."""
     measure(benchmark, monkeypatch, name, 1, "intra", torch.float32, torch.device("cpu"), backward=False)
+
+
+SMALL = config_by_name("small", input_size=128)
+
+
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_message_passing_dense_cpu(benchmark, graph):
+    """The small preset's call in its training step (batch 16, C = 4, 3×3, 32×32), forward + backward,
+    on one thread: the reference (a grouped convolution) and the dense form, interleaved; one
+    benchmark round is one call of each. ``extra_info``: each one's median ms and the ratio."""
+    branches, edges = GRAPHS[graph]
+    channels, ksize, size = SMALL.boundary_channels, SMALL.message_kernel, SMALL.heatmap_size
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(16, branches * channels, size, size, generator=generator).requires_grad_()
+    weights = (torch.randn(len(edges), channels, channels, ksize, ksize, generator=generator)
+               / (channels * ksize * ksize) ** 0.5).requires_grad_()
+    bias = torch.randn(len(edges), channels, generator=generator).requires_grad_()
+    times = {"reference": [], "dense": []}
+    ops = {"reference": message_passing_ref, "dense": message_passing_dense}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def one_round():
+        for name, op in ops.items():
+            start = time.perf_counter()
+            out = op(features, weights, bias, edges)
+            torch.autograd.grad(out, (features, weights, bias), torch.ones_like(out))
+            times[name].append(1e3 * (time.perf_counter() - start))
+
+    try:
+        benchmark.group = f"cpu {graph} E={len(edges)} N=16 C={channels} k={ksize} {size}x{size} fwd+bwd, 1 thread"
+        benchmark.pedantic(one_round, rounds=15, warmup_rounds=2, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    medians = {name: statistics.median(values[2:]) for name, values in times.items()}
+    benchmark.extra_info.update(environment(torch.device("cpu")), median_ms=medians,
+                                dense_speedup=medians["reference"] / medians["dense"],
+                                load_average_1min=os.getloadavg()[0])
+    print(f"\n{graph}: {medians}, dense {medians['reference'] / medians['dense']:.2f}x, load {os.getloadavg()[0]:.1f}")

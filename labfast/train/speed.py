@@ -1,4 +1,4 @@
-"""The training step's speed switches, each a ``TrainConfig`` field (issue 20, item 1).
+"""The training step's speed switches, each a ``TrainConfig`` field.
 
 The step computes the same losses and gradients with or without them, up to floating-point
 rounding (``tests/train/test_speed.py`` bounds the difference by the plain step's own rounding
