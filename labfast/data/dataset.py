@@ -133,7 +133,9 @@ class FaceDataset(torch.utils.data.Dataset):
     messages, in the main process whichever worker read them.
 
     Training augmentation is drawn from a per-item generator seeded by ``(seed, epoch, index)``:
-    the same triple gives the same crop in any worker process and any order. Call
+    the same triple gives the same crop in any worker process and any order. ``dataset[(i, c)]`` is face ``i``'s
+    ``c``-th copy in an epoch (``labfast.train.sampling.BalancedSampler`` draws faces more than once),
+    seeded by ``(seed, epoch, index, c)``: each copy is augmented anew; copy 0 is ``dataset[i]``. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
     iterator is created).
     """
@@ -178,7 +180,8 @@ class FaceDataset(torch.utils.data.Dataset):
             raise ValueError("sample has neither image nor image_path")
         return read_image_bgr(sample.image_path)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, copy = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
         try:
             image = self._image(sample)
@@ -186,8 +189,9 @@ class FaceDataset(torch.utils.data.Dataset):
             if not self.skip_unreadable:
                 raise
             return {"index": index, "unreadable": f"item {index}: {error}"}
+        entropy = [self.seed, self.epoch, index] + ([copy] if copy else [])
         streams = dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in np.random.SeedSequence(
-            [self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))))) if self.train else {}
+            entropy).spawn(len(AUGMENTATION_STREAMS))))) if self.train else {}
         box = sample.box
         if self.train and (self.augment.box_shift_std > 0 or self.augment.box_scale_std > 0):
             box = jitter_box(box, streams["box"], self.augment.box_shift_std, self.augment.box_scale_std)

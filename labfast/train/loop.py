@@ -43,7 +43,7 @@ from labfast import checkpoint, data, metrics, schemes
 
 from labfast.train import presets
 
-from labfast.train import schedule
+from labfast.train import sampling, schedule
 from labfast.evaluation.protocols import predict_faces
 from labfast.model import LAB, LABConfig, config_by_name, losses
 from labfast.ops import boundary_heatmaps
@@ -250,6 +250,15 @@ def _past_deadline(deadline: float, runtime: Runtime) -> bool:
     return bool(flag)
 
 
+def _agreed(runtime: Runtime, flag: bool) -> bool:
+    """The main process's ``flag`` on every process (only the main process validates)."""
+    if runtime.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag and runtime.is_main)], device=runtime.device)
+    dist.all_reduce(value)
+    return bool(value)
+
+
 def _refuse_cpu_channels_last_hazard(model: torch.nn.Module) -> None:
     """Refuse fp32 channels_last CPU training of a model with a 1x1 strided convolution of 2-7 input channels.
 
@@ -359,11 +368,12 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_lr) if discriminator is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
-    start_epoch, skip_batches, step, best_nme, unreadable_in_epoch = 0, 0, 0, math.inf, 0
+    start_epoch, skip_batches, step, best_nme, unreadable_in_epoch, best_epoch = 0, 0, 0, math.inf, 0, -1
     if resume:
         state = restore_training_state(out / "last.pt", device, model, optimizer, d_optimizer, scaler)
         start_epoch, skip_batches, step = state["epoch"], state["batches_done"], state["step"]
         best_nme = state.get("best_nme", math.inf)
+        best_epoch = checkpoint.load(out / "best.pt")["epoch"] if (out / "best.pt").exists() else -1
         unreadable_in_epoch = state.get("unreadable_in_epoch", 0)
         if runtime.is_main:
             logger.info("resumed %s at epoch %d, batch %d (step %d)", out / "last.pt", start_epoch, skip_batches, step)
@@ -380,8 +390,10 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     if config.compile:
         forward_model = torch.compile(forward_model)
 
-    sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
-                                 shuffle=True, seed=config.seed, drop_last=True)
+    sampler = (sampling.BalancedSampler(sampling.pose_weights(train_faces, scheme.name, config), runtime.world_size,
+                                        runtime.rank, config.seed) if config.pose_balance_bins else
+               DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
+                                  shuffle=True, seed=config.seed, drop_last=True))
     steps_per_epoch = len(sampler) // config.batch_size
     total_steps = planned_steps(config, steps_per_epoch)
     writer = _ScalarLog(out) if runtime.is_main else None
@@ -469,7 +481,7 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
             writer.add(step, epoch, {"unreadable_images": unreadable_in_epoch})
         if runtime.is_main:
             if not math.isnan(val_nme) and val_nme < best_nme:
-                best_nme = val_nme
+                best_nme, best_epoch = val_nme, epoch
                 checkpoint.save(out / "best.pt", {**checkpoint.model_payload(model), "epoch": epoch, "step": step,
                                                   "metrics": {"val_nme": val_nme}, "train_config": presets.to_dict(config)})
             save_last(next_epoch, next_skip, best_nme, 0 if epoch_done else unreadable_in_epoch)
@@ -484,6 +496,10 @@ def _train(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
                 progress.total = total_steps if config.time_limit_minutes <= 0 else None
                 if runtime.is_main:
                     (out / "config.json").write_text(json.dumps(presets.to_dict(config), indent=2) + "\n")
+        if epoch_done and _agreed(runtime, schedule.early_stop_due(config, epoch + 1, best_epoch)):
+            if runtime.is_main:
+                logger.info("early stop after epoch %d: validation last improved at epoch %d", epoch, best_epoch)
+            finished = True
         epoch, skip_batches = next_epoch, next_skip
         if epoch_done:
             unreadable_in_epoch = 0
@@ -508,7 +524,9 @@ def training_losses(forward_model, weights: LABConfig, judge, images: torch.Tens
             heatmap_coordinates(landmarks, input_size, weights.heatmap_size).float(),
             boundary_scheme, size=weights.heatmap_size, sigma=sigma)
         terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, target_heatmaps)
-    terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, input_size)
+    terms["landmark"] = weights.landmark_weight * losses.landmark_loss(
+        output.landmarks, landmarks, input_size, weights.landmark_loss, weights.landmark_loss_width,
+        weights.landmark_loss_curvature)
     if judge is not None and heatmaps_trained:
         terms["adversarial"] = weights.adversarial_weight * losses.adversarial_loss(judge(output.heatmaps[-1]))
     return terms, output, target_heatmaps
