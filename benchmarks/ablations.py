@@ -157,7 +157,7 @@ def validation_nmes(checkpoint: Path, faces: list) -> dict:
 
 def wild(checkpoint: Path, latency_rounds: int) -> dict:
     from labfast.evaluation import wild as protocol
-    from labfast.inference import FaceAligner
+    from labfast import FaceAligner
 
     aligner = FaceAligner(str(checkpoint), device="cpu", threads=1)
     report = protocol.evaluate(aligner, DATA / "wflw_wild_dev", protocol.dlib_aligner(), latency_rounds)
