@@ -1,8 +1,8 @@
 """One full LAB training step: reference vs ``torch.compile`` vs the fast paths (images/s).
 
-The step is ``labfast.train.loop._train_step`` as ``labfast bench`` builds it (``labfast.perf.bench.
+The step is ``labfast.train.step.train_step`` as ``labfast bench`` builds it (``labfast.perf.bench.
 prepare_train_step``: estimator + regressor forward/backward, ground-truth heatmaps on the device,
-the discriminator's step, both optimiser steps) on random 256x256 images. GPU cases (skipped
+the discriminator's step, both optimiser steps) on random 256x256 uint8 images. GPU cases (skipped
 without CUDA) use the paper model at batch 32 and 256, fp32 and bf16; a backend that cannot run
 skips with its reason. The tiny CPU case runs anywhere (its compiled twin is marked ``slow``:
 compiling forward and backward takes minutes on a 2-core CPU). One group per case, so the

@@ -31,7 +31,8 @@ from labfast.data import read_image_bgr
 from labfast.evaluation.protocols import format_table, predict_faces
 from labfast.inference.aligner import resolve_device
 from labfast.inference.overlay import draw_faces
-from labfast.train.loop import read_training_faces, train
+from labfast.train import train
+from labfast.train.faces import read_training_faces
 
 logger = logging.getLogger("labfast.commands.demo")
 

@@ -49,18 +49,6 @@ DEFAULT_SUBSETS = {
 }
 
 
-def read_test_faces(dataset: str, root: Path, subset: str, strict: bool = True) -> list:
-    if dataset == "300w":
-        return data.read_300w(root, subset=subset, strict=strict)
-    if dataset == "wflw":
-        return data.read_wflw(root, split="test", subset=None if subset == "full" else subset, strict=strict)
-    if dataset == "cofw":
-        return data.read_cofw(root / "COFW_test_color.mat" if root.is_dir() else root, strict=strict)
-    if dataset == "aflw":
-        return data.read_aflw(root, split=subset, strict=strict)
-    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SUBSETS)}")
-
-
 #: NME given to a face the detector missed: one whole normaliser (inter-ocular distance for 300-W),
 #: ten times the failure threshold.
 MISSED_NME = 1.0
@@ -167,7 +155,7 @@ def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: 
     for subset in subsets:
         try:
             with count_skipped() as counter:
-                samples = read_test_faces(dataset, root, subset, strict=strict)
+                samples = data.read_faces(dataset, root, subset, strict=strict)
         except FileNotFoundError as error:
             results[subset] = {"missing": str(error)}
             logger.warning("%s %s: not evaluated (%s)", dataset, subset, error)

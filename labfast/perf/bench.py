@@ -22,9 +22,9 @@ Backends (each row names the one it measured; one that cannot run here is a row 
   Fast paths run on CUDA tensors only: on the CPU they are listed as unavailable.
 
 What is measured:
-- ``train``: images/s of one full LAB step (``labfast.train.loop._train_step``: estimator + regressor
+- ``train``: images/s of one full LAB step (``labfast.train.step.train_step``: estimator + regressor
   forward/backward, ground-truth heatmaps made on the device by ``labfast.ops.boundary_heatmaps``,
-  the discriminator's step, both optimiser steps) on random 256x256 images and synthetic 300-W faces.
+  the discriminator's step, both optimiser steps) on random 256x256 uint8 images and synthetic 300-W faces.
 - ``infer``: faces/s and latency (median, p99) of ``model(images)`` in eval mode.
 - ``heatmaps``: heatmaps/s of the fused op vs the per-face OpenCV raster baseline (row ``opencv``:
   ``labfast.boundary.heatmaps`` one face at a time, as data loaders make them; always on the CPU;
@@ -208,31 +208,30 @@ def _train_config(config_name: str, batch: int, dtype: str):
 
 def prepare_train_step(config_name: str, batch: int, dtype: str, backend: str,
                        device: torch.device, seed: int = 0) -> Callable[[], dict]:
-    """A callable running one full LAB training step (``labfast.train.loop._train_step``) per call.
+    """A callable running one full LAB training step (``labfast.train.step.train_step``) per call.
 
     Raises ``Unavailable`` when ``backend`` cannot run on ``device``.
     """
-    from labfast.train import loop as train
+    from labfast.train.build import build_model
+    from labfast.train.runtime import Runtime
+    from labfast.train.step import build_trainer, train_step
 
     _check_fast(backend, device)
     if backend == "fast+cudagraphs":
         raise Unavailable("CUDA graphs are measured for inference only")
     config = _train_config(config_name, batch, dtype)
     torch.manual_seed(seed)
-    model = train.build_model(config).to(device)
+    model = build_model(config).to(device)
     if model.discriminator is None:
         raise Unavailable(f"config {config_name!r} has no discriminator; the LAB step needs one")
-    generator_parameters = [p for name, p in model.named_parameters() if not name.startswith("discriminator.")]
-    optimizer = torch.optim.Adam(generator_parameters, lr=config.lr)
-    d_optimizer = torch.optim.Adam(model.discriminator.parameters(), lr=config.discriminator_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    forward_model = _compile(model, backend) if "compile" in backend else model
-    images = random_images(batch, device, seed)
+    trainer = build_trainer(model, config, Runtime(device=device))
+    if "compile" in backend:
+        trainer.forward = _compile(model, backend)
+    images = (random_images(batch, device, seed) * 255).to(torch.uint8)  # crops reach the step as uint8
     landmarks = synthetic_faces(batch, INPUT_SIZE, seed).to(device)
 
     def step() -> dict:
-        return train._train_step(config, forward_model, model.discriminator, optimizer, d_optimizer, scaler,
-                                 images, landmarks, model.scheme, model.boundary_scheme, device)
+        return train_step(trainer, images, landmarks)
 
     return _under(_dispatch(backend), step)
 

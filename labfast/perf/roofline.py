@@ -220,7 +220,7 @@ def inference_traffic(config_name: str, batch: int, dtype: str, scheme: str = "3
 def train_step_traffic(config_name: str, batch: int, dtype: str, scheme: str = "300w") -> Traffic:
     """Every operator of one LAB training step but the ground-truth heatmaps (predicted on their own).
 
-    The step of ``labfast.train.loop._train_step``: forward, heatmap + landmark + adversarial losses,
+    The step of ``labfast.train.step.train_step``: forward, heatmap + landmark + adversarial losses,
     backward, Adam on estimator + regressor, then the discriminator on real and estimated heatmaps,
     its backward and its Adam step. In ``bf16`` the model's tensors are bf16 throughout (autocast
     keeps a few reductions in fp32; the difference is small next to the activations).
