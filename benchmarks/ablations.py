@@ -121,10 +121,11 @@ def train(names: list[str], budget_minutes: float, parallel: int) -> None:
 
 
 def validation_faces():
-    from labfast.train import loop, presets
+    from labfast.train import presets
+    from labfast.train.faces import read_training_faces
 
     config = presets.override(presets.get(PRESET), [f"data_root={DATA / '300w'}"])
-    return loop.read_training_faces(config)[1]
+    return read_training_faces(config)[1]
 
 
 def validation_nmes(checkpoint: Path, faces: list) -> dict:
