@@ -60,6 +60,9 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
     "wing_balance": (["model.landmark_loss=wing", "pose_balance_bins=5"],
                      "Wing loss + pose-based data balancing (5 yaw bins, cap 4)"),
     "wide": (["model.regressor_width=24"], "regressor 1.5x wider (0.42 GFLOPs, 1.83 M parameters)"),
+    "balance": (["pose_balance_bins=5"], "pose-based data balancing alone (L2)"),
+    "wing_balance_wide": (["model.landmark_loss=wing", "pose_balance_bins=5", "model.regressor_width=24"],
+                          "the three together"),
 }
 
 
