@@ -14,12 +14,13 @@ then ``os.replace``: a crash mid-write never leaves a truncated checkpoint under
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from labfast.atomic import replaced_atomically
 
 FORMAT = "labfast-checkpoint"
 VERSION = 1
@@ -31,22 +32,9 @@ class CheckpointError(RuntimeError):
 
 def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format header) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

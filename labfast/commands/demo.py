@@ -31,6 +31,7 @@ from labfast.data import read_image_bgr
 from labfast.evaluation.protocols import format_table, predict_faces
 from labfast.inference.aligner import resolve_device
 from labfast.inference.overlay import draw_faces
+from labfast.progress import track
 from labfast.train.loop import read_training_faces, train
 
 logger = logging.getLogger("labfast.commands.demo")
@@ -47,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="training time budget with --train")
     parser.add_argument("--checkpoint", default=None, help="weights to run (default: the shipped ones)")
     parser.add_argument("--data-root", default=str(BUNDLED_DATA), help="300-W layout folder (default: bundled sample)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--overlays", type=int, default=8, help="how many faces get a full-size overlay picture (the sheet shows all)")
     add_threads_argument(parser)
 
@@ -120,7 +121,7 @@ def _detector_summary(aligner: FaceAligner, faces: list) -> dict:
     from labfast.tools.detector_fit import match
 
     nmes = []
-    for face in faces:
+    for face in track(faces, len(faces), "demo: detect", "face"):
         found = aligner.predict(face.image_path)
         index = match(np.stack([candidate.box for candidate in found]), face.box) if found else None
         nmes.append(np.inf if index is None else
@@ -136,7 +137,7 @@ def _write_overlays(aligner: FaceAligner, faces: list, nmes: np.ndarray, full_si
     folder = out / "overlays"
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
-    for number, (face, error) in enumerate(zip(faces, nmes)):
+    for number, (face, error) in enumerate(track(zip(faces, nmes), len(faces), "demo: overlays", "face")):
         image = read_image_bgr(face.image_path)
         predicted = aligner.predict(image, boxes=face.box[None], heatmaps=True)
         if number < full_size:

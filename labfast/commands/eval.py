@@ -1,4 +1,7 @@
-"""``labfast eval``: score a checkpoint with a data set's protocol and write ``metrics.json`` and ``ced.png``."""
+"""``labfast eval``: score a checkpoint with a data set's protocol and write ``metrics.json`` and ``ced.png``.
+
+Both files are written only when at least one subset was evaluated, and each is replaced whole: a
+failed evaluation (a wrong ``--data-root``, an interrupted run) leaves the last good pair in ``--out``."""
 from __future__ import annotations
 
 import json
@@ -9,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from labfast import checkpoint, plots
+from labfast.atomic import replaced_atomically
 from labfast.evaluation.protocols import BOX_SOURCES, DEFAULT_SUBSETS, NORMALISER_NAMES, evaluate, format_table
 from labfast.inference.aligner import resolve_device
 from labfast.inference.runtime import add_threads_argument, set_threads
@@ -24,8 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--flip", action="store_true", help="average with the prediction for the mirrored face")
     parser.add_argument("--boxes", choices=BOX_SOURCES, default="gt",
                         help="crop from the annotated boxes (gt) or from the face detector's (detector; missed faces fail)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch", type=int, default=32, help="faces per forward pass (default 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: labfast-eval-DATASET in the working directory)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed annotation instead of skipping it")
     add_threads_argument(parser)
@@ -51,24 +55,28 @@ def run(args) -> int:
     print(f"{args.dataset} — {weights}, {args.boxes} boxes{' (flip averaged)' if args.flip else ''}")
     print(format_table(args.dataset, results))
     out = Path(args.out) if args.out else Path.cwd() / f"labfast-eval-{args.dataset}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({
+    curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
+    if not curves:
+        logger.error("nothing was evaluated: no subset of %s could be read under %s; %s is left as it was",
+                     args.dataset, args.data_root, out)
+        return 1
+    _write_results(out, {
         "checkpoint": str(weights), "dataset": args.dataset, "flip": args.flip, "boxes": args.boxes,
         "units": {"nme": "% of the normaliser", "fr": "% of faces", "auc": "fraction (0-1)",
                   "nmes": "% of the normaliser, per face", "normaliser": model.scheme.normalizer,
                   "failure_threshold": "NME 10 %"},
-        "results": _in_percent(results)}, indent=2) + "\n")
-    written = [out / "metrics.json"]
-    curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
-    if curves:
-        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution",
-                       normaliser=NORMALISER_NAMES[model.scheme.normalizer])
-        written.append(out / "ced.png")
-    print(f"wrote {' and '.join(str(path) for path in written)}")
-    if not curves:
-        logger.error("nothing was evaluated: no subset of %s could be read under %s", args.dataset, args.data_root)
-        return 1
+        "results": _in_percent(results)}, curves, args.dataset, NORMALISER_NAMES[model.scheme.normalizer])
+    print(f"wrote {out / 'metrics.json'} and {out / 'ced.png'}")
     return 0
+
+
+def _write_results(out: Path, metrics: dict, curves: dict[str, np.ndarray], dataset: str, normaliser: str) -> None:
+    """``ced.png`` then ``metrics.json``, each replaced whole (``labfast.atomic``) and only once both
+    are drawn, so a failure leaves the last good pair, and ``metrics.json`` (written last) is never
+    newer than the plot beside it."""
+    with replaced_atomically(out / "metrics.json") as metrics_file, replaced_atomically(out / "ced.png") as plot_file:
+        plots.plot_ced(curves, plot_file, title=f"{dataset}: cumulative error distribution", normaliser=normaliser)
+        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _in_percent(results: dict[str, Any]) -> dict[str, Any]:

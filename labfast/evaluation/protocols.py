@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from labfast import data, metrics
+from labfast.progress import track
 
 logger = logging.getLogger("labfast.evaluation.protocols")
 
@@ -81,7 +81,7 @@ def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
     from labfast.tools.detector_fit import match
 
     matched = []
-    for sample in samples:
+    for sample in track(samples, len(samples), "detect", "face"):
         image = sample.image if sample.image is not None else data.read_image_bgr(sample.image_path)
         boxes = np.asarray(detect(image), np.float64).reshape(-1, 4)
         index = match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
@@ -138,7 +138,8 @@ def predict_faces(model, samples: list, device: torch.device, batch_size: int = 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     permutation = torch.tensor(model.scheme.flip_permutation)
     predictions = []
-    for batch in tqdm(loader, desc="faces", unit="batch", disable=not progress, leave=False):
+    batches = track(loader, len(samples), "faces", "face", step=lambda batch: len(batch["image"])) if progress else loader
+    for batch in batches:
         images = batch["image"].to(device)
         landmarks = model(images).landmarks.float().cpu()
         if flip:
