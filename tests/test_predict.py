@@ -188,3 +188,20 @@ def test_haar_detector_is_a_choice(monkeypatch, tiny_checkpoint, tmp_path):
     assert predict(monkeypatch, image, "--checkpoint", tiny_checkpoint, "--out", out, "--detector", "haar", "--no-overlay") == 0
     face, = json.loads((out / "image_0067.json").read_text())["faces"]
     assert face["score"] is not None and face["score"] > 1  # Haar's level weight, not YuNet's [0, 1] score
+
+
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe not UTF-8",  # UnicodeDecodeError escaped (found by tests/fuzz)
+    b"[" * 5000,  # RecursionError escaped
+    b'{"a.jpg": [[0, 0, 10, ""]]}',  # ValueError from numpy escaped
+    b'{"a.jpg": [{"x0": 0}]}',  # TypeError escaped
+    b'{"a.jpg": [[0, 0, 10, 1' + b"0" * 400 + b"]]}",  # OverflowError escaped
+    b'{"a.jpg": [[0, 0, 10, 10], [1, 2]]}',  # ragged
+])
+def test_a_malformed_boxes_file_is_one_line_naming_it(tmp_path, content):
+    from labfast.commands.predict import read_boxes
+
+    path = tmp_path / "boxes.json"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit, match=f"labfast predict: (cannot read )?boxes file {path}"):
+        read_boxes(str(path))

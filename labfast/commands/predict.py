@@ -149,13 +149,16 @@ def read_boxes(path: str) -> dict[str, np.ndarray]:
     try:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"labfast predict: cannot read boxes file {path}: {error}") from error
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, or not UTF-8
+        raise SystemExit(f"labfast predict: cannot read boxes file {path}: {error.__class__.__name__}: {error}") from error
     if not isinstance(raw, dict):
         raise SystemExit(f"labfast predict: boxes file {path} must hold a JSON object {{image: [[x0, y0, x1, y1], ...]}}")
     boxes = {}
     for key, value in raw.items():
-        array = np.asarray(value, dtype=np.float32) if value else np.zeros((0, 4), np.float32)
+        try:
+            array = np.asarray(value, dtype=np.float32) if value else np.zeros((0, 4), np.float32)
+        except (TypeError, ValueError, OverflowError):  # text, objects, ragged lists, huge integers
+            array = np.zeros(0, np.float32)
         if array.ndim != 2 or array.shape[1] != 4 or not np.isfinite(array).all() or \
                 (array[:, 2] <= array[:, 0]).any() or (array[:, 3] <= array[:, 1]).any():
             raise SystemExit(f"labfast predict: boxes file {path}, entry {key!r}: expected a list of finite "

@@ -71,8 +71,9 @@ def draw_boundaries(canvas: np.ndarray, heatmaps: np.ndarray, heatmap_to_image: 
     warped = cv2.warpAffine(np.clip(premultiplied + 0.5, 0, 255).astype(np.uint8), heatmap_to_region, (x1 - x0, y1 - y0),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     area = canvas[y0:y1, x0:x1]
-    covered = cv2.multiply(area, cv2.cvtColor(warped[..., 3], cv2.COLOR_GRAY2BGR), scale=1 / 255)
-    area[...] = cv2.add(cv2.subtract(area, covered), np.ascontiguousarray(warped[..., :3]))
+    covered = cv2.multiply(area, cv2.cvtColor(warped[..., 3], cv2.COLOR_GRAY2BGR), scale=1 / 255, dtype=cv2.CV_8U)
+    cv2.subtract(area, covered, dst=area)
+    cv2.add(area, cv2.cvtColor(warped, cv2.COLOR_BGRA2BGR), dst=area)
 
 
 def draw_faces(image_bgr: np.ndarray, faces: Sequence[Face], boundaries: bool = True, points: bool = True,
