@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import colorsys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
-from labfast.inference.aligner import Face
+if TYPE_CHECKING:  # typing only: labfast predict's options import this module, and the aligner pulls in torch
+    from labfast.inference.aligner import Face
 
 LANDMARK_COLOUR = (255, 255, 255)  # BGR; white with a black rim stays visible over every boundary hue
 LANDMARK_RIM = (0, 0, 0)
