@@ -4,7 +4,7 @@
 
 For YuNet and Haar (``labfast.inference.detect``), on the 300-W common test subset (554 crops, 256x256) and on
 the 12 whole photos of ``300w_fullres_samples``: a face counts as found when a detection contains the
-centre of its annotated landmark box (``labfast.tools.detector_fit.match``); per detector the recall, the
+centre of its annotated landmark box (``labfast.inference.detect.match``); per detector the recall, the
 median IoU of the converted box with the landmark box, the mean detection time per image, and on
 the common subset the shipped weights' NME / FR@10 from the detector's boxes (a missed face counts
 as a failure with its NME left out of the mean) next to the same from the annotated landmark boxes.
@@ -27,7 +27,8 @@ from labfast import metrics
 from labfast.inference import detect
 from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
-from labfast.tools.detector_fit import box_iou, run_detector
+from labfast.inference.detect import box_iou
+from labfast.tools.detector_fit import run_detector
 
 
 def detector_rows(samples, aligner: FaceAligner | None) -> dict:

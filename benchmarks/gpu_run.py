@@ -75,7 +75,7 @@ GPU = Sizes(
     eval_box_s=45, export_box_s=40, after_training_s=80, train_grace_s=30,
 )
 #: The dry run trains in float32 with the default memory format: bfloat16 on a CPU is far slower
-#: (a tiny-model forward took 10 s on a busy 2-core machine; tests/test_train.py covers bf16 and
+#: (a tiny-model forward took 10 s on a busy 2-core machine; tests/train/test_loop.py covers bf16 and
 #: channels_last there), and with float32, channels_last training crashed in the backward pass
 #: (SIGSEGV, torch 2.13.0+cpu, 2026-11-28).
 DRY = Sizes(

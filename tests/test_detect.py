@@ -111,7 +111,7 @@ def test_yunet_beats_haar_on_the_bundled_test_crops():
         image = cv2.imread(sample.image_path)
         for detector in detect.DETECTORS:
             found = detect.detect_faces(image, detector)
-            index = detector_fit.match(found.boxes, sample.box) if len(found) else None
+            index = detect.match(found.boxes, sample.box) if len(found) else None
             if index is not None:
                 overlaps[detector].append(iou(detect.to_landmark_box(found.boxes[index:index + 1], detector)[0], sample.box))
     assert len(overlaps["yunet"]) == 40 and len(overlaps["haar"]) < 40

@@ -8,14 +8,14 @@ import torch
 
 from labfast import checkpoint, cli, plots, schemes
 from labfast.commands.demo import BUNDLED_DATA
-from labfast.tools.detector_fit import box_iou
+from labfast.inference.detect import box_iou
 from labfast.evaluation.protocols import MISSED_NME, evaluate, match_detections, predict_faces
 from labfast.data import read_300w
 from labfast.model import LABOutput, config_by_name
 
 
 class CropOracle(torch.nn.Module):
-    """Stands in for LAB: returns fixed crop-space landmarks, whatever the image."""
+    """Stands in for LAB: returns fixed crop-space landmarks, whatever the image (and blank heatmaps)."""
 
     def __init__(self, crop_landmarks: torch.Tensor):
         super().__init__()
@@ -26,7 +26,11 @@ class CropOracle(torch.nn.Module):
 
     def forward(self, images):
         self.calls += 1
-        return LABOutput(landmarks=self.crop_landmarks[: len(images)].clone(), heatmaps=[])
+        return LABOutput(landmarks=self.crop_landmarks[: len(images)].clone(), heatmaps=self.heatmaps(images))
+
+    def heatmaps(self, images):
+        size = self.config.heatmap_size
+        return [torch.zeros(len(images), self.scheme.num_boundaries, size, size)]
 
 
 def test_predictions_are_mapped_back_to_the_original_image():
@@ -51,7 +55,7 @@ def test_flip_averaging_undoes_the_mirror_and_the_relabelling():
     class MirrorAware(CropOracle):
         def forward(self, images):
             self.calls += 1
-            return LABOutput(landmarks=(plain if self.calls % 2 else relabelled).clone(), heatmaps=[])
+            return LABOutput(landmarks=(plain if self.calls % 2 else relabelled).clone(), heatmaps=self.heatmaps(images))
 
     with_flip = predict_faces(MirrorAware(plain), faces, torch.device("cpu"), batch_size=2, flip=True, progress=False)
     without = predict_faces(CropOracle(plain), faces, torch.device("cpu"), batch_size=2, progress=False)

@@ -7,8 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from labfast.train import presets
-from labfast.train.loop import train
+from labfast.train import presets, train
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face`` for inference;
+"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face_pixels`` for inference;
 ``collate_readable``, the batch maker that drops the items whose image could not be read."""
 from __future__ import annotations
 
@@ -92,36 +92,50 @@ def read_image_bgr(path: str) -> np.ndarray:
     return image
 
 
+def sample_image(sample: Sample) -> np.ndarray:
+    """A sample's pixels: ``sample.image`` when it holds them, else its file (:func:`read_image_bgr`)."""
+    if sample.image is not None:
+        return sample.image
+    if sample.image_path is None:
+        raise ValueError("sample has neither image nor image_path")
+    return read_image_bgr(sample.image_path)
+
+
 def _bgr_to_rgb_float(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def crop_face(
-    image_bgr: np.ndarray,
-    box: Sequence[float],
-    input_size: int = 256,
-    margin: float = DEFAULT_MARGIN,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The inference crop: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
+def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+                     margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The inference crop as pixels: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
 
     Args:
         image_bgr: ``(H, W, 3)`` uint8 BGR (as ``cv2.imread`` gives).
         box: ``x0, y0, x1, y1`` face box.
     Returns:
-        ``crop`` ``(input_size, input_size, 3)`` float32 RGB in [0, 1], and ``affine`` ``(2, 3)``
-        float32 mapping original image coords -> crop coords (invert with
-        ``cv2.invertAffineTransform`` to bring predictions back).
+        ``crop`` ``(input_size, input_size, 3)`` uint8 BGR (a quarter of the float crop's bytes, for
+        the trip to the device), and ``affine`` ``(2, 3)`` float64 mapping original image coords ->
+        crop coords (``labfast.data.transforms.invert_affine`` brings predictions back).
     """
     centre, side = face_centre_and_side(np.asarray(box, dtype=np.float64), margin)
     matrix = crop_matrix(centre, side, input_size)
-    return _bgr_to_rgb_float(warp_crop(image_bgr, matrix, input_size)), matrix.astype(np.float32)
+    return warp_crop(image_bgr, matrix, input_size), matrix
+
+
+def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+              margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The model's input for one face: :func:`crop_face_pixels` as ``(input_size, input_size, 3)``
+    float32 RGB in [0, 1], and its affine as float32."""
+    crop, matrix = crop_face_pixels(image_bgr, box, input_size, margin)
+    return _bgr_to_rgb_float(crop), matrix.astype(np.float32)
 
 
 class FaceDataset(torch.utils.data.Dataset):
     """Face crops for training or evaluation.
 
     ``dataset[i]`` -> dict:
-        ``image``: ``(3, S, S)`` float32 RGB in [0, 1];
+        ``image``: ``(3, S, S)`` uint8 RGB (the model converts it on its device: ``LAB.normalize``;
+        a batch travels to the device in a quarter of the bytes of float32);
         ``landmarks``: ``(L, 2)`` float32 in crop pixel coordinates;
         ``affine``: ``(2, 3)`` float32 mapping original image coords -> crop coords (flip included;
         with a flip, ``landmarks[flip_permutation[j]] = affine @ original[j]``);
@@ -132,7 +146,10 @@ class FaceDataset(torch.utils.data.Dataset):
     end a training run; :func:`collate_readable` drops such items from the batch and lists their
     messages, in the main process whichever worker read them.
 
-    Training augmentation is drawn from a per-item generator seeded by ``(seed, epoch, index)``:
+    Photometric augmentation runs on the crop in float32 and the result is rounded to uint8 (by at
+    most half a grey level); without it the crop is the warp's own uint8 pixels.
+
+    Training augmentation is drawn from per-item generators seeded by ``(seed, epoch, index)``:
     the same triple gives the same crop in any worker process and any order. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
     iterator is created).
@@ -171,23 +188,15 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image(self, sample: Sample) -> np.ndarray:
-        if sample.image is not None:
-            return sample.image
-        if sample.image_path is None:
-            raise ValueError("sample has neither image nor image_path")
-        return read_image_bgr(sample.image_path)
-
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         try:
-            image = self._image(sample)
+            image = sample_image(sample)
         except OSError as error:
             if not self.skip_unreadable:
                 raise
             return {"index": index, "unreadable": f"item {index}: {error}"}
-        streams = dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in np.random.SeedSequence(
-            [self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))))) if self.train else {}
+        streams = self.augmentation_streams(index) if self.train else {}
         box = sample.box
         if self.train and (self.augment.box_shift_std > 0 or self.augment.box_scale_std > 0):
             box = jitter_box(box, streams["box"], self.augment.box_shift_std, self.augment.box_scale_std)
@@ -207,12 +216,12 @@ class FaceDataset(torch.utils.data.Dataset):
             flip = False
             matrix = crop_matrix(centre, side, self.input_size)
 
-        crop = _bgr_to_rgb_float(warp_crop(image, matrix, self.input_size))
+        crop = cv2.cvtColor(warp_crop(image, matrix, self.input_size), cv2.COLOR_BGR2RGB)
         landmarks = apply_affine(sample.landmarks, matrix)
         if flip:
             landmarks = flip_landmarks(landmarks, self.scheme.flip_permutation)
         if self.train:
-            crop = self._photometric(crop, streams)
+            crop = _to_uint8(self.photometric(crop.astype(np.float32) / 255.0, streams))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
@@ -220,7 +229,13 @@ class FaceDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
-    def _photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:
+    def augmentation_streams(self, index: int) -> dict[str, np.random.Generator]:
+        """The random streams of item ``index`` this epoch, one per augmentation (``AUGMENTATION_STREAMS``)."""
+        children = np.random.SeedSequence([self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))
+        return dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in children)))
+
+    def photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:
+        """The photometric augmentations and occluders on an ``(S, S, 3)`` float32 RGB crop in [0, 1]."""
         config = self.augment
         crop = color_jitter(crop, streams["colour"], config.brightness, config.contrast, config.saturation)
         if config.hue_degrees > 0:
@@ -241,6 +256,11 @@ class FaceDataset(torch.utils.data.Dataset):
         if streams["patch"].random() < config.patch_probability:
             crop, _ = paste_patch(crop, streams["patch"], config.patch_size)
         return crop
+
+
+def _to_uint8(crop: np.ndarray) -> np.ndarray:
+    """A float crop in [0, 1] -> uint8, each value rounded to the nearest level (error <= 0.5 / 255)."""
+    return np.rint(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def collate_readable(items: list[dict]) -> dict:

@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from labfast.data.transforms import rescale_pixel_coordinates
+
 DETECTORS = ("yunet", "haar")
 DEFAULT_DETECTOR = "yunet"
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -157,8 +159,8 @@ def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     found = np.asarray(found, np.float32)
     boxes = np.concatenate([found[:, :2], found[:, :2] + found[:, 2:4]], axis=1)
-    if scale < 1.0:  # pixel centres: x_original = (x_copy + 0.5) / scale - 0.5
-        boxes = (boxes + 0.5) / (image.shape[1] / image_bgr.shape[1]) - 0.5
+    if scale < 1.0:  # back from the downscaled copy's pixels, pixel centres onto pixel centres
+        boxes = rescale_pixel_coordinates(boxes, image_bgr.shape[1] / image.shape[1])
     return boxes, found[:, -1]
 
 
@@ -222,3 +224,23 @@ def detect_landmark_boxes(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTO
     """:func:`detect_faces` with the boxes already converted by :func:`to_landmark_box`."""
     found = detect_faces(image_bgr, detector)
     return Detections(boxes=to_landmark_box(found.boxes, detector), scores=found.scores)
+
+
+def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of each of ``boxes`` ``(F, 4)`` with one ``box`` ``(4,)``."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    width = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
+    height = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
+    inter = width * height
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+
+
+def match(boxes: np.ndarray, landmark_box: np.ndarray) -> int | None:
+    """Index of the detection that contains the landmark box's centre and overlaps it most, or ``None``."""
+    centre_x, centre_y = (landmark_box[0] + landmark_box[2]) / 2, (landmark_box[1] + landmark_box[3]) / 2
+    inside = (boxes[:, 0] <= centre_x) & (centre_x <= boxes[:, 2]) & (boxes[:, 1] <= centre_y) & (centre_y <= boxes[:, 3])
+    if not inside.any():
+        return None
+    overlap = np.where(inside, box_iou(boxes, landmark_box), -1.0)
+    return int(np.argmax(overlap))

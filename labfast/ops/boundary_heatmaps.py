@@ -42,6 +42,15 @@ distance, Gaussian and cut; they are forward only (ground truth needs no gradien
 Non-finite landmarks. ``check_finite_landmarks`` rejects NaN and inf before any backend runs,
 naming the sample and the landmark: the math would otherwise drop a NaN point like a repeat and
 turn an infinite one into an all-zero channel, silently.
+
+Dispatch. ``labfast.ops.backend`` chooses the path (op name ``"boundary_heatmaps"``, forced by
+``LABFAST_BACKEND_BOUNDARY_HEATMAPS``): Triton (``labfast.kernels.boundary_heatmaps``) or CUDA
+(``csrc/boundary_heatmaps.cu``) for the distance pass. Unlike the other ops, the public function
+calls its operator on every path, the reference included: the reference's distance pass reads one
+value on the host, which must stay out of a compiled graph (the spline, plain tensor ops without a
+host read, runs outside it).
+
+Autocast: not an autocast op; ``dtype`` alone decides the heatmaps' dtype.
 """
 from __future__ import annotations
 
@@ -49,8 +58,12 @@ import math
 
 import torch
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
+import labfast.ops.cuda_extension as cuda_extension
 from labfast.schemes import Scheme, get
+
+OP = "boundary_heatmaps"
+FAST_PATHS = ("triton", "cuda")
 
 REPEATED_POINT_PX = 1e-3
 """Consecutive points closer than this (pixels) are one point (chord-length spline needs chords > 0).
@@ -61,6 +74,27 @@ on a chain of several steps each under 1e-3 px."""
 
 _ELEMENTS_PER_CHUNK = 1 << 24
 """The reference's distance pass holds about this many pixel x segment pairs at once."""
+
+
+_INDEX_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def index_table(values: tuple, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values)`` (integers or booleans, nested tuples) on ``device``, made once per process.
+
+    A scheme's index tables are constants, but a tensor made from Python values is an upload to
+    the device each time it is made, one per table per training step. Tables are kept outside
+    inference mode (an inference tensor cannot index a tensor that autograd records). Under
+    ``torch.compile`` the table is made in the graph, where it is a constant.
+    """
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, device=device)
+    key = (values, torch.device(device))
+    table = _INDEX_TABLES.get(key)
+    if table is None:
+        with torch.inference_mode(False):
+            table = _INDEX_TABLES[key] = torch.tensor(values, device=device)
+    return table
 
 
 def samples_per_boundary(size: int) -> int:
@@ -92,10 +126,10 @@ def _spline_samples(points: torch.Tensor, num_samples: int) -> torch.Tensor:
 
     # Chord-length parameter u in [0, 1]; intervals past m - 1 have zero length.
     interval_valid = slots[:-1] < m - 1  # (B, n-1)
-    chords = torch.where(interval_valid, (q[:, 1:] - q[:, :-1]).norm(dim=-1), torch.zeros(()).to(q))
+    chords = torch.where(interval_valid, (q[:, 1:] - q[:, :-1]).norm(dim=-1), q.new_zeros(()))
     total = chords.sum(dim=1, keepdim=True)
     u = torch.cat([torch.zeros_like(total), chords.cumsum(dim=1)], dim=1) / total.clamp_min(1e-30)
-    h = torch.where(interval_valid, u[:, 1:] - u[:, :-1], torch.ones(()).to(u))  # (B, n-1)
+    h = torch.where(interval_valid, u[:, 1:] - u[:, :-1], u.new_ones(()))  # (B, n-1)
     slopes = (q[:, 1:] - q[:, :-1]) / h.unsqueeze(-1)  # (B, n-1, 2), zero past m - 1
 
     moments = _spline_moments(h, slopes, m, n)  # (B, n, 2)
@@ -163,8 +197,9 @@ def _spline_moments(h: torch.Tensor, slopes: torch.Tensor, m: torch.Tensor, n: i
                               torch.stack([ones, -ones, 0 * ones], dim=-1))
     last_coefs = torch.where(not_a_knot, torch.stack([h_last, -(h_prev + h_last), h_prev], dim=-1),
                              torch.stack([0 * ones, -ones, ones], dim=-1))
-    end_cols_first = torch.tensor([0, 1, 2], device=h.device).expand(count, 1, 3)
-    end_cols_last = m_index.unsqueeze(-1) + torch.tensor([0, 1, 2], device=h.device)
+    three_columns = torch.arange(3, device=h.device)
+    end_cols_first = three_columns.expand(count, 1, 3)
+    end_cols_last = m_index.unsqueeze(-1) + three_columns
     special = not_a_knot | three
     coefs = torch.where(first.unsqueeze(-1) & special, first_coefs, coefs)
     coefs = torch.where(last.unsqueeze(-1) & special, last_coefs, coefs)
@@ -191,16 +226,20 @@ def dense_curves(landmarks: torch.Tensor, scheme: Scheme | str, size: int = 64) 
     num_samples = samples_per_boundary(size)
     count = landmarks.shape[0]
     curves = torch.empty(count, scheme.num_boundaries, num_samples, 2, device=landmarks.device)
-    groups: dict[int, list[int]] = {}
-    for k, indices in enumerate(scheme.boundaries.values()):
-        groups.setdefault(len(indices), []).append(k)
-    boundaries = list(scheme.boundaries.values())
-    for length, members in groups.items():
-        index = torch.tensor([boundaries[k] for k in members], device=landmarks.device)  # (G, n)
-        points = landmarks[:, index]  # (N, G, n, 2)
-        samples = _spline_samples(points.reshape(-1, length, 2), num_samples)
-        curves[:, members] = samples.view(count, len(members), num_samples, 2)
+    for members, points_of_members in _boundary_groups(scheme):
+        points = landmarks[:, index_table(points_of_members, landmarks.device)]  # (N, G, n, 2)
+        samples = _spline_samples(points.reshape(-1, len(points_of_members[0]), 2), num_samples)
+        curves[:, index_table(members, landmarks.device)] = samples.view(count, len(members), num_samples, 2)
     return curves
+
+
+def _boundary_groups(scheme: Scheme) -> list[tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]]:
+    """The boundaries grouped by point count: ``(boundary numbers, their landmark indices)`` per count."""
+    groups: dict[int, list[int]] = {}
+    boundaries = [tuple(indices) for indices in scheme.boundaries.values()]
+    for k, indices in enumerate(boundaries):
+        groups.setdefault(len(indices), []).append(k)
+    return [(tuple(members), tuple(boundaries[k] for k in members)) for members in groups.values()]
 
 
 def squared_distance_ref(curves: torch.Tensor, height: int, width: int, reach: float) -> torch.Tensor:
@@ -333,36 +372,53 @@ def boundary_heatmaps(
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
     check_finite_landmarks(landmarks)
-    curves = dense_curves(landmarks, scheme, size).contiguous()
-    return torch.ops.labfast.boundary_heatmaps(curves, size, size, float(sigma), dtype)
+    return heatmaps_of_curves(dense_curves(landmarks, scheme, size), size, sigma, dtype)
+
+
+def heatmaps_of_curves(curves: torch.Tensor, size: int, sigma: float = 1.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(N, K, P, 2)`` curves of ``dense_curves`` -> ``(N, K, size, size)`` heatmaps in ``dtype``.
+
+    The second half of :func:`boundary_heatmaps`, for a caller that uses the curves for more than
+    the heatmaps (the training step measures the discriminator's labels on them too); it checks
+    the landmarks first (``check_finite_landmarks``).
+    """
+    return torch.ops.labfast.boundary_heatmaps(curves.contiguous(), size, size, float(sigma), dtype)
 
 
 # The operator. Always called, the reference included: its body runs eagerly (never traced), so the
 # reference's data-dependent window (``squared_distance_ref``'s one host read) stays out of the
 # compiled graph. No autograd: ground truth needs no gradient.
-_FAST_PATHS = ("triton", "cuda")
 
 
 @torch.library.custom_op("labfast::boundary_heatmaps", mutates_args=())
 def _boundary_heatmaps_op(curves: torch.Tensor, height: int, width: int, sigma: float,
                           dtype: torch.dtype) -> torch.Tensor:
     """``(N, K, P, 2)`` float32 curves -> ``(N, K, height, width)`` heatmaps in ``dtype``."""
-    def reference():
-        return gaussian_cut(squared_distance_ref(curves, height, width, 3.0 * sigma), sigma).to(dtype)
-
-    choice = backend.select("boundary_heatmaps", curves, supported=_FAST_PATHS)
-    if choice == "triton":
+    def triton():
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton
 
-        return backend.run_fast("boundary_heatmaps", "triton", curves,
-                                lambda: boundary_heatmaps_triton(curves, height, width, sigma, dtype), reference)
-    if choice == "cuda":
-        from labfast import _cuda  # noqa: F401  (loads the torch.ops.labfast_cuda registrations)
+        return boundary_heatmaps_triton(curves, height, width, sigma, dtype)
 
-        return torch.ops.labfast_cuda.boundary_heatmaps(curves, height, width, sigma, dtype)
-    return reference()
+    return backend.run(
+        OP, curves,
+        {"triton": triton, "cuda": lambda: cuda_extension.boundary_heatmaps(curves, height, width, sigma, dtype)},
+        lambda: gaussian_cut(squared_distance_ref(curves, height, width, 3.0 * sigma), sigma).to(dtype))
 
 
 @_boundary_heatmaps_op.register_fake
 def _(curves, height, width, sigma, dtype):
     return torch.empty(curves.shape[0], curves.shape[1], height, width, dtype=dtype, device=curves.device)
+
+
+def _self_check(device: torch.device, dtype: torch.dtype) -> tuple[backend.Results, backend.Results]:
+    """The public function against the reference on two random 300-W faces at 16×16 (float32
+    heatmaps: the landmarks' dtype does not change the curves, solved in float64)."""
+    scheme, size, sigma = get("300w"), 16, 1.0
+    generator = torch.Generator().manual_seed(7)
+    landmarks = (torch.rand(2, scheme.num_points, 2, generator=generator) * (size - 1)).to(device, dtype)
+    return ([boundary_heatmaps(landmarks, scheme, size, sigma, torch.float32)],
+            [boundary_heatmaps_ref(landmarks, scheme, size, sigma, torch.float32)])
+
+
+backend.register_self_check(OP, _self_check)

@@ -31,28 +31,13 @@ import cv2
 import numpy as np
 
 from labfast.inference import detect
+from labfast.inference.detect import box_iou, match
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "detectors" / detect.CONVERSION_FILE
 
 
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of each of ``boxes`` ``(F, 4)`` with one ``box`` ``(4,)``."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    width = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
-    inter = width * height
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + (box[2] - box[0]) * (box[3] - box[1]) - inter)
 
 
-def match(boxes: np.ndarray, landmark_box: np.ndarray) -> int | None:
-    """Index of the detection that contains the landmark box's centre and overlaps it most, or ``None``."""
-    centre_x, centre_y = (landmark_box[0] + landmark_box[2]) / 2, (landmark_box[1] + landmark_box[3]) / 2
-    inside = (boxes[:, 0] <= centre_x) & (centre_x <= boxes[:, 2]) & (boxes[:, 1] <= centre_y) & (centre_y <= boxes[:, 3])
-    if not inside.any():
-        return None
-    overlap = np.where(inside, box_iou(boxes, landmark_box), -1.0)
-    return int(np.argmax(overlap))
 
 
 @dataclass

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from labfast.train import presets
     from labfast.inference.aligner import FaceAligner
-    from labfast.train.loop import read_training_faces
+    from labfast.train.faces import read_training_faces
 
     parser = argparse.ArgumentParser(description="fit the tracker's re-detection threshold on held-out training faces")
     parser.add_argument("--data-root", required=True, help="300-W in its official layout")

@@ -1,7 +1,8 @@
-"""A training schedule sized to a wall-clock budget (``TrainConfig.time_budget_minutes``).
+"""The training schedule: the learning rate's step decay, the planned step count, and the schedule
+sized to a wall-clock budget (``TrainConfig.time_budget_minutes``).
 
-A lent GPU gives a run a fixed number of minutes, and how many epochs fit is known only once the
-model runs on that device. With a budget, ``labfast train`` starts on the preset's schedule, times
+A machine held for a fixed number of minutes fits a number of epochs that is known only once the
+model runs on it. With a budget, ``labfast train`` starts on the preset's schedule, times
 the second epoch it runs whole (the first one pays for warm-up: CUDA context, kernel selection,
 data-loader start), and then fixes the epoch count so that the remaining epochs end inside the
 budget: every epoch's cost is in that measurement (data loading, the steps, validation and the
@@ -27,6 +28,17 @@ logger = logging.getLogger("labfast.train.schedule")
 #: Share of the remaining time the epochs are planned to fill: epochs vary a little (validation
 #: faces, checkpoint writes, the page cache), and a run that meets the hard stop ends mid-epoch.
 PLANNED_SHARE = 0.95
+
+
+def learning_rate(config: presets.TrainConfig, epoch: int, base: float) -> float:
+    """Step decay: divided by 10 at each milestone epoch already reached."""
+    return base * 0.1 ** sum(epoch >= milestone for milestone in config.lr_milestones)
+
+
+def planned_steps(config: presets.TrainConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole schedule (``max_steps`` caps it)."""
+    planned = config.epochs * steps_per_epoch
+    return min(config.max_steps, planned) if config.max_steps else planned
 
 
 def fitted_epochs(epochs_done: int, seconds_left: float, seconds_per_epoch: float, preset_epochs: int) -> int:
