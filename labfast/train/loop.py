@@ -109,6 +109,9 @@ def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
         if runtime.is_main:
             logger.info("resumed %s at epoch %d, batch %d (step %d)", out / "last.pt", position.epoch,
                         position.batches_done, position.step)
+        if position.fitted_epochs:  # the schedule a time budget sized before the stop
+            config = trainer.config = dataclasses.replace(config, epochs=position.fitted_epochs,
+                                                          lr_milestones=position.fitted_milestones)
     train_set = data.FaceDataset(train_faces, model.scheme, input_size=config.input_size, train=True,
                                  augment=config.augment, seed=config.seed, skip_unreadable=True)
     sampler = (sampling.BalancedSampler(sampling.pose_weights(train_faces, model.scheme.name, config),
@@ -123,7 +126,8 @@ def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     progress = tqdm(total=None if length_unknown else total_steps, initial=position.step,
                     disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
-    budget = schedule.TimeBudget(config) if config.time_budget_minutes > 0 else None
+    budget = (schedule.TimeBudget(config, used_seconds=position.budget_seconds_used,
+                                  decided=position.fitted_epochs > 0) if config.time_budget_minutes > 0 else None)
     if budget is not None:
         deadline = min(deadline, budget.deadline)
     return _Run(out, runtime, trainer, position, train_set, sampler, val_faces, steps_per_epoch, total_steps,
@@ -213,21 +217,30 @@ def _end_epoch(run: _Run, epoch_done: bool) -> None:
         if main_says(schedule.early_stop_due(run.config, epoch + 1, position.best_epoch), run.runtime):
             logger.info("early stop after epoch %d: validation last improved at epoch %d", epoch, position.best_epoch)
             run.finished = True
+    if run.budget is not None and epoch_done:
+        _size_to_budget(run, epoch)
     if run.runtime.is_main:
         _save_last(run)
     barrier(run.runtime)
-    if run.budget is not None and epoch_done:
-        images = run.steps_per_epoch * run.config.batch_size * run.runtime.world_size
-        sized = run.budget.epoch_finished(run.config, epoch, images)
-        if sized is not None:
-            run.trainer.config = sized
-            run.total_steps = schedule.planned_steps(sized, run.steps_per_epoch)
-            run.progress.total = run.total_steps if sized.time_limit_minutes <= 0 else None
-            if run.runtime.is_main:
-                _write_config(run.out, sized)
+
+
+def _size_to_budget(run: _Run, epoch: int) -> None:
+    """Size the schedule once the budget has measured an epoch; ``last.pt`` then records it."""
+    images = run.steps_per_epoch * run.config.batch_size * run.runtime.world_size
+    sized = run.budget.epoch_finished(run.config, epoch, images)
+    if sized is None:
+        return
+    run.trainer.config = sized
+    run.position.fitted_epochs, run.position.fitted_milestones = sized.epochs, sized.lr_milestones
+    run.total_steps = schedule.planned_steps(sized, run.steps_per_epoch)
+    run.progress.total = run.total_steps if sized.time_limit_minutes <= 0 else None
+    if run.runtime.is_main:
+        _write_config(run.out, sized)
 
 
 def _save_last(run: _Run) -> None:
+    if run.budget is not None:
+        run.position.budget_seconds_used = run.budget.used_seconds()
     state.save_last(run.out / "last.pt", run.trainer, run.position)
     run.last_written = time.monotonic()
 

@@ -188,6 +188,20 @@ def test_time_budget_run_trains_the_sized_schedule_and_records_it(tmp_path):
     assert (run / "best.pt").is_file()
 
 
+def test_a_resumed_time_budget_run_goes_on_with_its_sized_schedule_not_the_presets(tmp_path):
+    """``--resume`` with the preset's 1000 epochs given again: last.pt's sized schedule and budget
+    used win, so a run that had finished its sized schedule trains no further step."""
+    config = tiny_config("epochs=1000", "lr_milestones=600,900", "time_budget_minutes=0.2",
+                         "val_fraction=0.2", "train_limit=10", "batch_size=8")
+    run = tmp_path / "run"
+    first = train(config, run)
+    sized = presets.from_dict(json.loads((run / "config.json").read_text()))
+    last = checkpoint.load(run / "last.pt")
+    assert (last["fitted_epochs"], tuple(last["fitted_milestones"])) == (sized.epochs, sized.lr_milestones)
+    assert last["budget_seconds_used"] > 0
+    assert train(config, run, resume=True)["steps"] == first["steps"]
+
+
 def test_a_run_stopped_by_the_clock_mid_epoch_still_validates_and_keeps_a_best_checkpoint(tmp_path):
     # 0.0001 min: the deadline passes during the first step, in the middle of a 2-step epoch
     config = tiny_config("time_limit_minutes=0.0001", "val_fraction=0.2", "train_limit=10")

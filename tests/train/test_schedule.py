@@ -30,6 +30,15 @@ def test_time_budget_sizes_the_schedule_from_the_second_epochs_wall_time():
     assert budget.epoch_finished(sized, 2, images=1911, now=26.0) is None  # decided once
 
 
+def test_a_resumed_time_budget_has_only_the_rest_of_the_budget_and_keeps_its_sizing():
+    config = presets.get("300w")
+    config.time_budget_minutes = 2.0
+    budget = TimeBudget(config, now=100.0, used_seconds=30.0, decided=True)
+    assert budget.deadline == 190.0 and budget.used_seconds(now=110.0) == 40.0
+    budget.epoch_finished(config, 5, images=1911, now=105.0)
+    assert budget.epoch_finished(config, 6, images=1911, now=110.0) is None  # sized before the stop: never again
+
+
 def test_learning_rate_is_divided_by_ten_at_each_milestone_reached():
     config = presets.override(presets.get("300w"), ["lr_milestones=40,55"])
     assert [learning_rate(config, epoch, 1.0) for epoch in (0, 39, 40, 54, 55)] == [1.0, 1.0, 0.1, 0.1, 0.1 ** 2]
