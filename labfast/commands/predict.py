@@ -122,15 +122,31 @@ def collect_inputs(inputs: Sequence[str], failures: list[str]) -> tuple[list[Ite
                 failures.append(message)
         else:
             raise SystemExit(f"labfast predict: input {given} does not exist")
-    names: dict[str, Path] = {}
-    for item in images + videos:
-        if item.name in names:
-            raise SystemExit(
-                f"labfast predict: {names[item.name]} and {item.path} would both write {item.name}.json; "
-                "pass them in separate runs or rename one"
-            )
-        names[item.name] = item.path
+    keep_suffixes(images + videos)
     return images, videos
+
+
+def keep_suffixes(items: list[Item]) -> None:
+    """Inputs that share an output name (``x.jpg`` and ``x.png`` in one folder) keep their suffix in
+    it: ``x.jpg.json`` and ``x.png.json``; inputs that would still collide end the command naming both."""
+    by_name: dict[str, list[Item]] = {}
+    for item in items:
+        by_name.setdefault(item.name, []).append(item)
+    for shared in by_name.values():
+        if len(shared) > 1:
+            for item in shared:
+                item.name += item.path.suffix
+    names: dict[str, Path] = {}
+    for item in items:
+        if item.name in names:
+            raise SystemExit(f"labfast predict: {names[item.name]} and {item.path} would both write {item.name}.json; "
+                             "pass them in separate runs or rename one")
+        names[item.name] = item.path
+
+
+def output_path(stem: Path, suffix: str) -> Path:
+    """``stem`` plus ``suffix`` (``Path.with_suffix`` would replace a dot already in the name: ``x.jpg``, ``a.v2``)."""
+    return stem.with_name(stem.name + suffix)
 
 
 def read_boxes(path: str) -> dict[str, np.ndarray]:
@@ -153,11 +169,19 @@ def read_boxes(path: str) -> dict[str, np.ndarray]:
     return boxes
 
 
+def box_keys(item: Item) -> tuple[str, ...]:
+    """The ``--boxes`` keys that name ``item``, in the order they are looked up."""
+    return item.key, str(item.path), str(item.path.resolve()), item.path.name
+
+
 def lookup_boxes(boxes: dict[str, np.ndarray], item: Item) -> np.ndarray | None:
-    for key in (item.key, str(item.path), str(item.path.resolve()), item.path.name):
-        if key in boxes:
-            return boxes[key]
-    return None
+    return next((boxes[key] for key in box_keys(item) if key in boxes), None)
+
+
+def unmatched_keys(boxes: dict[str, np.ndarray], items: list[Item]) -> list[str]:
+    """Keys of the ``--boxes`` file that name no input (a typo would otherwise silently run the detector)."""
+    named = {key for item in items for key in box_keys(item)}
+    return [key for key in boxes if key not in named]
 
 
 def face_records(faces) -> list[dict]:
@@ -208,6 +232,25 @@ def read_image_chunks(items: list[Item], max_images: int, max_megapixels: float,
         yield chunk, pixels
 
 
+def given_boxes(items: list[Item], pixels: list[np.ndarray], chunk_boxes: list, failures: list[str]) -> list[int]:
+    """Indices of the chunk's images to predict: a ``--boxes`` entry the aligner refuses (a box wholly
+    outside its image, one far larger than it) is named, added to ``failures`` and its image skipped."""
+    from labfast.inference.aligner import check_boxes
+
+    kept = []
+    for index, (item, image, found) in enumerate(zip(items, pixels, chunk_boxes)):
+        try:
+            if found is not None:
+                check_boxes(found, index, image.shape, warn=False)  # the aligner warns once, below
+        except ValueError as error:
+            message = f"{item.path}: --boxes entry skipped: {str(error).split(': ', 1)[1]}"
+            logger.error(message)
+            failures.append(message)
+            continue
+        kept.append(index)
+    return kept
+
+
 def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray] | None, failures: list[str]) -> int:
     """Predict and write every image of ``items`` in chunks bounded by ``--batch`` and ``--max-megapixels``;
     returns how many were written."""
@@ -226,16 +269,19 @@ def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray
         if detect:
             for index, faces in zip(detect, aligner.predict([pixels[i] for i in detect], heatmaps=not args.no_overlay)):
                 results[index] = faces
-        given = [index for index, found in enumerate(chunk_boxes) if found is not None]
+        given = [index for index in given_boxes(readable, pixels, chunk_boxes, failures) if chunk_boxes[index] is not None]
         if given:
             predicted = aligner.predict([pixels[i] for i in given], boxes=[chunk_boxes[i] for i in given], heatmaps=not args.no_overlay)
             for index, faces in zip(given, predicted):
                 results[index] = faces
         for item, image, faces in zip(readable, pixels, results):
+            if faces is None:  # its --boxes entry was refused (given_boxes)
+                progress.update(1)
+                continue
             if not faces:
                 logger.info("%s: no face found", item.path)
             stem = out / item.name
-            _write_json(stem.with_suffix(".json"), {
+            _write_json(output_path(stem, ".json"), {
                 "image": str(item.path), "width": image.shape[1], "height": image.shape[0],
                 "scheme": aligner.scheme.name, "checkpoint": aligner.checkpoint, "coordinates": COORDINATES,
                 "faces": face_records(faces),
@@ -243,8 +289,8 @@ def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray
             if args.pts:
                 write_pts_files(stem, faces)
             if not args.no_overlay:
-                if not cv2.imwrite(str(stem.with_suffix(".png")), draw_faces(image, faces)):
-                    raise OSError(f"could not write {stem.with_suffix('.png')}")
+                if not cv2.imwrite(str(output_path(stem, ".png")), draw_faces(image, faces)):
+                    raise OSError(f"could not write {output_path(stem, '.png')}")
             written += 1
             progress.update(1)
     progress.close()
@@ -317,11 +363,21 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"labfast predict: --max-megapixels must be positive, got {args.max_megapixels}")
     if args.redetect_every < 1:
         raise SystemExit(f"labfast predict: --redetect-every must be at least 1, got {args.redetect_every}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"labfast predict: --threads must be at least 1, got {args.threads}")
     failures: list[str] = []
     images, videos = collect_inputs(args.inputs, failures)
     boxes = read_boxes(args.boxes) if args.boxes else None
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
-                          flip=args.flip, detector=args.detector)
+    if boxes is not None and (unmatched := unmatched_keys(boxes, images)):
+        message = (f"{args.boxes}: {len(unmatched)} key(s) match no input image, their boxes are unused: "
+                   f"{', '.join(map(repr, unmatched))} (keys: the path as given, relative to its folder, or the file name)")
+        logger.error(message)
+        failures.append(message)
+    try:
+        aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
+                              flip=args.flip, detector=args.detector)
+    except ValueError as error:  # a device this torch cannot use
+        raise SystemExit(f"labfast predict: {error}") from error
     if args.scheme is not None and args.scheme != aligner.scheme.name:
         raise SystemExit(f"labfast predict: checkpoint {aligner.checkpoint} predicts scheme {aligner.scheme.name!r}, not {args.scheme!r}")
     os.makedirs(args.out, exist_ok=True)
