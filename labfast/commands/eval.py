@@ -46,7 +46,10 @@ def run(args) -> int:
     if args.latency:
         raise SystemExit("labfast eval: --latency times labfast against dlib in the wild protocol (--dataset wild)")
     args.boxes = args.boxes or "gt"
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # a device this torch cannot use
+        raise SystemExit(f"labfast eval: {error}") from error
     if device.type == "cpu":
         set_threads(args.threads)
     weights = args.checkpoint or default_weights()

@@ -11,7 +11,9 @@ Outputs, under ``--out`` (for an input folder, its sub-folders are mirrored):
   like every iBUG file (300-W's ``photo_N`` naming).
 - ``NAME.png``: the image with the predicted boundary heatmaps, boxes and landmarks drawn
   (skipped with ``--no-overlay``).
-- A video ``CLIP.mp4`` gives ``CLIP.json`` (``"frames": [{"frame": i, "faces": [...]}, ...]``),
+- A video ``CLIP.mp4`` gives ``CLIP.json`` (``"frames": [{"frame": i, "faces": [...]}, ...]``, each
+  face also with its ``"track"`` id, the same on every frame while the face is followed, and the
+  ``score`` of the detection that started or last refreshed its track),
   ``CLIP/FRAME_K.pts`` with ``--pts`` (frame number zero-padded to 6 digits), and the overlay
   video ``CLIP.overlay.mp4``.
 
@@ -32,6 +34,15 @@ the 68 points), 0-based pixels. Images the file does not list get the detector. 
 are detected and then followed by their landmarks (``labfast.inference.track``; ``--redetect-every 1``
 detects in every frame).
 
+Detections are kept when the detector's score is at least ``--min-score`` and the landmark
+confidence at least ``--min-confidence`` (the face-or-not threshold fitted for the shipped weights,
+``labfast/detectors/face_confidence.json``; ``--min-confidence 0`` keeps every detection). Boxes of
+``--boxes`` are never dropped; one wholly outside its image, or many times its size, is named, that
+image is skipped and the command exits 1. A ``--boxes`` key that names no input is reported (exit 1).
+
+Two inputs with the same name and different suffixes in one folder (``x.jpg``, ``x.png``) keep the
+suffix in their outputs: ``x.jpg.json``, ``x.png.json`` (and ``x.jpg.png`` overlays, ``x.jpg_1.pts``).
+
 An image without a face gets an empty ``faces`` list and a log line. An input that cannot be read
 (or is neither an image nor a video) is reported by name, the others go on, and the command exits
 with status 1 listing the failures.
@@ -51,6 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from labfast.inference.runtime import add_threads_argument
+from labfast.inference.track import DEFAULT_REDETECT_EVERY
 
 logger = logging.getLogger("labfast.commands.predict")
 
@@ -74,7 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
                         help=f"pixels of the images processed together, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g}); "
                              "at most this plus one image is held in memory")
-    parser.add_argument("--redetect-every", type=int, default=30, help="video: run the detector at least every N frames (1: every frame)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="the detector score a face needs (default: YuNet's 0.6; every Haar detection)")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="drop detections whose landmark confidence is below this (default: the fitted face-or-not "
+                             "threshold, labfast/detectors/face_confidence.json; 0 keeps every detection)")
+    parser.add_argument("--redetect-every", type=int, default=DEFAULT_REDETECT_EVERY,
+                        help=f"video: run the detector at least every N frames (default {DEFAULT_REDETECT_EVERY}; 1: every frame)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--out", default="labfast-predictions", help="output folder")
     parser.add_argument("--pts", action="store_true", help="also write one 1-based iBUG .pts file per face")
@@ -185,7 +203,9 @@ def unmatched_keys(boxes: dict[str, np.ndarray], items: list[Item]) -> list[str]
 
 
 def face_records(faces) -> list[dict]:
+    """The JSON of faces; a face of a video also has its ``track`` id."""
     return [{"box": face.box.tolist(), "score": face.score, "confidence": round(face.confidence, 4),
+             **({} if face.track_id is None else {"track": face.track_id}),
              "landmarks": face.landmarks.tolist()} for face in faces]
 
 
@@ -375,7 +395,8 @@ def run(args: argparse.Namespace) -> int:
         failures.append(message)
     try:
         aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
-                              flip=args.flip, detector=args.detector)
+                              flip=args.flip, detector=args.detector, min_score=args.min_score,
+                              min_confidence=args.min_confidence)
     except ValueError as error:  # a device this torch cannot use
         raise SystemExit(f"labfast predict: {error}") from error
     if args.scheme is not None and args.scheme != aligner.scheme.name:

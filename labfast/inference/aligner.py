@@ -99,8 +99,10 @@ class FaceAligner:
             detection; ``labfast.inference.detect.detect_faces``).
         min_confidence: detections whose landmark confidence (``Face.confidence``) falls below it are
             dropped as non-faces; ``None`` takes the threshold fitted for the shipped weights
-            (``labfast/detectors/face_confidence.json``: about 2 % of real faces fall below it), 0
-            keeps every detection. Boxes the caller gives are never dropped.
+            (``labfast/detectors/face_confidence.json``: 1 of 98 real faces fell below it) when they
+            are the ones loaded, else 0 (a threshold fitted for other weights means nothing; fit
+            yours with ``python -m labfast.tools.face_confidence_fit --checkpoint CKPT --out FILE``);
+            0 keeps every detection. Boxes the caller gives are never dropped.
         cuda_graphs: on CUDA, replay each batch size's forward from a CUDA graph captured on first
             use (batches padded to powers of two up to ``batch_size``): the low-latency path for small
             batches, where launching kernels one by one costs more than the GPU work
@@ -127,7 +129,9 @@ class FaceAligner:
         self.flip = bool(flip)
         self.detector = detector
         self.min_score = min_score
-        self.min_confidence = default_min_confidence() if min_confidence is None else float(min_confidence)
+        if min_confidence is None:
+            min_confidence = default_min_confidence() if checkpoint is None else 0.0
+        self.min_confidence = float(min_confidence)
         self.threads = set_threads(threads) if self.device.type == "cpu" else None
         self.model, self.info = load_model(self.checkpoint, self.device)
         self.scheme = schemes.get(self.info["scheme"])

@@ -36,9 +36,9 @@ from labfast.inference.detect import box_iou
 
 logger = logging.getLogger("labfast.inference.track")
 
-#: Re-detect at least every this many frames: 12 keeps the detector on at most 1 frame in 10 of a clip
+#: Re-detect at least every this many frames: 15 keeps the detector on at most 1 frame in 10 of a clip
 #: where no face is lost, and bounds how long a drifting box goes uncorrected (benchmarks/RESULTS.md).
-DEFAULT_REDETECT_EVERY = 12
+DEFAULT_REDETECT_EVERY = 15
 #: A face found at a re-detection continues a followed face's track when their landmark boxes overlap this much.
 MATCH_IOU = 0.3
 #: A followed face whose next box has less than this share of its area inside the frame has left it.
