@@ -45,7 +45,7 @@ def test_torchscript_file_carries_the_contract(model, tmp_path):
 
 @needs_onnx
 def test_the_readme_snippet_runs_the_onnx_file_with_onnxruntime_alone(model, tiny_checkpoint, tmp_path, monkeypatch):
-    path = export.export(model, "onnx", tmp_path / "lab_300w.onnx")
+    export.export(model, "onnx", tmp_path / "lab_300w.onnx")
     monkeypatch.chdir(tmp_path)  # the snippet opens "lab_300w.onnx"
     namespace: dict = {}
     exec(compile(readme_snippet(), "README.md", "exec"), namespace)

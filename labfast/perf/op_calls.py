@@ -9,19 +9,19 @@ device (``meta``, ``FakeTensorMode``, a real one).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from labfast.ops import OPS
 from labfast.perf.backends import forced_backend
 from labfast.perf.inputs import INPUT_SIZE, SCHEME
 
-MODEL_OPS = ("input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing", "batch_norm_act")
-"""The fused ops of ``labfast.ops`` that LAB's forward calls (the ground-truth heatmaps are made
-outside the model, by ``labfast.ops.boundary_heatmaps``)."""
+MODEL_OPS = tuple(name for name, op in OPS.items() if op.model)
+"""The fused ops of ``labfast.ops`` that LAB's forward calls (``labfast.ops.registry``; the
+ground-truth heatmaps are made outside the model, by ``labfast.ops.boundary_heatmaps``)."""
 
 
 class TensorSpec(NamedTuple):
@@ -70,14 +70,6 @@ def record(forward: Callable[[], Any], ops: tuple[str, ...] = MODEL_OPS) -> list
     return calls
 
 
-def reference(op: str) -> Callable:
-    """``<op>_ref``, the plain PyTorch reference beside the op in its ``labfast.ops`` module."""
-    import labfast.ops
-
-    module = importlib.import_module(getattr(labfast.ops, op).__module__)
-    return getattr(module, f"{op}_ref")
-
-
 @dataclasses.dataclass(frozen=True)
 class KernelCase:
     """One fused op at one argument signature the model uses: tensor shapes and static arguments."""
@@ -97,14 +89,12 @@ class KernelCase:
     def label(self) -> str:
         """The op and its tensor shapes, e.g. ``feature_fusion 2x64x64x64,2x64x64x64`` (weights as ``E=``;
         batch norm: the activation's shape, ``+ residual`` when it adds one)."""
-        shapes = self.shapes[:1] if self.op in ("message_passing", "batch_norm_act") else self.shapes
-        text = ",".join("x".join(map(str, shape)) for shape in shapes if shape is not None)
-        if self.op == "batch_norm_act" and self.shapes[5] is not None:
-            text += " + residual"
+        shapes, suffix = self.shapes, ""
         if self.op == "message_passing":
-            weights = self.shapes[1]
-            text += f" E={weights[0]} k={weights[-1]}"
-        return f"{self.op} {text}"
+            shapes, suffix = self.shapes[:1], f" E={self.shapes[1][0]} k={self.shapes[1][-1]}"
+        elif self.op == "batch_norm_act":
+            shapes, suffix = self.shapes[:1], " + residual" if self.shapes[5] is not None else ""
+        return f"{self.op} " + ",".join("x".join(map(str, shape)) for shape in shapes if shape is not None) + suffix
 
 
 def kernel_cases(config_name: str, batch: int) -> list[KernelCase]:

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from labfast.ops import OPS
 from labfast.perf import devices, op_calls
 from labfast.perf.inputs import DTYPES, meta_images, meta_model
 from labfast.perf.op_calls import KernelCase, kernel_cases
@@ -41,10 +42,10 @@ def _message_passing_traffic(case: KernelCase, itemsize: int) -> tuple[int, int,
     return forward, backward, flops, 2 * flops  # grad of the input and of the weights
 
 
-def _concat_out(shapes: list[tuple[int, ...]]) -> int:
-    """Output elements of ``M ⊕ F``: ``(N, K + C, H, W)`` with M ``(N, K, h, w)``, F ``(N, C, H, W)``."""
-    (n, k, _, _), (_, c, h, w) = shapes
-    return n * (k + c) * h * w
+def _output_elements(case: KernelCase) -> int:
+    """Elements of the op's output at ``case``'s shapes: its reference run on meta tensors."""
+    tensors = [torch.empty(shape, device="meta") for shape in case.shapes if shape is not None]
+    return OPS[case.op].reference(*tensors).numel()
 
 
 def _fusion_traffic(case: KernelCase, itemsize: int) -> tuple[int, int, int, int]:
@@ -52,9 +53,7 @@ def _fusion_traffic(case: KernelCase, itemsize: int) -> tuple[int, int, int, int
     counted); the backward reads the gradient and the inputs and writes the inputs' gradients."""
     shapes = [s for s in case.shapes if s is not None]
     numel = [math.prod(s) for s in shapes]
-    out = {"input_fusion": numel[0] * (shapes[1][1] + 1),
-           "heatmap_feature_concat": _concat_out(shapes),
-           "feature_fusion": 2 * numel[0]}[case.op]
+    out = _output_elements(case)
     return (sum(numel) + out) * itemsize, (out + sum(numel) * 2) * itemsize, out, 2 * out
 
 

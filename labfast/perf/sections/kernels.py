@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from labfast.perf import backends, op_calls
+from labfast.perf import backends
 from labfast.perf.inputs import DTYPES
 from labfast.perf.measure import Row, Rows
 from labfast.perf.op_calls import KernelCase, kernel_cases
@@ -32,7 +32,7 @@ def prepare(case: KernelCase, dtype: str, backend: str, device: torch.device,
     defaults: batch statistics, running-statistic update, ReLU)."""
     from labfast import ops
 
-    reference = op_calls.reference(case.op)
+    reference = ops.OPS[case.op].reference
     arguments = kernel_arguments(case, dtype, device, seed)
     if backend == "reference":
         return backends.under("reference", lambda: reference(*arguments))
