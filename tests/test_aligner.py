@@ -211,3 +211,19 @@ def test_shipped_weights_are_confident_on_a_face_and_not_on_background():
     noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     off_face, = aligner.predict(noise, boxes=sample.box[None])
     assert on_face.confidence > default_min_confidence() > off_face.confidence
+
+
+def test_detections_below_the_face_or_not_threshold_or_the_min_score_are_dropped(tiny_checkpoint):
+    # the bundled photo's face: YuNet score 0.94, confidence about 0.5 with the shipped weights
+    from labfast.inference.aligner import default_min_confidence
+
+    image = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))
+    shipped = FaceAligner(device="cpu")
+    assert shipped.min_confidence == default_min_confidence() and FaceAligner(tiny_checkpoint, device="cpu").min_confidence == 0
+    face, = shipped.predict(image)
+    assert face.confidence >= shipped.min_confidence and face.score > 0.9
+    shipped.min_confidence = face.confidence + 1e-3
+    assert shipped.predict(image) == []  # dropped as a non-face
+    assert len(shipped.predict(image, boxes=face.box[None])) == 1  # a given box is never dropped
+    assert FaceAligner(device="cpu", min_score=0.99).predict(image) == []
+    assert len(FaceAligner(device="cpu", min_confidence=0).predict(image)) == 1
