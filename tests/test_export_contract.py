@@ -43,6 +43,7 @@ def test_torchscript_file_carries_the_contract(model, tmp_path):
     assert contract["channel_order"] == "RGB" and contract["input_dtype"] == "float32"
 
 
+@pytest.mark.slow  # the ONNX export: about 40 s on a busy 2-core CPU
 @needs_onnx
 def test_the_readme_snippet_runs_the_onnx_file_with_onnxruntime_alone(model, tiny_checkpoint, tmp_path, monkeypatch):
     export.export(model, "onnx", tmp_path / "lab_300w.onnx")

@@ -90,7 +90,9 @@ def _run_wild(args) -> int:
 
     if args.boxes == "gt" or args.subset:
         raise SystemExit("labfast eval --dataset wild: faces come from the detector, end to end; --boxes gt and --subset do not apply")
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip)
+    # every detection is scored, as the protocol (and dlib beside it) does: no face-or-not filter
+    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip,
+                          min_confidence=0)
     reference = wild.dlib_aligner()
     if reference is None:
         logger.warning("dlib is not installed: labfast alone (pip install labfast[benchmark] adds dlib's predictor)")
