@@ -22,7 +22,8 @@ dropped without re-detecting (on a pan, detecting there finds nothing new).
 
 Each face keeps its :attr:`~labfast.inference.aligner.Face.track_id` while it is followed; at a
 re-detection a found face takes the id of the followed face whose landmark box it overlaps most
-(IoU at least ``MATCH_IOU``), other found faces get new ids. A followed face keeps the detector
+(among those whose last box's centre, or the centre its motion predicts, lies inside the found
+face's landmark box), other found faces get new ids. A followed face keeps the detector
 ``score`` of the detection that started or last refreshed its track.
 """
 from __future__ import annotations
@@ -39,8 +40,6 @@ logger = logging.getLogger("labfast.inference.track")
 #: Re-detect at least every this many frames: 15 keeps the detector on at most 1 frame in 10 of a clip
 #: where no face is lost, and bounds how long a drifting box goes uncorrected (benchmarks/RESULTS.md).
 DEFAULT_REDETECT_EVERY = 15
-#: A face found at a re-detection continues a followed face's track when their landmark boxes overlap this much.
-MATCH_IOU = 0.3
 #: A followed face whose next box has less than this share of its area inside the frame has left it.
 MIN_INSIDE = 0.5
 
@@ -67,6 +66,12 @@ def _inside_share(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     inside_x = np.clip(np.minimum(boxes[:, 2], width - 0.5) - np.maximum(boxes[:, 0], -0.5), 0, None)
     inside_y = np.clip(np.minimum(boxes[:, 3], height - 0.5) - np.maximum(boxes[:, 1], -0.5), 0, None)
     return inside_x * inside_y / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+
+
+def _centre_inside(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``(F,)`` whether each of ``boxes``' centres lies inside ``box``."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return (centres >= box[:2]).all(axis=1) & (centres <= box[2:]).all(axis=1)
 
 
 def _landmark_boxes(faces: list) -> np.ndarray:
@@ -135,13 +140,17 @@ class FaceTracker:
 
     def _detect(self, frame: np.ndarray, heatmaps: bool) -> list:
         found = self.aligner.predict(frame, heatmaps=heatmaps)
+        # where each followed face was last and where its motion would take it: a fast zoom makes the
+        # two differ, and either may be the nearer to where the detector finds the face
+        last = _landmark_boxes(self.faces) if self.faces else np.zeros((0, 4))
         expected = self.expected_landmark_boxes() if self.faces else np.zeros((0, 4))
         ids = [face.track_id for face in self.faces]
         for face in found:
             box = box_from_landmarks(face.landmarks).astype(np.float64)
-            overlap = box_iou(expected, box) if len(expected) else np.zeros(0)
+            inside = _centre_inside(last, box) | _centre_inside(expected, box)
+            overlap = np.where(inside, np.maximum(box_iou(last, box), box_iou(expected, box)), -1.0) if len(last) else np.zeros(0)
             best = int(np.argmax(overlap)) if len(overlap) else -1
-            if best >= 0 and overlap[best] >= MATCH_IOU and ids[best] is not None:
+            if best >= 0 and overlap[best] >= 0 and ids[best] is not None:
                 face.track_id, ids[best] = ids[best], None  # one found face per track
             else:
                 face.track_id, self.next_id = self.next_id, self.next_id + 1
