@@ -153,7 +153,10 @@ class FaceDataset(torch.utils.data.Dataset):
     most half a grey level); without it the crop is the warp's own uint8 pixels.
 
     Training augmentation is drawn from per-item generators seeded by ``(seed, epoch, index)``:
-    the same triple gives the same crop in any worker process and any order. Call
+    the same triple gives the same crop in any worker process and any order. ``dataset[(i, c)]`` is
+    face ``i``'s ``c``-th copy in an epoch (``labfast.train.sampling.BalancedSampler`` draws faces
+    more than once), seeded by ``(seed, epoch, index, c)``: each copy is augmented anew; copy 0 is
+    ``dataset[i]``. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
     iterator is created).
     """
@@ -191,7 +194,8 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, copy = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
         try:
             image = sample_image(sample)
@@ -199,7 +203,7 @@ class FaceDataset(torch.utils.data.Dataset):
             if not self.skip_unreadable:
                 raise
             return {"index": index, "unreadable": f"item {index}: {error}"}
-        streams = self.augmentation_streams(index) if self.train else {}
+        streams = self.augmentation_streams(index, copy) if self.train else {}
         box = sample.box
         if self.train and (self.augment.box_shift_std > 0 or self.augment.box_scale_std > 0):
             box = jitter_box(box, streams["box"], self.augment.box_shift_std, self.augment.box_scale_std)
@@ -232,9 +236,11 @@ class FaceDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
-    def augmentation_streams(self, index: int) -> dict[str, np.random.Generator]:
-        """The random streams of item ``index`` this epoch, one per augmentation (``AUGMENTATION_STREAMS``)."""
-        children = np.random.SeedSequence([self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))
+    def augmentation_streams(self, index: int, copy: int = 0) -> dict[str, np.random.Generator]:
+        """The random streams of item ``index`` (its ``copy``-th draw) this epoch, one per augmentation
+        (``AUGMENTATION_STREAMS``)."""
+        entropy = [self.seed, self.epoch, index] + ([copy] if copy else [])
+        children = np.random.SeedSequence(entropy).spawn(len(AUGMENTATION_STREAMS))
         return dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in children)))
 
     def photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:

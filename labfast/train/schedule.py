@@ -94,3 +94,13 @@ class TimeBudget:
             (self.deadline - self.start) / 60, epoch, seconds_per_epoch, images / seconds_per_epoch,
             self.deadline - now, epochs, config.epochs, milestones, config.lr_milestones)
         return dataclasses.replace(config, epochs=epochs, lr_milestones=milestones)
+
+
+def early_stop_due(config: presets.TrainConfig, epochs_done: int, best_epoch: int) -> bool:
+    """Whether validation has not improved for ``config.early_stop_fraction`` of the ``epochs_done``
+    epochs so far (the best was at 0-based ``best_epoch``; -1: none yet), counted only from the first
+    learning-rate milestone on: a plateau at the starting rate is what the decay is for, and a run
+    stopped there would never see it. ``early_stop_fraction = 0`` never stops."""
+    if config.early_stop_fraction <= 0 or epochs_done < min(config.lr_milestones, default=0):
+        return False
+    return epochs_done - (best_epoch + 1) >= max(1.0, config.early_stop_fraction * epochs_done)

@@ -33,6 +33,7 @@ class Position:
     step: int = 0  # optimiser steps so far
     best_nme: float = math.inf  # the best validation NME so far
     unreadable_in_epoch: int = 0  # training images of this epoch that could not be read
+    best_epoch: int = -1  # the epoch of best_nme (-1: none yet), for the early-stopping rule
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def restore_training_state(path: Path, trainer: Trainer) -> Position:
     set_rng_state(state["rng"], trainer.device)
     # checkpoints from before the best NME and the unreadable count were saved lack them
     return Position(state["epoch"], state["batches_done"], state["step"], state.get("best_nme", math.inf),
-                    state.get("unreadable_in_epoch", 0))
+                    state.get("unreadable_in_epoch", 0), state.get("best_epoch", -1))
 
 
 def resumed_model_config(path: Path, config: presets.TrainConfig) -> LABConfig:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import labfast.train.faces
 import labfast.train.step
 from labfast import checkpoint
 from labfast.commands.demo import BUNDLED_DATA
@@ -229,3 +230,14 @@ def test_fp32_channels_last_cpu_training_of_the_tiny_model_is_refused_before_it_
     4 -> 8 1x1 stride-2 projection (the process aborted with "free(): invalid next size")."""
     with pytest.raises(ValueError, match=r"regressor\..*1x1 stride-2 convolution of 4 input channels.*channels_last"):
         train(tiny_config("channels_last=true", "max_steps=1"), tmp_path / "run")
+
+
+def test_training_stops_early_when_validation_stops_improving(tmp_path, monkeypatch):
+    nmes = iter([0.5, 0.4, 0.45, 0.46, 0.3, 0.2])
+    monkeypatch.setattr(labfast.train.faces, "validation_nme", lambda *args: next(nmes))
+    config = tiny_config("val_fraction=0.2", "train_limit=10", "epochs=6", "early_stop_fraction=0.5")
+    summary = train(config, tmp_path / "run")
+    # best at epoch 1 (0.4); after epoch 3, 2 stale epochs >= 0.5 * 4 epochs: stop, epoch 4 next
+    assert summary["best_val_nme"] == pytest.approx(0.4)
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 4
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["best_epoch"] == 1

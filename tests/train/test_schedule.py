@@ -1,7 +1,9 @@
-"""The schedule: step decay, planned steps, and a schedule sized to a wall-clock budget."""
+"""The schedule: step decay, planned steps, a schedule sized to a wall-clock budget, early stopping."""
+import pytest
+
 from labfast.train import presets
-from labfast.train.schedule import (PLANNED_SHARE, TimeBudget, fitted_epochs, learning_rate, planned_steps,
-                                    scaled_milestones)
+from labfast.train.schedule import (PLANNED_SHARE, TimeBudget, early_stop_due, fitted_epochs, learning_rate,
+                                    planned_steps, scaled_milestones)
 
 
 def test_time_budget_fits_whole_epochs_into_the_time_left():
@@ -38,3 +40,18 @@ def test_planned_steps_are_the_schedules_unless_max_steps_caps_them():
     assert planned_steps(config, 10) == 30
     assert planned_steps(presets.override(config, ["max_steps=7"]), 10) == 7
     assert planned_steps(presets.override(config, ["max_steps=70"]), 10) == 30
+
+
+@pytest.mark.parametrize("epochs_done, best_epoch, milestones, fraction, stop", [
+    (20, 17, (), 0.1, True),      # 2 stale epochs >= 2.0
+    (20, 18, (), 0.1, False),     # 1 stale epoch < 2.0
+    (5, 3, (), 0.1, True),        # at least one stale epoch: max(1, 0.5)
+    (5, 4, (), 0.1, False),       # the last epoch was the best
+    (20, 10, (30,), 0.1, False),  # before the first milestone: never
+    (40, 33, (30,), 0.1, True),   # after it: 6 stale >= 4
+    (40, 0, (), 0.0, False),      # off
+])
+def test_early_stop_rule(epochs_done, best_epoch, milestones, fraction, stop):
+    config = presets.override(presets.get("300w_cpu"), [f"early_stop_fraction={fraction}",
+                                                        "lr_milestones=" + ",".join(map(str, milestones))])
+    assert early_stop_due(config, epochs_done, best_epoch) is stop
