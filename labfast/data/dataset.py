@@ -105,7 +105,7 @@ def _bgr_to_rgb_float(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int,
                      margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The inference crop as pixels: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
 
@@ -122,10 +122,13 @@ def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: in
     return warp_crop(image_bgr, matrix, input_size), matrix
 
 
-def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int,
               margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The model's input for one face: :func:`crop_face_pixels` as ``(input_size, input_size, 3)``
-    float32 RGB in [0, 1], and its affine as float32."""
+    float32 RGB in [0, 1], and its affine as float32.
+
+    ``input_size`` has no default: it is the model's (``model.config.input_size``, an exported
+    file's ``input_size`` contract entry; the shipped weights take 128), never a guess."""
     crop, matrix = crop_face_pixels(image_bgr, box, input_size, margin)
     return _bgr_to_rgb_float(crop), matrix.astype(np.float32)
 
