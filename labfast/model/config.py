@@ -64,6 +64,15 @@ _DISCRIMINATOR_DISTANCES = ("boundary", "landmark")
 LANDMARK_LOSSES = ("l2", "l1", "smooth_l1", "wing")
 
 
+#: Each structural size's largest sane value: far past any model worth building, and small enough
+#: that checking a config (``2 ** hourglass_depth``) or building it on the meta device stays cheap,
+#: so a damaged checkpoint's config fails here instead of exhausting memory.
+_STRUCTURE_LIMITS = {"input_size": 4096, "stacks": 64, "hourglass_channels": 4096, "hourglass_depth": 10,
+                     "boundary_channels": 1024, "message_kernel": 63, "regressor_width": 4096,
+                     "regressor_stem_kernel": 63, "transform_channels": 4096, "transform_depth": 10,
+                     "discriminator_channels": 4096}
+
+
 @dataclass(frozen=True)
 class LABConfig:
     """Architecture and loss settings of one LAB model (all fields are plain data).
@@ -143,12 +152,10 @@ class LABConfig:
     def __post_init__(self) -> None:
         config_fields.check(self)  # a bool is a bool: the string 'False' must not switch a part on
         object.__setattr__(self, "fusion_stages", tuple(sorted(set(self.fusion_stages))))
-        for key in ("input_size", "stacks", "hourglass_channels", "hourglass_depth",
-                    "boundary_channels", "message_kernel", "regressor_width", "regressor_stem_kernel",
-                    "transform_channels", "transform_depth", "discriminator_channels"):
+        for key, most in _STRUCTURE_LIMITS.items():
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"LABConfig.{key} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(f"LABConfig.{key} must be an integer from 1 to {most}, got {value!r}")
         heatmap_size = self.input_size // 4
         if self.input_size % 4 or heatmap_size % (2 ** self.hourglass_depth):
             raise ValueError(
