@@ -7,7 +7,7 @@
 ``--plan`` names rows in the order they run (``SECTION@BATCH[=BACKEND,...]``), most wanted first;
 with ``--budget`` the rows not begun within that many seconds are recorded as ``skipped``. The JSON
 is rewritten after every row, so a run killed from outside still leaves the rows it finished
-(``benchmarks/gpu_run.sh`` asks for its rows this way on a lent GPU).
+(``benchmarks/gpu_run.py`` asks for its rows this way).
 
 Backends (each row names the one it measured; one that cannot run here is a row with the reason):
 - ``reference``: ``LABFAST_BACKEND=reference``, eager. Every ratio divides by this row, measured

@@ -1,7 +1,7 @@
 """A training schedule sized to a wall-clock budget (``TrainConfig.time_budget_minutes``).
 
-A lent GPU gives a run a fixed number of minutes, and how many epochs fit is known only once the
-model runs on that device. With a budget, ``labfast train`` starts on the preset's schedule, times
+A run given a fixed number of minutes on a device cannot know how many epochs fit until the model
+runs there. With a budget, ``labfast train`` starts on the preset's schedule, times
 the second epoch it runs whole (the first one pays for warm-up: CUDA context, kernel selection,
 data-loader start), and then fixes the epoch count so that the remaining epochs end inside the
 budget: every epoch's cost is in that measurement (data loading, the steps, validation and the
