@@ -3,8 +3,9 @@
 ``LABFAST_BUILD_CUDA=1 pip install --no-build-isolation --no-deps -e .`` builds
 ``labfast._cuda`` from ``csrc/*.cu`` (needs nvcc and a CUDA build of torch). The switch is
 explicit rather than "nvcc found" because a CPU torch cannot build CUDA code at all.
-The top-level ``kernels/`` folder ships as the subpackage ``labfast.kernels`` (a top-level
-package named ``kernels`` would clash with an unrelated PyPI project).
+The top-level ``kernels/`` folder ships as the subpackage ``labfast.kernels`` through the link
+``labfast/kernels -> ../kernels`` (a top-level package named ``kernels`` would clash with an
+unrelated PyPI project); through the link, import-linter sees the kernels as part of ``labfast``.
 
 CUDA_HOME: torch guesses the toolkit from where ``nvcc`` lies on the PATH. Where that ``nvcc`` is
 a wrapper script (``/usr/local/bin/nvcc`` running ``exec /usr/local/cuda-13.0/bin/nvcc "$@"``)
@@ -84,8 +85,13 @@ if __name__ == "__main__":
             "labfast.model",
             "labfast.ops",
             "labfast.kernels",
+            "labfast.inference",
+            "labfast.evaluation",
+            "labfast.train",
+            "labfast.perf",
+            "labfast.commands",
+            "labfast.tools",
         ],
-        package_dir={"labfast.kernels": "kernels"},
         package_data={"labfast": ["weights/*", "detectors/*"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -2,9 +2,9 @@
 
     python benchmarks/detectors.py --data ../shared/data [--json benchmarks/results/detectors-cpu.json]
 
-For YuNet and Haar (``labfast.detect``), on the 300-W common test subset (554 crops, 256x256) and on
+For YuNet and Haar (``labfast.inference.detect``), on the 300-W common test subset (554 crops, 256x256) and on
 the 12 whole photos of ``300w_fullres_samples``: a face counts as found when a detection contains the
-centre of its annotated landmark box (``labfast.detector_fit.match``); per detector the recall, the
+centre of its annotated landmark box (``labfast.inference.detect.match``); per detector the recall, the
 median IoU of the converted box with the landmark box, the mean detection time per image, and on
 the common subset the shipped weights' NME / FR@10 from the detector's boxes (a missed face counts
 as a failure with its NME left out of the mean) next to the same from the annotated landmark boxes.
@@ -22,10 +22,13 @@ import cv2
 import numpy as np
 import torch
 
-from labfast import detect, metrics
-from labfast.aligner import FaceAligner
+from labfast import metrics
+
+from labfast.inference import detect
+from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
-from labfast.detector_fit import box_iou, run_detector
+from labfast.inference.detect import box_iou
+from labfast.tools.detector_fit import run_detector
 
 
 def detector_rows(samples, aligner: FaceAligner | None) -> dict:

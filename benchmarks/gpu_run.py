@@ -103,7 +103,7 @@ GPU = Sizes(
     export_box_s=40, eval_box_s=45, after_training_s=100, train_grace_s=30,
 )
 #: The dry run trains in float32 with the default memory format: bfloat16 on a CPU is far slower
-#: (a tiny-model forward took 10 s on a busy 2-core machine; tests/test_train.py covers bf16 and
+#: (a tiny-model forward took 10 s on a busy 2-core machine; tests/train/test_loop.py covers bf16 and
 #: channels_last there), and with float32, channels_last training crashed in the backward pass
 #: (SIGSEGV, torch 2.13.0+cpu, 2026-11-28). Its compile rows have no budget: compiling the model
 #: takes minutes on a CPU, so they are all written as not reached.
@@ -628,7 +628,7 @@ def release(checkpoint_path: Path, dest: Path) -> None:
     import torch
 
     from labfast import checkpoint
-    from labfast.export import release as release_checkpoint
+    from labfast.inference.export import release as release_checkpoint
 
     model, info = checkpoint.load_model(checkpoint_path)
     inference = inference_model(model)

@@ -4,7 +4,8 @@ Cases, all on real 300-W faces with their annotated boxes, measured **interleave
 every case per round, so that a neighbour's load on a shared CPU falls on all cases alike):
 
 - ``dlib``: ``dlib.shape_predictor`` (``shape_predictor_68_face_landmarks.dat`` from
-  ``face-recognition-models``) on the RGB photo and the box, one thread (dlib's predictor is serial);
+  ``face-recognition-models``) on the RGB photo and the box, one thread (dlib's predictor is serial),
+  through ``labfast.evaluation.dlib_reference`` (``labfast eval --dataset wild --latency`` times the same);
 - ``labfast onnxruntime``: ``FaceAligner(runtime="onnxruntime").predict(photo, boxes=box)``, the
   CPU default (crop, model, mapping back);
 - ``labfast torch``: the same with eager PyTorch (``runtime="torch"``, ``inference_mode``);
@@ -33,36 +34,21 @@ import numpy as np
 import pytest
 import torch
 
-from labfast import bench
-from labfast.aligner import FaceAligner
+from labfast.evaluation.wild import dlib_aligner
+from labfast.perf import bench
+from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
-from labfast.demo import BUNDLED_DATA
-
-
-def dlib_predictor():
-    """``(dlib module, shape_predictor)`` or ``None`` with dlib / the model file absent.
-
-    The model file is found without importing ``face_recognition_models`` (its ``__init__`` needs
-    ``pkg_resources``, which recent setuptools no longer ship)."""
-    if importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None:
-        return None
-    import dlib
-
-    folder = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0])
-    model = folder / "models" / "shape_predictor_68_face_landmarks.dat"
-    return (dlib, dlib.shape_predictor(str(model))) if model.is_file() else None
+from labfast.commands.demo import BUNDLED_DATA
 
 
 def cases(faces: list, threads: tuple[int, ...] = (1, 2)) -> dict:
     """Name -> ``call(index)`` that aligns face ``index % len(faces)`` given its box."""
     photos = [cv2.imread(face.image_path) for face in faces]
     made = {}
-    found = dlib_predictor()
-    if found is not None:
-        dlib, predictor = found
-        rgb = [cv2.cvtColor(photo, cv2.COLOR_BGR2RGB) for photo in photos]
-        rects = [dlib.rectangle(*(int(round(v)) for v in face.box)) for face in faces]
-        made["dlib shape_predictor 68"] = lambda i: predictor(rgb[i % len(faces)], rects[i % len(faces)])
+    reference = dlib_aligner()
+    if reference is not None:
+        rgb = [reference.rgb(photo) for photo in photos]
+        made["dlib shape_predictor 68"] = lambda i: reference.landmarks(rgb[i % len(faces)], faces[i % len(faces)].box)
     for runtime in ("onnxruntime", "torch"):
         for count in threads:
             aligner = FaceAligner(device="cpu", runtime=runtime, threads=count, batch_size=1)
@@ -89,7 +75,7 @@ def measure(rounds: int, faces: list, threads: tuple[int, ...] = (1, 2), warmup:
 
 
 def optional_versions() -> dict:
-    """Versions of the runtimes measured here that ``labfast.bench.versions`` does not list."""
+    """Versions of the runtimes measured here that ``labfast.perf.bench.versions`` does not list."""
     found = {}
     for name in ("onnxruntime", "dlib"):
         if importlib.util.find_spec(name) is not None:

@@ -19,7 +19,7 @@ from functools import partial
 import pytest
 import torch
 
-from labfast.bench import environment
+from labfast.perf.bench import environment
 from labfast.ops import fusion
 
 NUM_BOUNDARIES = 13

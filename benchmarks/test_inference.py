@@ -1,9 +1,9 @@
 """LAB inference: reference vs ``torch.compile`` vs the fast paths vs CUDA graphs (faces/s, latency).
 
 ``model(images)`` in eval and inference mode as ``labfast bench`` builds it
-(``labfast.bench.prepare_inference``; bf16 under autocast). GPU cases (skipped without CUDA):
+(``labfast.perf.bench.prepare_inference``; bf16 under autocast). GPU cases (skipped without CUDA):
 the paper model at batch 1 (latency), 32 and 256 (throughput), fp32 and bf16, backends
-reference, compile, fast, fast+compile and fast+cudagraphs (``labfast.cuda_graphs``, the
+reference, compile, fast, fast+compile and fast+cudagraphs (``labfast.inference.cuda_graphs``, the
 low-latency path); each call ends with a CUDA synchronisation so its time is a latency. A backend
 that cannot run skips with its reason. The tiny CPU case runs anywhere (its compiled twin is
 marked ``slow``). One group per case: the relative columns are ratios against the reference.
@@ -14,7 +14,9 @@ marked ``slow``). One group per case: the relative columns are ratios against th
 import pytest
 import torch
 
-from labfast import bench, devices
+from labfast.perf import bench
+
+from labfast.perf import devices
 
 GPU_BACKENDS = bench.model_backends("infer", bench.BACKEND_GROUPS)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from labfast import schemes
-from labfast.bench import environment
+from labfast.perf.bench import environment
 from labfast.model import config_by_name
 from labfast.model.estimator import boundary_neighbours
 from labfast.ops.message_passing import message_passing_ref

@@ -1,8 +1,8 @@
 """One full LAB training step: reference vs ``torch.compile`` vs the fast paths (images/s).
 
-The step is ``labfast.train._train_step`` as ``labfast bench`` builds it (``labfast.bench.
+The step is ``labfast.train.step.train_step`` as ``labfast bench`` builds it (``labfast.perf.bench.
 prepare_train_step``: estimator + regressor forward/backward, ground-truth heatmaps on the device,
-the discriminator's step, both optimiser steps) on random 256x256 images. GPU cases (skipped
+the discriminator's step, both optimiser steps) on random 256x256 uint8 images. GPU cases (skipped
 without CUDA) use the paper model at batch 32 and 256, fp32 and bf16; a backend that cannot run
 skips with its reason. The tiny CPU case runs anywhere (its compiled twin is marked ``slow``:
 compiling forward and backward takes minutes on a 2-core CPU). One group per case, so the
@@ -14,7 +14,9 @@ relative columns are ratios against the reference measured in the same run.
 import pytest
 import torch
 
-from labfast import bench, devices
+from labfast.perf import bench
+
+from labfast.perf import devices
 
 GPU_BACKENDS = bench.model_backends("train", bench.BACKEND_GROUPS)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

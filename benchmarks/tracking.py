@@ -2,7 +2,7 @@
 
     python benchmarks/tracking.py [--frames 120] [--size 720] [--json benchmarks/results/tracking-cpu.json]
 
-The clip (``labfast.track.moving_crop_clip``) drifts and zooms over the face of
+The clip (``labfast.inference.track.moving_crop_clip``) drifts and zooms over the face of
 ``data/300w_sample/fullres/3083968872_1.jpg`` with the ground truth moved along; the shipped weights
 run with ``FaceTracker(redetect_every=1)`` (the detector in every frame) and with the default
 tracker. Per mode: seconds per frame (median of ``--repeats`` passes over the clip), frames that
@@ -21,8 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-from labfast import metrics, track
-from labfast.aligner import FaceAligner
+from labfast import metrics
+
+from labfast.inference import track
+from labfast.inference.aligner import FaceAligner
 from labfast.data import read_image_bgr, read_pts
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "300w_sample" / "fullres" / "3083968872_1.jpg"

@@ -42,7 +42,7 @@ import triton.language as tl
 
 # Rows x channels per tile. Fewer, larger programs under the interpreter, which pays ~0.75 ms per
 # program; chosen by the interpreter switch, not by the tensors' device, so that an offline
-# compile (CPU tensors, no interpreter: labfast.offline_compile) specialises the GPU's blocks.
+# compile (CPU tensors, no interpreter: labfast.perf.offline_compile) specialises the GPU's blocks.
 _GPU_BLOCKS = (64, 32)
 _INTERPRETER_BLOCKS = (1024, 64)
 _GPU_PROGRAMS = 1024  # stats/backward-reduce programs to aim at: a few per SM of an H100 (132 SMs)

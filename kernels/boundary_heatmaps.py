@@ -21,7 +21,7 @@ BLOCK_PIXELS = 128
 BLOCK_SEGMENTS = 32
 # Fewer, larger programs under the interpreter, which pays ~0.75 ms per program. Chosen by the
 # interpreter switch, not by the tensors' device, so an offline compile (CPU tensors, no
-# interpreter: labfast.offline_compile) specialises the GPU's block.
+# interpreter: labfast.perf.offline_compile) specialises the GPU's block.
 _INTERPRETER_BLOCK_PIXELS = 1024
 
 

@@ -12,8 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Face": "labfast.aligner",
-    "FaceAligner": "labfast.aligner",
+    "Face": "labfast.inference.aligner",
+    "FaceAligner": "labfast.inference.aligner",
     "LAB": "labfast.model",
     "LABConfig": "labfast.model",
     "boundary_heatmaps": "labfast.ops",

@@ -9,12 +9,12 @@ import logging
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("labfast.demo", "the main job: evaluate (or train) LAB on the bundled real faces and write a report"),
-    "train": ("labfast.train", "train LAB with a named preset; every field overridable"),
-    "eval": ("labfast.evaluate", "evaluate a checkpoint with the data set's protocol (NME, FR, AUC, CED)"),
-    "predict": ("labfast.predict", "landmarks for images, folders or videos"),
-    "export": ("labfast.export", "export a checkpoint to ONNX or TorchScript, checked against eager"),
-    "bench": ("labfast.bench", "measure training, inference and kernel speed on this device"),
+    "demo": ("labfast.commands.demo", "the main job: evaluate (or train) LAB on the bundled real faces and write a report"),
+    "train": ("labfast.commands.train", "train LAB with a named preset; every field overridable"),
+    "eval": ("labfast.commands.eval", "evaluate a checkpoint with the data set's protocol (NME, FR, AUC, CED)"),
+    "predict": ("labfast.commands.predict", "landmarks for images, folders or videos"),
+    "export": ("labfast.commands.export", "export a checkpoint to ONNX or TorchScript, checked against eager"),
+    "bench": ("labfast.commands.bench", "measure training, inference and kernel speed on this device"),
 }
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labfast import aligner as aligner_module
-from labfast.aligner import FaceAligner
-from labfast.cpu_inference import TorchModel
+from labfast.inference import aligner as aligner_module
+from labfast.inference.aligner import FaceAligner
+from labfast.inference.runtime import TorchModel
 from labfast.data import box_from_landmarks, read_pts
 from labfast.model import LABOutput
 
@@ -173,11 +173,11 @@ def test_none_and_unreadable_paths_say_what_is_wrong(tiny_checkpoint, tmp_path):
 def test_a_box_outside_the_image_is_warned_about(tiny_checkpoint, caplog):
     aligner = FaceAligner(tiny_checkpoint, device="cpu")
     image = np.zeros((100, 200, 3), np.uint8)
-    with caplog.at_level("WARNING", logger="labfast.aligner"):
+    with caplog.at_level("WARNING", logger="labfast.inference.aligner"):
         aligner.predict(image, boxes=[[20, 20, 80, 80]])
-        assert not [r for r in caplog.records if r.name == "labfast.aligner"]  # inside: silent
+        assert not [r for r in caplog.records if r.name == "labfast.inference.aligner"]  # inside: silent
         aligner.predict(image, boxes=[[300, 20, 360, 80], [150, 20, 250, 80]])
-    messages = [record.getMessage() for record in caplog.records if record.name == "labfast.aligner"]
+    messages = [record.getMessage() for record in caplog.records if record.name == "labfast.inference.aligner"]
     assert len(messages) == 2
     assert "box 0 [300.0, 20.0, 360.0, 80.0] lies outside the 200x100 image (0 % of it inside)" in messages[0]
     # inside up to the last pixel's edge x = 199.5: 49.5 of 100 px wide, printed to 0 decimals
@@ -199,9 +199,9 @@ def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
 
 def test_shipped_weights_are_confident_on_a_face_and_not_on_background():
     # Measured when written: 0.54 on the annotated box of a bundled test face, 0.23 on a box of the
-    # same size over uniform noise; the fitted re-detection threshold (0.43, labfast.track) lies between.
+    # same size over uniform noise; the fitted re-detection threshold (0.43, labfast.inference.track) lies between.
     from labfast.data import read_300w
-    from labfast.track import default_min_confidence
+    from labfast.inference.track import default_min_confidence
 
     sample = read_300w(SAMPLE, "common")[0]
     aligner = FaceAligner(device="cpu")

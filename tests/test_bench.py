@@ -6,7 +6,9 @@ import re
 import pytest
 import torch
 
-from labfast import bench, devices
+from labfast.perf import bench
+
+from labfast.perf import devices
 from labfast.cli import main
 
 

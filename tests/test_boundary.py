@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from labfast import boundary, schemes
-from labfast.plots import boundary_image, plot_boundaries
 from labfast.schemes import Scheme
 
 RTOL = 1e-6
@@ -276,11 +275,3 @@ def test_real_wflw_faces_give_13_nonempty_channels(shared_data):
     heatmaps = boundary.heatmaps(landmarks, "wflw")
     assert heatmaps.shape == (3, 13, 64, 64)
     assert (heatmaps.max(axis=(2, 3)) == 1.0).all()
-
-
-def test_boundary_image_is_the_maximum_over_channels(tmp_path):
-    heatmaps = boundary.heatmaps(np.random.default_rng(4).uniform(8, 56, (1, 68, 2)), "300w")[0]
-    image = boundary_image(torch.from_numpy(heatmaps))
-    np.testing.assert_array_equal(image, heatmaps.max(axis=0))
-    path = plot_boundaries(heatmaps, tmp_path / "boundaries.png", landmarks=np.full((68, 2), 30.0))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from labfast import cli, schemes
-from labfast.aligner import FaceAligner
-from labfast.cpu_inference import DEFAULT_THREADS, PARITY_TOLERANCE, set_threads
+from labfast.inference.aligner import FaceAligner
+from labfast.inference.runtime import DEFAULT_THREADS, PARITY_TOLERANCE, set_threads
 from labfast.data import crop_face, read_300w
-from labfast.demo import BUNDLED_DATA
+from labfast.commands.demo import BUNDLED_DATA
 
 needs_onnxruntime = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxruntime")),
@@ -37,7 +37,7 @@ def test_onnxruntime_gives_the_plain_models_landmarks_on_real_faces():
 
     Tolerance ``PARITY_TOLERANCE`` (0.01 crop px, 1e-3 heatmap): both compute in float32 with other
     summation orders (measured ~5e-5 px apart); a graph that dropped or doubled a term would be
-    px off (labfast.export's docstring: 4.4 px)."""
+    px off (labfast.inference.export's docstring: 4.4 px)."""
     optimised = FaceAligner(device="cpu", runtime="onnxruntime")
     plain = FaceAligner(device="cpu", runtime="torch")
     faces = read_300w(BUNDLED_DATA, "common")[:8]

@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from labfast import detect, detector_fit
+from labfast.inference import detect
+
+from labfast.tools import detector_fit
 from labfast.data import box_from_landmarks, read_300w, read_pts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
@@ -109,7 +111,7 @@ def test_yunet_beats_haar_on_the_bundled_test_crops():
         image = cv2.imread(sample.image_path)
         for detector in detect.DETECTORS:
             found = detect.detect_faces(image, detector)
-            index = detector_fit.match(found.boxes, sample.box) if len(found) else None
+            index = detect.match(found.boxes, sample.box) if len(found) else None
             if index is not None:
                 overlaps[detector].append(iou(detect.to_landmark_box(found.boxes[index:index + 1], detector)[0], sample.box))
     assert len(overlaps["yunet"]) == 40 and len(overlaps["haar"]) < 40
@@ -164,7 +166,7 @@ def test_fitted_numbers_record_training_faces_only_and_the_box_error():
 
 
 def test_box_jitter_defaults_are_yunets_recorded_box_error():
-    """AugmentConfig's jitter is YuNet's measured error (one measurement: labfast.detector_fit)."""
+    """AugmentConfig's jitter is YuNet's measured error (one measurement: labfast.tools.detector_fit)."""
     from labfast.data import AugmentConfig
 
     error = detect.box_error("yunet")

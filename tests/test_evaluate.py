@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from labfast import checkpoint, cli, schemes
-from labfast.demo import BUNDLED_DATA
-from labfast.detector_fit import box_iou
-from labfast.evaluate import MISSED_NME, evaluate, match_detections, predict_faces
+from labfast.commands.demo import BUNDLED_DATA
+from labfast.inference.detect import box_iou
+from labfast.evaluation.protocols import MISSED_NME, evaluate, match_detections, predict_faces
 from labfast.data import read_300w
 from labfast.model import LABOutput, config_by_name
 

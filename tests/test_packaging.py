@@ -1,4 +1,4 @@
-"""Packaging: the top-level kernels/ folder ships as labfast.kernels, the YuNet detector as package data;
+"""Packaging: the top-level kernels/ folder ships as labfast.kernels (through the link labfast/kernels), the YuNet detector as package data;
 research-only data does not ship."""
 import subprocess
 import sys
@@ -36,7 +36,7 @@ def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
     found = subprocess.run([sys.executable, "-S", "-c", "import labfast.kernels; print(labfast.kernels.__file__)"],
                            cwd=tmp_path, env={"PYTHONPATH": str(target)}, check=True, capture_output=True, text=True)
     assert Path(found.stdout.strip()) == target / "labfast" / "kernels" / "__init__.py"
-    # the installed package finds its detector through importlib.resources, as labfast.detect does
+    # the installed package finds its detector through importlib.resources, as labfast.inference.detect does
     yunet = subprocess.run([sys.executable, "-S", "-c", "import hashlib, importlib.resources as r; "
                             "f = r.files('labfast').joinpath('detectors', 'face_detection_yunet_2026may.onnx'); "
                             "print(f, hashlib.sha256(f.read_bytes()).hexdigest())"],
@@ -47,7 +47,7 @@ def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
 
 
 def test_the_editable_install_finds_the_shipped_detector_files():
-    from labfast import detect
+    from labfast.inference import detect
 
     for name in DETECTOR_FILES:
         assert detect.detector_file(name) == ROOT / "labfast" / "detectors" / name

@@ -19,3 +19,12 @@ def test_ced_x_axis_is_in_percent_of_the_normaliser_and_the_legend_is_outside_th
     legend = axes.get_legend().get_window_extent(renderer)
     assert not legend.overlaps(axes.get_window_extent(renderer))  # never hides a curve
     assert [text.get_text().split(":")[0] for text in axes.get_legend().get_texts()] == ["model", "baseline"]
+
+
+def test_with_missed_faces_the_legend_means_the_found_faces_and_the_curve_counts_every_face():
+    """Two faces at NME 4 % and 6 %, two missed (scored 1.0): the legend's NME is 5 % on 2 found, not
+    the 52.5 % the stand-in value would make it; FR 50 % and the curve tops out at half the faces."""
+    figure = ced_figure({"method": np.array([0.04, 1.0, 0.06, 1.0])}, missed_nme=1.0)
+    axes, = figure.axes
+    assert axes.get_legend().get_texts()[0].get_text() == "method: NME 5.00% on 2 found, FR 50.00%, AUC 0.250 (n=4)"
+    assert axes.get_lines()[0].get_ydata().max() == 0.5

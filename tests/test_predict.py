@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from labfast import cli
-from labfast.aligner import FaceAligner
+from labfast.inference.aligner import FaceAligner
 from labfast.data import box_from_landmarks, read_pts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"
@@ -162,7 +162,7 @@ def test_every_format_opencv_reads_is_an_image(monkeypatch, tiny_checkpoint, tmp
 
 
 def test_images_are_read_in_chunks_bounded_by_megapixels_whatever_the_batch(tmp_path):
-    from labfast.predict import Item, read_image_chunks
+    from labfast.commands.predict import Item, read_image_chunks
 
     sizes = [(600, 800), (441, 320), (256, 256), (1000, 1000), (100, 100), (100, 100)]  # (h, w): 0.48, 0.14, 0.066, 1.0, 0.01, 0.01 MP
     items = []

@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labfast import devices, roofline
+from labfast.perf import devices
+
+from labfast.perf import roofline
 
 
 def test_grouped_convolution_backward_costs_twice_its_forward():

@@ -1,4 +1,4 @@
-"""Following faces through a video by their landmarks (labfast.track), on a clip made from a bundled photo."""
+"""Following faces through a video by their landmarks (labfast.inference.track), on a clip made from a bundled photo."""
 import json
 import time
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labfast import metrics, track
-from labfast.aligner import FaceAligner
+from labfast import metrics
+
+from labfast.inference import track
+from labfast.inference.aligner import FaceAligner
 from labfast.data import read_image_bgr, read_pts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "300w_sample"

@@ -8,7 +8,7 @@ import torch
 
 from labfast import FaceAligner, checkpoint
 from labfast.data import read_300w
-from labfast.evaluate import evaluate, predict_faces
+from labfast.evaluation.protocols import evaluate, predict_faces
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "labfast" / "weights"
 EVALUATION = WEIGHTS / "lab_300w.eval.json"  # what `labfast eval` wrote for the model card

@@ -50,7 +50,7 @@ class AugmentConfig:
     """
 
     # YuNet's box error after its fitted conversion, on the 2012 300-W training faces
-    # (``labfast.detect.box_error("yunet")``, measured by ``python -m labfast.detector_fit``; 2012 of 2012
+    # (``labfast.inference.detect.box_error("yunet")``, measured by ``python -m labfast.tools.detector_fit``; 2012 of 2012
     # found): centre error std 0.029 (x) / 0.028 (y) of the landmark box's longer side, log side-ratio
     # std 0.042 (converted vs landmark box IoU: median 0.90, 10th percentile 0.83). A test pins these.
     box_shift_std: float = 0.029
@@ -121,7 +121,8 @@ class FaceDataset(torch.utils.data.Dataset):
     """Face crops for training or evaluation.
 
     ``dataset[i]`` -> dict:
-        ``image``: ``(3, S, S)`` float32 RGB in [0, 1];
+        ``image``: ``(3, S, S)`` uint8 RGB (the model converts it on its device: ``LAB.normalize``;
+        a batch travels to the device in a quarter of the bytes of float32);
         ``landmarks``: ``(L, 2)`` float32 in crop pixel coordinates;
         ``affine``: ``(2, 3)`` float32 mapping original image coords -> crop coords (flip included;
         with a flip, ``landmarks[flip_permutation[j]] = affine @ original[j]``);
@@ -132,7 +133,10 @@ class FaceDataset(torch.utils.data.Dataset):
     end a training run; :func:`collate_readable` drops such items from the batch and lists their
     messages, in the main process whichever worker read them.
 
-    Training augmentation is drawn from a per-item generator seeded by ``(seed, epoch, index)``:
+    Photometric augmentation runs on the crop in float32 and the result is rounded to uint8 (by at
+    most half a grey level); without it the crop is the warp's own uint8 pixels.
+
+    Training augmentation is drawn from per-item generators seeded by ``(seed, epoch, index)``:
     the same triple gives the same crop in any worker process and any order. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
     iterator is created).
@@ -186,8 +190,7 @@ class FaceDataset(torch.utils.data.Dataset):
             if not self.skip_unreadable:
                 raise
             return {"index": index, "unreadable": f"item {index}: {error}"}
-        streams = dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in np.random.SeedSequence(
-            [self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))))) if self.train else {}
+        streams = self.augmentation_streams(index) if self.train else {}
         box = sample.box
         if self.train and (self.augment.box_shift_std > 0 or self.augment.box_scale_std > 0):
             box = jitter_box(box, streams["box"], self.augment.box_shift_std, self.augment.box_scale_std)
@@ -207,12 +210,12 @@ class FaceDataset(torch.utils.data.Dataset):
             flip = False
             matrix = crop_matrix(centre, side, self.input_size)
 
-        crop = _bgr_to_rgb_float(warp_crop(image, matrix, self.input_size))
+        crop = cv2.cvtColor(warp_crop(image, matrix, self.input_size), cv2.COLOR_BGR2RGB)
         landmarks = apply_affine(sample.landmarks, matrix)
         if flip:
             landmarks = flip_landmarks(landmarks, self.scheme.flip_permutation)
         if self.train:
-            crop = self._photometric(crop, streams)
+            crop = _to_uint8(self.photometric(crop.astype(np.float32) / 255.0, streams))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
@@ -220,7 +223,13 @@ class FaceDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
-    def _photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:
+    def augmentation_streams(self, index: int) -> dict[str, np.random.Generator]:
+        """The random streams of item ``index`` this epoch, one per augmentation (``AUGMENTATION_STREAMS``)."""
+        children = np.random.SeedSequence([self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))
+        return dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in children)))
+
+    def photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:
+        """The photometric augmentations and occluders on an ``(S, S, 3)`` float32 RGB crop in [0, 1]."""
         config = self.augment
         crop = color_jitter(crop, streams["colour"], config.brightness, config.contrast, config.saturation)
         if config.hue_degrees > 0:
@@ -241,6 +250,11 @@ class FaceDataset(torch.utils.data.Dataset):
         if streams["patch"].random() < config.patch_probability:
             crop, _ = paste_patch(crop, streams["patch"], config.patch_size)
         return crop
+
+
+def _to_uint8(crop: np.ndarray) -> np.ndarray:
+    """A float crop in [0, 1] -> uint8, each value rounded to the nearest level (error <= 0.5 / 255)."""
+    return np.rint(np.clip(crop, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def collate_readable(items: list[dict]) -> dict:

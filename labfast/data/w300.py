@@ -53,15 +53,28 @@ def read_300w(root: str | os.PathLike, subset: str = "train", strict: bool = Tru
         raise FileNotFoundError(
             f"300-W subset {subset!r} needs folder(s) that do not exist: {', '.join(missing)}"
         )
+    return [sample for folder in folders for sample in read_pts_folder(folder, strict=strict)]
+
+
+def read_pts_folder(folder: str | os.PathLike, strict: bool = True) -> list[Sample]:
+    """Every face of one folder in 300-W's layout -> list of ``Sample``, files sorted by name.
+
+    Each ``NAME.pts`` (68 points, 1-based) lies beside its ``NAME.jpg`` / ``.png``; the box is the
+    landmarks' extent. This is every 300-W subset folder, and any folder of face crops annotated the
+    same way (``labfast eval --dataset wild``). Raises ``FileNotFoundError`` for a missing folder and
+    ``AnnotationError`` as :func:`read_300w`; with ``strict=False`` bad files are skipped and counted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}")
     samples: list[Sample] = []
-    for folder in folders:
-        skipper = Skipper(strict, folder)
-        for pts_path in sorted(folder.glob("*.pts")):
-            try:
-                samples.append(_read_face(pts_path))
-            except AnnotationError as error:
-                skipper.skip(error)
-        skipper.report()
+    skipper = Skipper(strict, folder)
+    for pts_path in sorted(folder.glob("*.pts")):
+        try:
+            samples.append(_read_face(pts_path))
+        except AnnotationError as error:
+            skipper.skip(error)
+    skipper.report()
     return samples
 
 

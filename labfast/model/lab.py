@@ -63,8 +63,9 @@ class LAB(nn.Module):
         boundary_scheme: scheme whose boundaries the estimator predicts (cross-data-set training,
             e.g. 300-W boundaries for COFW landmarks); defaults to ``scheme``.
 
-    ``model(images)`` with ``images`` ``(N, 3, S, S)`` RGB in ``[0, 1]`` (``S = config.input_size``)
-    returns ``LABOutput``. Normalisation (ImageNet mean/std or per image) happens inside; both the
+    ``model(images)`` with ``images`` ``(N, 3, S, S)`` RGB (``S = config.input_size``), uint8 in
+    ``0..255`` or floating point in ``[0, 1]``, returns ``LABOutput``. Normalisation (uint8 to
+    ``[0, 1]``, then ImageNet mean/std or per image) happens inside, on the model's device; both the
     estimator and the regressor (and so the ``I`` of input fusion) see the normalised image. The
     regressor reads the last stack's heatmaps as they are (no clamp, gradient flowing back into
     the estimator); a training loop that wants them fixed detaches them itself.
@@ -87,7 +88,13 @@ class LAB(nn.Module):
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` in ``[0, 1]`` -> zero-mean, unit-variance input of both networks."""
+        """``(N, 3, S, S)`` uint8 or in ``[0, 1]`` -> zero-mean, unit-variance input of both networks.
+
+        uint8 is divided by 255 here, in float32: the same values as a crop converted on the host,
+        which then travels to the device in four times the bytes.
+        """
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
         if self.config.normalization == "per_image":
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             std = images.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from labfast.model.config import LABConfig
-from labfast.ops.boundary_heatmaps import dense_curves
+from labfast.ops.boundary_heatmaps import dense_curves, index_table
 from labfast.schemes import Scheme
 
 
@@ -61,7 +61,8 @@ def landmark_normalizer(landmarks: torch.Tensor, scheme: Scheme) -> torch.Tensor
     return (landmarks[..., first, :] - landmarks[..., second, :]).norm(dim=-1)
 
 
-def fake_labels(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, config: LABConfig) -> torch.Tensor:
+def fake_labels(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, config: LABConfig,
+                target_curves: torch.Tensor | None = None) -> torch.Tensor:
     """``d_fake`` of LAB Sec. 3.3 for each face: ``0`` if ``Pr_s(Dist(s) < θ) < δ`` else ``1``.
 
     ``predicted`` and ``target`` are ``(N, L, 2)`` crop pixels (``config.input_size``). ``Dist`` by
@@ -74,12 +75,13 @@ def fake_labels(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, c
       ``θ = config.fake_distance_threshold`` (an NME: ``0.05`` = 5 %).
 
     ``δ = config.fake_fraction_threshold``. Returns ``(N,)`` float labels, no gradient.
+    ``target_curves``: for the ``"boundary"`` reading, see :func:`boundary_distance`.
     """
     with torch.no_grad():
         if config.discriminator_distance == "boundary":
             size = config.heatmap_size
             distance = boundary_distance(_heatmap_pixels(predicted, config), _heatmap_pixels(target, config),
-                                         scheme, size)
+                                         scheme, size, target_curves)
             threshold = config.fake_boundary_threshold * size / 64
         else:
             distance = landmark_distance(predicted, target, landmark_normalizer(target.float(), scheme))
@@ -98,7 +100,8 @@ def landmark_distance(predicted: torch.Tensor, target: torch.Tensor, normalizer:
     return (predicted.float() - target.float()).norm(dim=-1) / normalizer.float().unsqueeze(-1)
 
 
-def boundary_distance(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, size: int) -> torch.Tensor:
+def boundary_distance(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, size: int,
+                      target_curves: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, L)`` distance of each predicted landmark to its ground-truth boundary curve, in pixels.
 
     The curve is the ground truth's own dense curve (``labfast.ops.boundary_heatmaps.dense_curves``
@@ -107,8 +110,11 @@ def boundary_distance(predicted: torch.Tensor, target: torch.Tensor, scheme: Sch
     boundaries (an eye corner ends an upper and a lower lid) takes the nearest; a landmark on none
     (COFW's pupils, nose tip and chin, AFLW's chin) falls back to the distance to its own ground
     truth point, in the same pixels. Vectorised over faces and landmarks.
+
+    ``target_curves``: those curves when the caller has them already (the training step made them
+    for its ground-truth heatmaps), so that they are computed once a step, not twice.
     """
-    curves = dense_curves(target.float(), scheme, size)  # (N, K, P, 2)
+    curves = dense_curves(target.float(), scheme, size) if target_curves is None else target_curves  # (N, K, P, 2)
     members, on_boundary = _landmark_boundaries(scheme, curves.device)  # (L, M), (L, M)
     curves = curves[:, members]  # (N, L, M, P, 2)
     start, segment = curves[..., :-1, :], curves[..., 1:, :] - curves[..., :-1, :]  # (N, L, M, P-1, 2)
@@ -128,8 +134,8 @@ def _landmark_boundaries(scheme: Scheme, device: torch.device) -> tuple[torch.Te
         for landmark in set(indices):
             lists[landmark].append(k)
     width = max(1, max(len(entry) for entry in lists))
-    members = torch.tensor([entry + [0] * (width - len(entry)) for entry in lists], device=device)
-    on_boundary = torch.tensor([[i < len(entry) for i in range(width)] for entry in lists], device=device)
+    members = index_table(tuple(tuple(entry + [0] * (width - len(entry))) for entry in lists), device)
+    on_boundary = index_table(tuple(tuple(i < len(entry) for i in range(width)) for entry in lists), device)
     return members, on_boundary
 
 

@@ -55,7 +55,7 @@ def triton_status() -> str | None:
 def cuda_extension_status() -> str | None:
     """``None`` if the compiled ``labfast._cuda`` extension loads, else the reason."""
     try:
-        from labfast import _cuda  # noqa: F401
+        from labfast import _cuda
     except Exception as error:
         return f"the CUDA extension labfast._cuda is not built ({error}); build with LABFAST_BUILD_CUDA=1"
     from labfast.ops import cuda_fakes

@@ -63,6 +63,27 @@ _ELEMENTS_PER_CHUNK = 1 << 24
 """The reference's distance pass holds about this many pixel x segment pairs at once."""
 
 
+_INDEX_TABLES: dict[tuple, torch.Tensor] = {}
+
+
+def index_table(values: tuple, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values)`` (integers or booleans, nested tuples) on ``device``, made once per process.
+
+    A scheme's index tables are constants, but a tensor made from Python values is an upload to
+    the device each time it is made, one per table per training step. Tables are kept outside
+    inference mode (an inference tensor cannot index a tensor that autograd records). Under
+    ``torch.compile`` the table is made in the graph, where it is a constant.
+    """
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, device=device)
+    key = (values, torch.device(device))
+    table = _INDEX_TABLES.get(key)
+    if table is None:
+        with torch.inference_mode(False):
+            table = _INDEX_TABLES[key] = torch.tensor(values, device=device)
+    return table
+
+
 def samples_per_boundary(size: int) -> int:
     """Samples per densified boundary: ``6 * size + 1`` (spacing <= 0.5 px for speeds up to 3 * size)."""
     return 6 * size + 1
@@ -92,10 +113,10 @@ def _spline_samples(points: torch.Tensor, num_samples: int) -> torch.Tensor:
 
     # Chord-length parameter u in [0, 1]; intervals past m - 1 have zero length.
     interval_valid = slots[:-1] < m - 1  # (B, n-1)
-    chords = torch.where(interval_valid, (q[:, 1:] - q[:, :-1]).norm(dim=-1), torch.zeros(()).to(q))
+    chords = torch.where(interval_valid, (q[:, 1:] - q[:, :-1]).norm(dim=-1), q.new_zeros(()))
     total = chords.sum(dim=1, keepdim=True)
     u = torch.cat([torch.zeros_like(total), chords.cumsum(dim=1)], dim=1) / total.clamp_min(1e-30)
-    h = torch.where(interval_valid, u[:, 1:] - u[:, :-1], torch.ones(()).to(u))  # (B, n-1)
+    h = torch.where(interval_valid, u[:, 1:] - u[:, :-1], u.new_ones(()))  # (B, n-1)
     slopes = (q[:, 1:] - q[:, :-1]) / h.unsqueeze(-1)  # (B, n-1, 2), zero past m - 1
 
     moments = _spline_moments(h, slopes, m, n)  # (B, n, 2)
@@ -163,8 +184,9 @@ def _spline_moments(h: torch.Tensor, slopes: torch.Tensor, m: torch.Tensor, n: i
                               torch.stack([ones, -ones, 0 * ones], dim=-1))
     last_coefs = torch.where(not_a_knot, torch.stack([h_last, -(h_prev + h_last), h_prev], dim=-1),
                              torch.stack([0 * ones, -ones, ones], dim=-1))
-    end_cols_first = torch.tensor([0, 1, 2], device=h.device).expand(count, 1, 3)
-    end_cols_last = m_index.unsqueeze(-1) + torch.tensor([0, 1, 2], device=h.device)
+    three_columns = torch.arange(3, device=h.device)
+    end_cols_first = three_columns.expand(count, 1, 3)
+    end_cols_last = m_index.unsqueeze(-1) + three_columns
     special = not_a_knot | three
     coefs = torch.where(first.unsqueeze(-1) & special, first_coefs, coefs)
     coefs = torch.where(last.unsqueeze(-1) & special, last_coefs, coefs)
@@ -191,16 +213,20 @@ def dense_curves(landmarks: torch.Tensor, scheme: Scheme | str, size: int = 64) 
     num_samples = samples_per_boundary(size)
     count = landmarks.shape[0]
     curves = torch.empty(count, scheme.num_boundaries, num_samples, 2, device=landmarks.device)
-    groups: dict[int, list[int]] = {}
-    for k, indices in enumerate(scheme.boundaries.values()):
-        groups.setdefault(len(indices), []).append(k)
-    boundaries = list(scheme.boundaries.values())
-    for length, members in groups.items():
-        index = torch.tensor([boundaries[k] for k in members], device=landmarks.device)  # (G, n)
-        points = landmarks[:, index]  # (N, G, n, 2)
-        samples = _spline_samples(points.reshape(-1, length, 2), num_samples)
-        curves[:, members] = samples.view(count, len(members), num_samples, 2)
+    for members, points_of_members in _boundary_groups(scheme):
+        points = landmarks[:, index_table(points_of_members, landmarks.device)]  # (N, G, n, 2)
+        samples = _spline_samples(points.reshape(-1, len(points_of_members[0]), 2), num_samples)
+        curves[:, index_table(members, landmarks.device)] = samples.view(count, len(members), num_samples, 2)
     return curves
+
+
+def _boundary_groups(scheme: Scheme) -> list[tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]]:
+    """The boundaries grouped by point count: ``(boundary numbers, their landmark indices)`` per count."""
+    groups: dict[int, list[int]] = {}
+    boundaries = [tuple(indices) for indices in scheme.boundaries.values()]
+    for k, indices in enumerate(boundaries):
+        groups.setdefault(len(indices), []).append(k)
+    return [(tuple(members), tuple(boundaries[k] for k in members)) for members in groups.values()]
 
 
 def squared_distance_ref(curves: torch.Tensor, height: int, width: int, reach: float) -> torch.Tensor:
@@ -333,8 +359,18 @@ def boundary_heatmaps(
     scheme = get(scheme)
     _check(landmarks, scheme, size, sigma, dtype)
     check_finite_landmarks(landmarks)
-    curves = dense_curves(landmarks, scheme, size).contiguous()
-    return torch.ops.labfast.boundary_heatmaps(curves, size, size, float(sigma), dtype)
+    return heatmaps_of_curves(dense_curves(landmarks, scheme, size), size, sigma, dtype)
+
+
+def heatmaps_of_curves(curves: torch.Tensor, size: int, sigma: float = 1.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(N, K, P, 2)`` curves of ``dense_curves`` -> ``(N, K, size, size)`` heatmaps in ``dtype``.
+
+    The second half of :func:`boundary_heatmaps`, for a caller that uses the curves for more than
+    the heatmaps (the training step measures the discriminator's labels on them too); it checks
+    the landmarks first (``check_finite_landmarks``).
+    """
+    return torch.ops.labfast.boundary_heatmaps(curves.contiguous(), size, size, float(sigma), dtype)
 
 
 # The operator. Always called, the reference included: its body runs eagerly (never traced), so the

@@ -17,6 +17,7 @@ import torch
 
 from labfast import schemes
 from labfast.data import AugmentConfig, FaceDataset, Sample, collate_readable, crop_face, read_300w, write_pts
+from labfast.data.transforms import warp_crop
 
 TOLERANCE_PX = 0.05
 DOT_SIGMA = 3.0
@@ -125,7 +126,8 @@ def test_eval_item_is_crop_face_and_centres_the_box():
     sample = _face(np.random.default_rng(1), drawn=[0, 1, 2])
     item = FaceDataset([sample], SCHEME, input_size=128, margin=0.2)[0]
     crop, affine = crop_face(sample.image, sample.box, input_size=128, margin=0.2)
-    np.testing.assert_array_equal(item["image"].numpy(), crop.transpose(2, 0, 1))
+    # the same pixels: the uint8 crop divided by 255 in float32 (as LAB.normalize does) is crop_face's
+    np.testing.assert_array_equal(item["image"].numpy().astype(np.float32) / np.float32(255), crop.transpose(2, 0, 1))
     np.testing.assert_array_equal(item["affine"].numpy(), affine)
     centre = affine.astype(np.float64) @ [140.0, 150.0, 1.0]  # box 70..210 x 80..220
     np.testing.assert_allclose(centre, [63.5, 63.5], atol=1e-4)  # crop centre (size-1)/2
@@ -139,13 +141,13 @@ def test_output_contract_and_rgb_order():
     sample.image = image
     item = FaceDataset([sample], SCHEME, train=True, seed=5)[0]
     assert set(item) == {"image", "landmarks", "affine", "index"}
-    assert item["image"].shape == (3, 256, 256) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 256, 256) and item["image"].dtype == torch.uint8  # a quarter of float32's bytes
     assert item["landmarks"].shape == (68, 2) and item["landmarks"].dtype == torch.float32
     assert item["affine"].shape == (2, 3) and item["affine"].dtype == torch.float32
     assert item["index"] == 0
-    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     plain = FaceDataset([sample], SCHEME)[0]["image"]
-    assert plain[2, 128, 128] == 1.0 and plain[0, 128, 128] == 0.0  # blue is the last RGB channel
+    assert plain.dtype == torch.uint8
+    assert plain[2, 128, 128] == 255 and plain[0, 128, 128] == 0  # blue is the last RGB channel
 
 
 def test_landmarks_are_the_affine_image_of_the_originals_relabelled():
@@ -192,6 +194,31 @@ def test_photometric_augmentation_leaves_geometry_alone():
     assert torch.equal(with_photo["affine"], without["affine"])
     assert torch.equal(with_photo["landmarks"], without["landmarks"])
     assert not torch.equal(with_photo["image"], without["image"])
+
+
+def test_training_crop_without_photometric_augmentation_is_the_warps_own_pixels():
+    """No photometric change: the uint8 crop is exactly the warp of the image by the item's affine."""
+    sample = _face(np.random.default_rng(11), drawn=[10, 20, 30])
+    item = FaceDataset([sample], SCHEME, input_size=64, train=True, augment=GEOMETRY_ONLY, seed=4)[0]
+    warped = cv2.cvtColor(warp_crop(sample.image, item["affine"].numpy().astype(np.float64), 64), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(item["image"].numpy(), warped.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_photometric_augmentation_is_the_float_result_rounded_to_uint8(seed):
+    """The augmentations still run in float32 on the same draws; only the result is rounded, by at
+    most half a grey level (0.5 / 255, plus float32 rounding of ~1e-7)."""
+    sample = _face(np.random.default_rng(12), drawn=[10, 20, 30])
+    photometric = AugmentConfig(blur_probability=1.0, gamma_probability=1.0, illumination_probability=1.0,
+                                occlusion_probability=1.0, hue_degrees=20.0)
+    dataset = FaceDataset([sample], SCHEME, input_size=64, train=True, augment=photometric, seed=seed)
+    item = dataset[0]
+    geometry = FaceDataset([sample], SCHEME, input_size=64, train=True, augment=GEOMETRY_ONLY, seed=seed)[0]
+    crop = geometry["image"].numpy().transpose(1, 2, 0).astype(np.float32) / 255.0
+    expected = dataset.photometric(crop.copy(), dataset.augmentation_streams(0)).transpose(2, 0, 1)
+    rounded = item["image"].numpy().astype(np.float64) / 255
+    assert np.abs(rounded - expected).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(rounded - crop.transpose(2, 0, 1)).max() > 0.05  # the augmentations did change the crop
 
 
 def test_augmentation_draws_stay_in_their_ranges():

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from labfast.data import AnnotationError, W300_SUBSETS, read_300w, read_pts, write_pts
+from labfast.data import AnnotationError, W300_SUBSETS, read_300w, read_pts, read_pts_folder, write_pts
 
 
 def _face(folder, name, rng, suffix=".jpg", header=True):
@@ -136,3 +136,21 @@ def test_real_full_resolution_headerless_helen_and_headered_lfpw(shared_data):
     assert helen.shape == lfpw.shape == (68, 2)
     first = (root / "helen" / "testset" / "2986008801_1.pts").read_text().split()[:2]
     assert helen[0].tolist() == pytest.approx([float(v) for v in first], abs=1e-3)
+
+
+def test_a_folder_of_crops_reads_like_a_300w_subset_folder(tree):
+    """``read_pts_folder``: any folder in 300-W's layout (the wild protocol's), sorted by name, 0-based."""
+    root, written = tree
+    samples = read_pts_folder(root / "afw")
+    assert [s.image_path.rsplit("/", 1)[-1] for s in samples] == ["face_0.jpg", "face_1.jpg"]
+    np.testing.assert_allclose(samples[1].landmarks, written["afw"][1] - 1, atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="no folder .*absent"):
+        read_pts_folder(root / "absent")
+
+
+def test_real_wild_crops_read_as_68_points(shared_data):
+    folder = shared_data / "wflw_wild_dev"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    samples = read_pts_folder(folder)
+    assert len(samples) == 100 and all(s.landmarks.shape == (68, 2) for s in samples)

@@ -3,7 +3,7 @@
 Shapes come from the model config, not from constants here: ``LABConfig`` "paper" (8 stacks,
 ``boundary_channels`` C = 4 per branch, ``message_kernel`` 7×7, 256 input, 64×64 heatmaps) with the
 300-W boundaries (K = 13, the 38-edge graph of ``boundary_neighbours``); the fusion ops' shapes and
-dtypes are those the model itself passes (``labfast.offline_compile.record_model_op_calls``, fp32
+dtypes are those the model itself passes (``labfast.perf.offline_compile.record_model_op_calls``, fp32
 and under bf16 autocast). Batches 1, 32 and 256 per op; the whole model at 1 and 32.
 
 Kernels are compiled (``tests/conftest.py`` leaves ``TRITON_INTERPRET`` unset where CUDA exists):
@@ -157,7 +157,7 @@ def test_boundary_heatmaps(path, dtype, batch, monkeypatch):
 @pytest.fixture(scope="module")
 def fusion_calls():
     """``{phase: [(op, ((shape, stride, dtype), ...)), ...]}`` recorded from the paper model at batch 1."""
-    from labfast.offline_compile import record_model_op_calls
+    from labfast.perf.offline_compile import record_model_op_calls
 
     return {phase: [call for call in record_model_op_calls("300w", "paper", 1, phase) if call[0] != "message_passing"]
             for phase in DTYPES}

@@ -1,4 +1,4 @@
-"""FaceAligner's CUDA-graph path (labfast.cuda_graphs): what the CPU can check — arguments, the
+"""FaceAligner's CUDA-graph path (labfast.inference.cuda_graphs): what the CPU can check — arguments, the
 batch padding and replay bookkeeping (with a stand-in graph that re-runs the recorded forward), and
 no host read in the exact callable that is captured; the GPU test compares replay with eager."""
 import contextlib
@@ -8,9 +8,9 @@ import pytest
 import torch
 from test_no_host_sync import HostReads  # tests/model is on sys.path (pytest's prepend import mode)
 
-from labfast import cuda_graphs
-from labfast.aligner import FaceAligner
-from labfast.cpu_inference import TorchModel
+from labfast.inference import cuda_graphs
+from labfast.inference.aligner import FaceAligner
+from labfast.inference.runtime import TorchModel
 from labfast.model import LAB, config_by_name
 
 

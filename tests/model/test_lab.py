@@ -302,3 +302,15 @@ def test_a_foreign_torch_file_is_a_checkpoint_error(tmp_path):
     torch.save({"state_dict": LAB("300w", "tiny").state_dict()}, path)
     with pytest.raises(checkpoint.CheckpointError, match="not a labfast checkpoint"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("normalization", ["imagenet", "per_image"])
+def test_uint8_images_are_the_same_input_as_their_float_crop(normalization):
+    """Crops travel to the device as uint8 and the model divides them by 255 there: the result is
+    the float32 crop a host would have made (``x.astype(float32) / 255``), to the bit."""
+    model = LAB("300w", config_by_name("tiny", input_size=64, normalization=normalization)).eval()
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    on_host = torch.from_numpy(pixels.numpy().astype("float32") / 255.0)
+    assert torch.equal(model.normalize(pixels), model.normalize(on_host))
+    with torch.no_grad():
+        assert torch.equal(model(pixels).landmarks, model(on_host).landmarks)

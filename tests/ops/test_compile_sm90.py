@@ -1,14 +1,14 @@
 """Every Triton kernel the LAB presets launch compiles to sm_90 cubin without register spills, without a GPU.
 
-``labfast.offline_compile`` runs in a subprocess without ``TRITON_INTERPRET`` (Triton decides
+``labfast.perf.offline_compile`` runs in a subprocess without ``TRITON_INTERPRET`` (Triton decides
 between interpreting and compiling when kernels are decorated, and tests/conftest.py sets the
 interpreter for this process), with a fresh Triton cache, so nothing compiled earlier is reused.
 It compiles the paper and tiny presets (C = 4 and C = 2 channels per branch: the two message-passing
-layouts; ``small`` shares the paper's, run ``python -m labfast.offline_compile`` for every preset) in
+layouts; ``small`` shares the paper's, run ``python -m labfast.perf.offline_compile`` for every preset) in
 fp32, fp16 and bf16; its table (registers,
 spills, shared memory per kernel specialisation) is printed (``pytest -s`` shows it), and any
 specialisation that spills (ptxas reports more than 0 bytes of spill stores or loads) fails the test.
-The same check under triton 3.6 (the GPU machines'): run ``python -m labfast.offline_compile`` with
+The same check under triton 3.6 (the GPU machines'): run ``python -m labfast.perf.offline_compile`` with
 that triton; it exits non-zero on a spill too.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from labfast.offline_compile import SUMMARY_PREFIX
+from labfast.perf.offline_compile import SUMMARY_PREFIX
 
 triton = pytest.importorskip("triton")
 
@@ -38,7 +38,7 @@ def test_every_kernel_compiles_to_sm90_cubin_without_spills_in_every_preset_and_
     env = {key: value for key, value in os.environ.items()
            if key != "TRITON_INTERPRET" and not key.startswith("LABFAST_")}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run([sys.executable, "-m", "labfast.offline_compile", "--config", "paper", "--config", "tiny"], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "labfast.perf.offline_compile", "--config", "paper", "--config", "tiny"], env=env, capture_output=True,
                             text=True, timeout=900)
     print(result.stdout[-30000:])
     assert SUMMARY_PREFIX in result.stdout, result.stderr[-5000:]

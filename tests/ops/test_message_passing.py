@@ -34,7 +34,7 @@ from labfast.ops.message_passing import message_passing_ref
 # CPU tensors through the interpreter; the compiled kernels are tested by tests/gpu/ on a GPU.
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 
-from labfast import schemes  # noqa: E402
+from labfast import schemes
 from labfast.model import config_by_name  # noqa: E402
 from labfast.model.estimator import boundary_neighbours  # noqa: E402
 

@@ -1,0 +1,76 @@
+"""``labfast bench``: measure training, inference, heatmaps and kernels on this device (``labfast.perf``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from labfast.perf.bench import environment, format_table, run_benchmarks, settings_from_args, write_json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--what", default="all", help="train, infer, heatmaps, kernels or all (comma-separated)")
+    parser.add_argument("--batch", default=None, help="batch sizes (default 1,32,256 on a GPU, 1,2 on a CPU)")
+    parser.add_argument("--dtype", default=None, help="fp32, bf16 (default fp32,bf16 on a GPU, fp32 on a CPU)")
+    parser.add_argument("--backend", default=None,
+                        help="reference, compile, fast (fast: eager, +compile, +cudagraphs; see the module doc); default "
+                             "all three on a GPU, reference,fast on a CPU (compiling takes minutes there: opt in)")
+    parser.add_argument("--plan", default=None,
+                        help="rows in this order instead of --what x --batch: SECTION@BATCH[=BACKEND,...] entries "
+                             "separated by ';', e.g. 'infer@256=reference,fast+compile;infer@1=fast+cudagraphs;kernels@256' "
+                             "(backends as the rows name them; none given: those of --backend)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds: rows not begun by then are recorded as skipped (a row once begun runs to its end)")
+    parser.add_argument("--config", default=None, choices=("paper", "small", "tiny"),
+                        help="model preset (default paper on a GPU, tiny on a CPU)")
+    parser.add_argument("--repeats", type=int, default=10, help="at least this many timed calls per row")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="and at least this many seconds of timed calls per row (default 1 on a GPU, 0.2 on a CPU)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (torch.set_num_threads; default torch's); on a shared CPU "
+                             "1 thread avoids the spin-waiting of oversubscribed threads")
+    parser.add_argument("--predict", action="store_true",
+                        help="also print the predicted roofline (labfast.perf.roofline) of --config at the largest --batch "
+                             "and its kernel launches per batch-1 forward (counted on the CPU), "
+                             "per --dtype, and measured / predicted per row; on a CPU the prediction replaces the "
+                             "measurement (its ceilings are H100 and H200)")
+    parser.add_argument("--json", default="labfast_bench.json", help="where the JSON of the table goes")
+
+
+def run(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = settings_from_args(args, device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"labfast bench: --threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu" and "compile" in settings.groups:
+        print("torch.compile on the CPU: each compiled row first compiles (minutes on a small CPU); "
+              "that warm-up is reported per row as warmup_s in the JSON")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = None
+    if args.predict:
+        from labfast.perf import roofline
+
+        batch = max(settings.batches)
+        predictions = [roofline.predict(settings.config, batch, dtype) for dtype in settings.dtypes]
+        for prediction in predictions:
+            print(roofline.format_prediction(prediction) + "\n")
+        launches = [roofline.launch_count(settings.config, 1, backend) for backend in roofline.LAUNCH_BACKENDS]
+        print(roofline.format_launch_counts(launches) + "\n")
+        if device.type != "cuda":
+            write_json(path, {"environment": environment(device), "prediction": predictions, "launch_counts": launches})
+            print(f"wrote {path} (the prediction only: on a {device.type} there is no GPU row to compare)")
+            return 0
+    result = run_benchmarks(settings, device, on_row=lambda partial: write_json(path, partial))
+    print(format_table(result))
+    if predictions is not None:
+        result["prediction"] = predictions
+        result["launch_counts"] = launches
+        result["measured_over_predicted"] = roofline.compare(result["rows"], predictions, result["device"]["name"])
+        print(roofline.format_comparison(result["measured_over_predicted"]))
+    write_json(path, result)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation protocols: the data sets' test splits scored with NME, FR, AUC and CED."""

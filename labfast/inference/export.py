@@ -1,0 +1,186 @@
+"""``labfast export``: a checkpoint's inference model as TorchScript or ONNX, checked against eager,
+or as the weights-only labfast checkpoint that ships (``--format checkpoint [--half]``).
+
+The exported graph maps ``images (N, 3, S, S)`` float32 RGB in [0, 1] (the crops of
+``labfast.data.crop_face``) to ``landmarks (N, L, 2)`` in crop pixel coordinates and
+``boundary_heatmaps (N, K, S/4, S/4)`` of the last estimator stack; the discriminator and the
+earlier stacks' heatmaps are training-time parts and are left out.
+
+The graph is recorded with every labfast op on its plain PyTorch reference
+(``LABFAST_BACKEND=reference`` for the duration of the export), so no Triton or CUDA-extension
+kernel enters it: the file runs wherever TorchScript / ONNX Runtime runs.
+
+ONNX uses torch's ``torch.export``-based exporter (``dynamo=True``), which needs the ``onnx`` and
+``onnxscript`` packages. Message passing sums each boundary's incoming
+messages through a constant routing matrix (``labfast.ops.message_passing_ref``): with
+``index_add`` instead, the older exporter kept one message of several (4.4 px off on a tiny model)
+and onnxruntime 1.32 on CPU sometimes summed the dynamo exporter's ``ScatterND(add)`` wrongly
+(3 of 12 sessions, 0.3-4.3 px; measured 2026-11). The parity check below would catch such a file
+(exit status 1). The parity check needs ``onnxruntime``. All three come with ``pip install labfast[export]``.
+
+After writing the file, the command loads it back, runs it and eager PyTorch (float32 and float64)
+on the same random batch, prints the largest absolute difference of each output next to eager's
+own float32 error, and exits with status 1 when a difference is beyond the tolerance that error
+sets (``PARITY_FACTOR``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("labfast.inference.export")
+
+FORMATS = ("torchscript", "onnx", "checkpoint")
+SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "checkpoint": ".weights.pt"}
+#: What a ``checkpoint`` export keeps of the training record besides the weights.
+RELEASE_FIELDS = ("metrics", "epoch", "step", "best_nme", "train_config")
+
+#: The parity check, in the manner of flash-attention's tests: the exported model computes in float32
+#: like eager, only with its own kernels (other summation orders), so it may differ from eager by about
+#: as much as eager float32 differs from the same model run in float64. A difference passes when it is
+#: at most ``PARITY_FACTOR`` times eager's own float32 error, or below ``PARITY_FLOOR`` (what cannot
+#: matter: 0.01 px on a 256 px crop moves a 300-W NME, inter-ocular ~100 px, by 1e-4 -- below the
+#: 0.01 % the papers print; 1e-3 on a heatmap in [0, 1] is a quarter of an 8-bit grey level).
+#: Factor 4: exported and eager errors add (2x) and the exported kernels may round a little worse.
+#: Why the relative part: an untrained "paper" model outputs landmarks of +-6000 px, where eager
+#: float32 itself is 1.2 px off float64 (ONNX Runtime: 1.7 px off eager); a trained model's outputs
+#: lie in the crop and its differences fall under the floor (tiny preset, random: ONNX 4e-4 px).
+#: An exporter that drops terms (e.g. the repeated-index ``index_add`` above: 4.4 px on a tiny model
+#: whose float32 error is ~1e-4 px) fails by orders of magnitude.
+PARITY_FACTOR = 4.0
+PARITY_FLOOR = {"landmarks": 1e-2, "boundary_heatmaps": 1e-3}
+OUTPUTS = ("landmarks", "boundary_heatmaps")
+#: The smallest example batch an ONNX export is traced with: ``torch.export`` specialises a
+#: dimension of size 1 to the constant 1, so an example batch of 1 fixes the batch axis of the file.
+EXAMPLE_BATCH = 2
+
+
+class InferenceModel(torch.nn.Module):
+    """``images (N, 3, S, S)`` -> ``(landmarks (N, L, 2), boundary_heatmaps (N, K, S/4, S/4))``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(images)
+        return output.landmarks, output.heatmaps[-1]
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Force every labfast op onto its reference path (``labfast.ops.backend``'s switch) for a block."""
+    saved = {key: value for key, value in os.environ.items() if key.startswith("LABFAST_BACKEND")}
+    for key in saved:
+        del os.environ[key]
+    os.environ["LABFAST_BACKEND"] = "reference"
+    try:
+        yield
+    finally:
+        del os.environ["LABFAST_BACKEND"]
+        os.environ.update(saved)
+
+
+def _require(*modules: str) -> None:
+    """Fail with the install command when an optional ONNX package is missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"ONNX export needs {', '.join(missing)}: pip install 'labfast[export]' "
+                         "(onnx, onnxscript, onnxruntime)")
+
+
+def export(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int = 1) -> Path:
+    """Write ``model`` (a ``labfast.model.LAB`` in eval mode, on the CPU) to ``path`` in ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = InferenceModel(model).eval()
+    size = model.config.input_size
+    example = torch.rand(max(batch, EXAMPLE_BATCH) if fmt == "onnx" else batch, 3, size, size)
+    with reference_ops(), torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
+            traced.save(str(path))
+        else:
+            _require("onnx", "onnxscript")
+            import onnx
+
+            # the exporter's optimiser logs every pass at INFO; keep the command's output readable
+            logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+            logging.getLogger("onnxscript").setLevel(logging.WARNING)
+            torch.onnx.export(
+                wrapper, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                input_names=["images"], output_names=["landmarks", "boundary_heatmaps"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            )
+            onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+@dataclass
+class Parity:
+    """One output's parity: ``difference`` = max |exported - eager float32|, ``float32_error`` =
+    max |eager float32 - eager float64|, and the ``tolerance`` the difference is held to."""
+
+    difference: float
+    float32_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.tolerance
+
+
+def parity(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int = 1, seed: int = 0) -> dict[str, Parity]:
+    """Run the exported file, eager float32 and eager float64 on one random batch; per output (``OUTPUTS``)
+    the differences and tolerance described at ``PARITY_FACTOR``. Eager runs the reference ops too."""
+    size = model.config.input_size
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with reference_ops(), torch.no_grad():
+        expected = InferenceModel(model).eval()(images)
+        exact = InferenceModel(copy.deepcopy(model).double()).eval()(images.double())
+        if fmt == "torchscript":
+            got = [tensor.numpy() for tensor in torch.jit.load(str(path))(images)]
+        else:
+            _require("onnxruntime")
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(None, {"images": images.numpy()})
+    result = {}
+    for name, value, reference, reference64 in zip(OUTPUTS, got, expected, exact):
+        float32_error = float((reference.double() - reference64).abs().max())
+        result[name] = Parity(
+            difference=float(np.abs(np.asarray(value, np.float64) - reference.double().numpy()).max()),
+            float32_error=float32_error,
+            tolerance=max(PARITY_FLOOR[name], PARITY_FACTOR * float32_error),
+        )
+    return result
+
+
+def release(model: torch.nn.Module, info: dict, path: str | os.PathLike, half: bool) -> float:
+    """Write the weights-only labfast checkpoint that ships (no optimiser state), optionally in
+    float16; returns the largest landmark change (px) the stored precision causes on a random batch."""
+    from labfast import checkpoint
+
+    payload = checkpoint.model_payload(model, half=half)
+    payload.update({key: info[key] for key in RELEASE_FIELDS if key in info})
+    checkpoint.save(path, payload)
+    reloaded, _ = checkpoint.load_model(path)
+    size = model.config.input_size
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((reloaded(images).landmarks - model(images).landmarks).abs().max())
