@@ -173,6 +173,8 @@ def test_command_1_killed_halfway_leaves_every_finished_bench_row_in_the_json(tm
     assert left[:len(seen)] == seen
     eager, _ = gpu_run.bench_plans(gpu_run.DRY)
     assert row_order(left) == gpu_run.planned_rows(eager)[:len(row_order(left))]
+    lines = (out / gpu_run.TEST_LINES).read_text().splitlines()  # the tests ran before the bench
+    assert lines and all(line.startswith("SKIPPED") for line in lines)
 
 
 def test_a_killed_test_run_still_leaves_a_result_line_per_finished_test(tmp_path):
