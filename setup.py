@@ -89,6 +89,7 @@ if __name__ == "__main__":
             "labfast.evaluation",
             "labfast.train",
             "labfast.perf",
+            "labfast.perf.sections",
             "labfast.commands",
             "labfast.tools",
         ],

@@ -65,9 +65,9 @@ def source_files(repo: Path) -> list[Path]:
     return [path for path in files if "__pycache__" not in path.parts]
 
 
-def imported_modules(tree: ast.Module, module: str, is_package: bool) -> tuple[set[str], set[str]]:
-    """(module-level, inside functions) imported dotted names; ``from a import b`` gives ``a.b``
-    as well as ``a``, so that importing a submodule by name counts as importing it."""
+def imported_modules(tree: ast.Module, module: str, is_package: bool, known: set[str]) -> tuple[set[str], set[str]]:
+    """(module-level, inside functions) imported dotted names. ``from a import b`` is an import of
+    the module ``a.b`` where that is a module, else of ``a`` (as import-linter reads it)."""
     top, nested = set(), set()
     top_level = {id(node) for node in _top_level_statements(tree.body)}
     for node in ast.walk(tree):
@@ -76,7 +76,8 @@ def imported_modules(tree: ast.Module, module: str, is_package: bool) -> tuple[s
             names = {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             base = _resolve_relative(node, module, is_package)
-            names = {base} | {f"{base}.{alias.name}" for alias in node.names}
+            names = {f"{base}.{alias.name}" if _unfolded(f"{base}.{alias.name}") in known else base
+                     for alias in node.names}
         (top if id(node) in top_level else nested).update(names)
     return top, nested
 
@@ -102,17 +103,17 @@ def import_graph(repo: Path) -> dict[str, dict[str, set[str]]]:
     """``{"module-level": {node: {imported nodes}}, "all": {...}, "modules": {...}}``: the folded graph of
     module-level imports, of all imports, and of all imports between modules with no folding."""
     graphs = {"module-level": {}, "all": {}, "modules": {}}
-    known = {module_name(path, repo) for path in source_files(repo)} | {"labfast._cuda"}
+    known = {_unfolded(module_name(path, repo)) for path in source_files(repo)} | {"labfast._cuda"}
     for path in source_files(repo):
         module = module_name(path, repo)
         source = node_of(module)
-        top, nested = imported_modules(ast.parse(path.read_text()), module, path.name == "__init__.py")
+        top, nested = imported_modules(ast.parse(path.read_text()), module, path.name == "__init__.py", known)
         for graph, names in (("module-level", top), ("all", top | nested)):
             edges = graphs[graph].setdefault(source, set())
             for name in names:
                 if name.startswith("labfast.kernels"):
                     name = "kernels" + name[len("labfast.kernels"):]
-                if name in known or name.startswith(("labfast", "kernels")):
+                if name in known or name.startswith(("labfast", "kernels")):  # kernels: labfast.kernels
                     target = node_of(name)
                     if target and target != source and (name in known or _is_package_of(name, known)):
                         edges.add(target)

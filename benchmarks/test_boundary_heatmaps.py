@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from labfast import boundary
-from labfast.perf.bench import environment
+from labfast.perf.devices import environment
 from labfast.ops import boundary_heatmaps, boundary_heatmaps_ref
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "300w" / "lfpw" / "testset"

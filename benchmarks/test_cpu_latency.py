@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from labfast.evaluation.wild import dlib_aligner
-from labfast.perf import bench
+from labfast.perf import devices
 from labfast.inference.aligner import FaceAligner
 from labfast.data import read_300w
 from labfast.commands.demo import BUNDLED_DATA
@@ -75,7 +75,7 @@ def measure(rounds: int, faces: list, threads: tuple[int, ...] = (1, 2), warmup:
 
 
 def optional_versions() -> dict:
-    """Versions of the runtimes measured here that ``labfast.perf.bench.versions`` does not list."""
+    """Versions of the runtimes measured here that ``labfast.perf.devices.versions`` does not list."""
     found = {}
     for name in ("onnxruntime", "dlib"):
         if importlib.util.find_spec(name) is not None:
@@ -86,7 +86,7 @@ def optional_versions() -> dict:
 def describe_machine() -> dict:
     """CPU, cores, the load other processes put on it while measured, versions, date."""
     return {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-            "load_average": list(os.getloadavg()), "versions": {**bench.versions(), **optional_versions()},
+            "load_average": list(os.getloadavg()), "versions": {**devices.versions(), **optional_versions()},
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

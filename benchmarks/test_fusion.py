@@ -19,26 +19,27 @@ from functools import partial
 import pytest
 import torch
 
-from labfast.perf.bench import environment
-from labfast.ops import fusion
+from labfast.ops import OPS, cuda_extension
+from labfast.ops.fusion import RESIZE_MODES
+from labfast.perf.devices import environment
 
 NUM_BOUNDARIES = 13
 HEATMAP_SIZE = 64
 IMAGE_SIZE = 256
 STAGES = [(64, 64), (128, 32), (256, 16), (512, 8)]  # (channels, size) of the ResNet-18 stages
 IMPLEMENTATIONS = ("reference", "compiled_reference", "triton", "cuda")
-OPS = {
-    "input_fusion": (fusion.input_fusion, fusion.input_fusion_ref, ("triton", "cuda")),
-    **{
-        f"heatmap_feature_concat_{resize}": (
-            partial(fusion.heatmap_feature_concat, resize=resize),
-            partial(fusion.heatmap_feature_concat_ref, resize=resize), ("triton", "cuda"),
-        )
-        for resize in ("area", "bilinear")
-    },
-    "feature_fusion": (fusion.feature_fusion, fusion.feature_fusion_ref, ("triton", "cuda")),
-}
 
+
+def _variants(op):
+    """``{case name: (public function, reference, fast paths)}`` of one fusion op of the registry:
+    ``heatmap_feature_concat`` once per resize mode."""
+    if op.name != "heatmap_feature_concat":
+        return {op.name: (op.function, op.reference, op.fast_paths)}
+    return {f"{op.name}_{resize}": (partial(op.function, resize=resize), partial(op.reference, resize=resize),
+                                    op.fast_paths) for resize in RESIZE_MODES}
+
+
+FUSION_OPS = {name: variant for op in OPS.values() if op.module == "fusion" for name, variant in _variants(op).items()}
 
 
 def make_inputs(op, batch, channels, size, dtype, device, requires_grad):
@@ -56,33 +57,25 @@ def make_inputs(op, batch, channels, size, dtype, device, requires_grad):
     return rand(batch, channels, size, size), rand(batch, channels, size, size)
 
 
-def minimum_bytes(op, inputs, backward):
+def minimum_bytes(inputs, out, backward):
     """Bytes read and written by a perfect fused kernel: inputs once, output once (and the same
     again for backward: upstream gradient in, input gradients out, inputs re-read)."""
     inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
-    concat = op.startswith("heatmap_feature_concat")
-    image_or_features = inputs[1] if concat else inputs[0]
-    batch, channels, height, width = image_or_features.shape
-    out_channels = (NUM_BOUNDARIES + channels if concat else
-                    {"input_fusion": channels * (NUM_BOUNDARIES + 1), "feature_fusion": 2 * channels}[op])
-    out_bytes = batch * out_channels * height * width * image_or_features.element_size()
+    out_bytes = out.numel() * out.element_size()
     forward = inputs_bytes + out_bytes
     return forward + (out_bytes + 2 * inputs_bytes if backward else 0)
 
 
 def implementation(op, name, monkeypatch):
-    public, reference, fast_paths = OPS[op]
+    public, reference, fast_paths = FUSION_OPS[op]
     if name == "reference":
         return reference
     if name == "compiled_reference":
         return torch.compile(reference)
     if name not in fast_paths:
         pytest.skip(f"{op} has no {name} kernel")
-    if name == "cuda":
-        from labfast.ops import backend
-
-        if backend.cuda_extension_status() is not None:
-            pytest.skip(backend.cuda_extension_status())
+    if name == "cuda" and cuda_extension.status() is not None:
+        pytest.skip(cuda_extension.status())
     monkeypatch.setenv("LABFAST_BACKEND_FUSION", name)  # forced: raises rather than falls back
     return public
 
@@ -97,20 +90,20 @@ def measure(benchmark, monkeypatch, op, name, batch, channels, size, dtype, devi
             torch.autograd.grad(out, inputs, torch.ones_like(out))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        return out
 
-    run()  # compile / JIT outside the timed rounds
+    out = run()  # compile / JIT outside the timed rounds
     benchmark.group = (f"{op} {device.type} N={batch} C={channels} {size}x{size} "
                        f"{str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}")
     benchmark.extra_info.update(environment(device), implementation=name,
-                                bytes=minimum_bytes(op, inputs, backward))
+                                bytes=minimum_bytes(inputs, out, backward))
     benchmark.pedantic(run, rounds=10, warmup_rounds=2, iterations=1)
 
 
-CASES = [("input_fusion", 3, IMAGE_SIZE)] + [
-    (op, channels, size)
-    for op in ("heatmap_feature_concat_area", "heatmap_feature_concat_bilinear", "feature_fusion")
-    for channels, size in STAGES
-]
+# input fusion at the model's image size, the others at every ResNet-18 stage
+CASES = [(op, channels, size) for op in FUSION_OPS
+         for channels, size in ([(3, IMAGE_SIZE)] if op == "input_fusion" else STAGES)]
+CPU_CASES = [next(case for case in CASES if case[0] == op) for op in FUSION_OPS]  # the first of each op
 
 
 @pytest.mark.gpu
@@ -125,7 +118,7 @@ def test_fusion_gpu(benchmark, monkeypatch, name, op, channels, size, batch, dty
     measure(benchmark, monkeypatch, op, name, batch, channels, size, dtype, torch.device("cuda"), backward)
 
 
-@pytest.mark.parametrize("op, channels, size", [("input_fusion", 3, IMAGE_SIZE), ("feature_fusion", 64, 64)])
+@pytest.mark.parametrize("op, channels, size", CPU_CASES, ids=[f"{op}-{c}x{s}" for op, c, s in CPU_CASES])
 @pytest.mark.parametrize("name", IMPLEMENTATIONS[:2])
 def test_fusion_cpu_reference(benchmark, monkeypatch, name, op, channels, size):
     """A small CPU case anywhere: the reference and its compiled form (Triton needs a GPU)."""

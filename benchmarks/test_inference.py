@@ -1,7 +1,7 @@
 """LAB inference: reference vs ``torch.compile`` vs the fast paths vs CUDA graphs (faces/s, latency).
 
 ``model(images)`` in eval and inference mode as ``labfast bench`` builds it
-(``labfast.perf.bench.prepare_inference``; bf16 under autocast). GPU cases (skipped without CUDA):
+(``labfast.perf.sections.infer.prepare``; bf16 under autocast). GPU cases (skipped without CUDA):
 the paper model at batch 1 (latency), 32 and 256 (throughput), fp32 and bf16, backends
 reference, compile, fast, fast+compile and fast+cudagraphs (``labfast.inference.cuda_graphs``, the
 low-latency path); each call ends with a CUDA synchronisation so its time is a latency. A backend
@@ -14,28 +14,28 @@ marked ``slow``). One group per case: the relative columns are ratios against th
 import pytest
 import torch
 
-from labfast.perf import bench
-
 from labfast.perf import devices
+from labfast.perf.backends import Unavailable, row_backends
+from labfast.perf.sections import infer
 
-GPU_BACKENDS = bench.model_backends("infer", bench.BACKEND_GROUPS)
+GPU_BACKENDS = row_backends("infer")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def run_inference(benchmark, config: str, batch: int, dtype: str, backend: str, device: torch.device, rounds: int):
     try:
-        infer = bench.prepare_inference(config, batch, dtype, backend, device)
-    except bench.Unavailable as reason:
+        forward = infer.prepare(config, batch, dtype, backend, device)
+    except Unavailable as reason:
         pytest.skip(str(reason))
 
     def call():
-        landmarks = infer()
+        landmarks = forward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return landmarks
 
     benchmark.group = f"infer {config} {dtype} batch {batch} ({device.type})"
-    benchmark.extra_info.update(device=devices.describe(device)["name"], versions=bench.versions(),
+    benchmark.extra_info.update(device=devices.describe(device)["name"], versions=devices.versions(),
                                 faces_per_call=batch, backend=backend)
     landmarks = benchmark.pedantic(call, rounds=rounds, warmup_rounds=2, iterations=1)
     assert landmarks.shape == (batch, 68, 2) and torch.isfinite(landmarks).all()

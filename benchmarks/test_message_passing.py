@@ -1,4 +1,5 @@
-"""Message passing: reference vs ``torch.compile(reference)`` vs the fused Triton kernels.
+"""Message passing: reference vs ``torch.compile(reference)`` vs the fused Triton kernels (the
+public function with the Triton path forced: its operator and backward operator run them).
 
 GPU cases (skipped without CUDA) use the paper preset's own calls: its two graphs over 300-W's
 K = 13 boundaries at 64×64 — intra-level (the model's 38 directed neighbour edges over 13 branches)
@@ -17,10 +18,10 @@ import pytest
 import torch
 
 from labfast import schemes
-from labfast.perf.bench import environment
+from labfast.perf.devices import environment
 from labfast.model import config_by_name
 from labfast.model.estimator import boundary_neighbours
-from labfast.ops.message_passing import message_passing_ref
+from labfast.ops.message_passing import message_passing, message_passing_ref
 
 PAPER = config_by_name("paper")
 BOUNDARIES = schemes.get("300w").num_boundaries
@@ -44,14 +45,13 @@ def make_inputs(batch, graph, dtype, device, requires_grad):
     return [t.requires_grad_(requires_grad) for t in (features, weights, bias)]
 
 
-def implementation(name: str):
+def implementation(name: str, monkeypatch):
     if name == "reference":
         return message_passing_ref
     if name == "compiled_reference":
         return torch.compile(message_passing_ref)
-    from labfast.kernels.message_passing import message_passing_triton
-
-    return message_passing_triton
+    monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", name)  # forced: raises rather than falls back
+    return message_passing
 
 
 def step(op, inputs, edges, backward: bool, device: torch.device):
@@ -73,9 +73,9 @@ def flops(batch, graph, backward):
     return forward * (3 if backward else 1)  # backward: grad wrt features and wrt weights
 
 
-def measure(benchmark, name, batch, graph, dtype, device, backward):
+def measure(benchmark, monkeypatch, name, batch, graph, dtype, device, backward):
     inputs = make_inputs(batch, graph, dtype, device, requires_grad=backward)
-    run = step(implementation(name), inputs, GRAPHS[graph][1], backward, device)
+    run = step(implementation(name, monkeypatch), inputs, GRAPHS[graph][1], backward, device)
     run()  # compile / JIT outside the timed rounds
     benchmark.group = (f"{device.type} {graph} E={len(GRAPHS[graph][1])} N={batch} C={CHANNELS} k={KSIZE} "
                        f"{str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}")
@@ -93,13 +93,13 @@ IMPLEMENTATIONS = ("reference", "compiled_reference", "triton")
 @pytest.mark.parametrize("graph", list(GRAPHS))
 @pytest.mark.parametrize("batch", [1, 32, 256])
 @pytest.mark.parametrize("name", IMPLEMENTATIONS)
-def test_message_passing_gpu(benchmark, name, batch, graph, dtype, backward):
+def test_message_passing_gpu(benchmark, monkeypatch, name, batch, graph, dtype, backward):
     if name == "compiled_reference":
         torch._dynamo.reset()  # each shape compiles afresh rather than hitting the recompile limit
-    measure(benchmark, name, batch, graph, dtype, torch.device("cuda"), backward)
+    measure(benchmark, monkeypatch, name, batch, graph, dtype, torch.device("cuda"), backward)
 
 
 @pytest.mark.parametrize("name", IMPLEMENTATIONS[:2])
-def test_message_passing_cpu_reference(benchmark, name):
+def test_message_passing_cpu_reference(benchmark, monkeypatch, name):
     """A small CPU case anywhere: the reference and its compiled form (Triton needs a GPU)."""
-    measure(benchmark, name, 1, "intra", torch.float32, torch.device("cpu"), backward=False)
+    measure(benchmark, monkeypatch, name, 1, "intra", torch.float32, torch.device("cpu"), backward=False)

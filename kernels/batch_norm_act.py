@@ -82,28 +82,42 @@ def _partition(rows: int, channels: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw):
-    """Element offsets of a ``rows`` x ``channels`` tile (int64: a batch-256 activation exceeds 2**31 bytes)."""
+def _channel_block(C, BLOCK_C: tl.constexpr):
+    """The ``BLOCK_C`` channels of this program (grid axis 1) and which of them exist."""
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return channels, channels < C
+
+
+@triton.jit
+def _program_rows(M, rows_per_program):
+    """``[begin, end)``: the rows a statistics or backward-reduce program (grid axis 0) merges."""
+    begin = tl.program_id(0) * rows_per_program
+    return begin, tl.minimum(begin + rows_per_program, M)
+
+
+@triton.jit
+def _tile(start, end, channels, channel_mask, HW, stride_n, stride_c, stride_hw, BLOCK_M: tl.constexpr):
+    """``(offsets, mask)`` of the tile of ``BLOCK_M`` rows from ``start`` (those below ``end``) by
+    ``channels``. Offsets are int64: a batch-256 activation exceeds 2**31 bytes."""
+    rows = start + tl.arange(0, BLOCK_M)
+    mask = (rows < end)[:, None] & channel_mask[None, :]
     sample = (rows // HW).to(tl.int64)
     pixel = (rows % HW).to(tl.int64)
-    return (sample * stride_n + pixel * stride_hw)[:, None] + channels.to(tl.int64)[None, :] * stride_c
+    offsets = (sample * stride_n + pixel * stride_hw)[:, None] + channels.to(tl.int64)[None, :] * stride_c
+    return offsets, mask
 
 
 @triton.jit
 def _batch_norm_stats_kernel(x_ptr, partial_mean_ptr, partial_m2_ptr, M, HW, C, stride_n, stride_c, stride_hw,
                              rows_per_program, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     chunk = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < C
-    begin = chunk * rows_per_program
-    end = tl.minimum(begin + rows_per_program, M)
+    channels, channel_mask = _channel_block(C, BLOCK_C)
+    begin, end = _program_rows(M, rows_per_program)
     count = tl.zeros((BLOCK_C,), dtype=ACC)
     mean = tl.zeros((BLOCK_C,), dtype=ACC)
     m2 = tl.zeros((BLOCK_C,), dtype=ACC)
     for start in range(begin, end, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
+        offsets, mask = _tile(start, end, channels, channel_mask, HW, stride_n, stride_c, stride_hw, BLOCK_M)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         tile_count = tl.minimum(end - start, BLOCK_M).to(ACC)
         tile_mean = tl.sum(x, axis=0) / tile_count
@@ -163,11 +177,9 @@ def _batch_norm_act_forward_kernel(x_ptr, residual_ptr, out_ptr, mean_ptr, invst
                                    M, HW, C, stride_n, stride_c, stride_hw, HAS_RESIDUAL: tl.constexpr,
                                    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                    ACC: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < C
-    mask = (rows < M)[:, None] & channel_mask[None, :]
-    offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
+    channels, channel_mask = _channel_block(C, BLOCK_C)
+    offsets, mask = _tile(tl.program_id(0) * BLOCK_M, M, channels, channel_mask, HW, stride_n, stride_c, stride_hw,
+                          BLOCK_M)
     mean, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels, channel_mask, ACC)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
     y = (x - mean[None, :]) * scale[None, :] + shift[None, :]
@@ -213,18 +225,14 @@ def _batch_norm_act_backward_reduce_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, i
                                            BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     """Per program: ``Σ g`` and ``Σ g x̂`` over its rows into ``partial[chunk, 0 | 1, :]``."""
     chunk = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < C
+    channels, channel_mask = _channel_block(C, BLOCK_C)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels,
                                                  channel_mask, ACC)
-    begin = chunk * rows_per_program
-    end = tl.minimum(begin + rows_per_program, M)
+    begin, end = _program_rows(M, rows_per_program)
     sum_g = tl.zeros((BLOCK_C,), dtype=ACC)
     sum_g_xhat = tl.zeros((BLOCK_C,), dtype=ACC)
     for start in range(begin, end, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
+        offsets, mask = _tile(start, end, channels, channel_mask, HW, stride_n, stride_c, stride_hw, BLOCK_M)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         g = _masked_gradient(grad_ptr, out_ptr, offsets, mask, x, mean, invstd, scale, shift, RELU,
                              MASK_FROM_OUTPUT, ACC)
@@ -243,11 +251,9 @@ def _batch_norm_act_backward_input_kernel(grad_ptr, x_ptr, out_ptr, mean_ptr, in
                                           stride_hw, RELU: tl.constexpr, MASK_FROM_OUTPUT: tl.constexpr,
                                           TRAINING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                           ACC: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < C
-    mask = (rows < M)[:, None] & channel_mask[None, :]
-    offsets = _tile_offsets(rows, channels, HW, stride_n, stride_c, stride_hw)
+    channels, channel_mask = _channel_block(C, BLOCK_C)
+    offsets, mask = _tile(tl.program_id(0) * BLOCK_M, M, channels, channel_mask, HW, stride_n, stride_c, stride_hw,
+                          BLOCK_M)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, channels,
                                                  channel_mask, ACC)
     if TRAINING or (RELU and not MASK_FROM_OUTPUT):

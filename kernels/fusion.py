@@ -1,15 +1,16 @@
 """Triton kernels for LAB's heatmap–feature fusion (``labfast.ops.fusion``), forward and backward.
 
 Three fused ops, each written straight into its concatenated output (no ``torch.cat``, no
-materialised resized heatmaps):
+materialised resized heatmaps), each with an ``<op>_forward`` and an ``<op>_backward`` launcher
+(the operators of ``labfast.ops.fusion`` call them, and the CUDA extension's of the same names):
 
-- ``InputFusion``: ``I ⊕ (I ⊗ up(M_1)) ⊕ … ⊕ (I ⊗ up(M_K))`` -> ``(N, C (K + 1), H, W)``;
-- ``HeatmapFeatureConcat``: ``up(M) ⊕ F`` -> ``(N, K + C, H, W)``;
-- ``FeatureFusion``: ``F ⊕ (F ⊗ T)`` -> ``(N, 2C, H, W)``.
+- ``input_fusion``: ``I ⊕ (I ⊗ up(M_1)) ⊕ … ⊕ (I ⊗ up(M_K))`` -> ``(N, C (K + 1), H, W)``;
+- ``heatmap_feature_concat``: ``up(M) ⊕ F`` -> ``(N, K + C, H, W)``;
+- ``feature_fusion``: ``F ⊕ (F ⊗ T)`` -> ``(N, 2C, H, W)``.
 
 ``up`` resizes each axis on its own: bilinearly with ``align_corners=False``, with the same
 source-index rule as ``F.interpolate`` (ATen's ``area_pixel_compute_source_index``), or, for an axis
-that shrinks when ``HeatmapFeatureConcat`` is asked for area resizing, as the mean of the source
+that shrinks when ``heatmap_feature_concat`` is asked for area resizing, as the mean of the source
 pixels ``floor(o n / m) … ceil((o + 1) n / m) - 1`` (``F.adaptive_avg_pool2d``'s bins; see
 ``labfast.ops.fusion.resize_heatmaps``). Either way an output reads a few *taps* per axis with
 weights, and the 2-D value is ``Σ_y w_y Σ_x w_x M[y, x]``.
@@ -42,8 +43,8 @@ import triton.language as tl
 # spilled at 128 (tests/ops/test_compile_sm90.py fails on any spill).
 _PIXEL_BLOCK = 128
 _CONCAT_PIXEL_BLOCK = 64
-_CHANNEL_BLOCK = 16  # output channels per program in HeatmapFeatureConcat's forward
-_ELEMENT_BLOCK = 1024  # elements per program in FeatureFusion
+_CHANNEL_BLOCK = 16  # output channels per program in heatmap_feature_concat's forward
+_ELEMENT_BLOCK = 1024  # elements per program in feature_fusion
 _TILE = 16  # heatmap pixels per side owned by one resize-adjoint program (tl.dot needs >= 16)
 _CHUNK = 32  # output-gradient rows and columns per step of the resize adjoint (bounds register use)
 
@@ -378,37 +379,54 @@ def resize_adjoint(grad: torch.Tensor, image: torch.Tensor | None, heatmaps_shap
     return out
 
 
-def input_fusion_forward(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` image, ``(N, K, h, w)`` heatmaps -> ``(N, C (K + 1), H, W)`` in the image's dtype."""
-    image = image.contiguous()
-    heatmaps = heatmaps.contiguous()
+def _contiguous(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(tensor.contiguous() for tensor in tensors)
+
+
+def _launch_per_pixel(kernel, image: torch.Tensor, heatmaps: torch.Tensor, accumulate: torch.dtype, *tensors):
+    """``kernel(*tensors, C, K, H, W, h, w)`` on the grid ``(N, cdiv(H*W, _PIXEL_BLOCK))`` of an
+    ``(N, C, H, W)`` image and ``(N, K, h, w)`` heatmaps: the input-fusion forward and its image
+    gradient. ``accumulate``: the dtype whose accumulator the kernel computes in."""
     n, c, H, W = image.shape
     k, h, w = heatmaps.shape[1:]
-    out = torch.empty((n, c * (k + 1), H, W), dtype=image.dtype, device=image.device)
-    grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
-    _input_fusion_fwd_kernel[grid](
-        image, heatmaps, out, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
-        BLOCK=_PIXEL_BLOCK, ACC=_accumulator(image.dtype), num_warps=4,
+    kernel[(n, triton.cdiv(H * W, _PIXEL_BLOCK))](
+        *tensors, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k), BLOCK=_PIXEL_BLOCK,
+        ACC=_accumulator(accumulate), num_warps=4,
     )
+
+
+def _launch_per_element(kernel, features: torch.Tensor, accumulate: torch.dtype, *tensors, **flags):
+    """``kernel(*tensors, C*H*W, N*C*H*W)`` on ``cdiv(N*C*H*W, _ELEMENT_BLOCK)`` programs of
+    ``(N, C, H, W)`` features: feature fusion, forward and backward."""
+    c, H, W = features.shape[1:]
+    total = features.numel()
+    kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
+        *tensors, c * H * W, total, **flags, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(accumulate), num_warps=4,
+    )
+
+
+def _buffer(needed: bool, like: torch.Tensor) -> torch.Tensor | None:
+    """An output gradient shaped as ``like``, if it is needed."""
+    return torch.empty_like(like) if needed else None
+
+
+def input_fusion_forward(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` image, ``(N, K, h, w)`` heatmaps -> ``(N, C (K + 1), H, W)`` in the image's dtype."""
+    image, heatmaps = _contiguous(image, heatmaps)
+    n, c, H, W = image.shape
+    out = torch.empty((n, c * (heatmaps.shape[1] + 1), H, W), dtype=image.dtype, device=image.device)
+    _launch_per_pixel(_input_fusion_fwd_kernel, image, heatmaps, image.dtype, image, heatmaps, out)
     return out
 
 
-def input_fusion_backward(grad: torch.Tensor, image: torch.Tensor, heatmaps: torch.Tensor,
-                          need_image: bool = True, need_heatmaps: bool = True):
+def input_fusion_backward(grad: torch.Tensor, image: torch.Tensor, heatmaps: torch.Tensor, need_image: bool,
+                          need_heatmaps: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(dL/dI, dL/dM)`` of ``input_fusion_forward`` (``None`` where not needed)."""
-    image = image.contiguous()
-    heatmaps = heatmaps.contiguous()
-    grad = grad.contiguous()
-    n, c, H, W = image.shape
-    k, h, w = heatmaps.shape[1:]
-    grad_image = grad_heatmaps = None
+    grad, image, heatmaps = _contiguous(grad, image, heatmaps)
+    grad_image = _buffer(need_image, image)
     if need_image:
-        grad_image = torch.empty_like(image)
-        grid = (n, triton.cdiv(H * W, _PIXEL_BLOCK))
-        _input_fusion_bwd_image_kernel[grid](
-            grad, heatmaps, grad_image, c, k, H, W, h, w, BLOCK_K=triton.next_power_of_2(k),
-            BLOCK=_PIXEL_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
-        )
+        _launch_per_pixel(_input_fusion_bwd_image_kernel, image, heatmaps, grad.dtype, grad, heatmaps, grad_image)
+    grad_heatmaps = None
     if need_heatmaps:
         grad_heatmaps = resize_adjoint(grad, image, heatmaps.shape, heatmaps.dtype, area=False)
     return grad_image, grad_heatmaps
@@ -417,8 +435,7 @@ def input_fusion_backward(grad: torch.Tensor, image: torch.Tensor, heatmaps: tor
 def heatmap_feature_concat_forward(heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
     """``(N, K, h, w)`` heatmaps, ``(N, C, H, W)`` features -> ``(N, K + C, H, W)`` in the features' dtype.
     ``area``: area-average the axes that shrink (``resize="area"``); else bilinear on both."""
-    heatmaps = heatmaps.contiguous()
-    features = features.contiguous()
+    heatmaps, features = _contiguous(heatmaps, features)
     n, c, H, W = features.shape
     k, h, w = heatmaps.shape[1:]
     area_y, area_x = _area_axes((h, w), (H, W), area)
@@ -433,93 +450,34 @@ def heatmap_feature_concat_forward(heatmaps: torch.Tensor, features: torch.Tenso
     return out
 
 
-def heatmap_feature_concat_backward_heatmaps(grad: torch.Tensor, heatmaps_shape, heatmaps_dtype,
-                                             area: bool) -> torch.Tensor:
-    """dL/dM of ``heatmap_feature_concat_forward`` (dL/dF is the slice ``grad[:, K:]``)."""
-    k, h, w = heatmaps_shape[1:]
+def heatmap_feature_concat_backward(grad: torch.Tensor, heatmaps: torch.Tensor, features: torch.Tensor, area: bool,
+                                    need_heatmaps: bool) -> tuple[torch.Tensor | None]:
+    """``(dL/dM,)`` of ``heatmap_feature_concat_forward`` (``None`` if not needed); dL/dF is the
+    slice ``grad[:, K:]`` (F is copied unchanged), which the caller takes without a kernel."""
+    if not need_heatmaps:
+        return (None,)
+    k, h, w = heatmaps.shape[1:]
     if (h, w) == tuple(grad.shape[-2:]):  # no resize: its adjoint is the identity
-        return grad[:, :k].to(heatmaps_dtype, copy=True)
-    return resize_adjoint(grad.contiguous(), None, heatmaps_shape, heatmaps_dtype, area)
+        return (grad[:, :k].to(heatmaps.dtype, copy=True),)
+    return (resize_adjoint(grad.contiguous(), None, heatmaps.shape, heatmaps.dtype, area),)
 
 
 def feature_fusion_forward(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` features and gate -> ``(N, 2C, H, W)`` in their promoted dtype."""
-    features = features.contiguous()
-    gate = gate.contiguous()
+    features, gate = _contiguous(features, gate)
     n, c, H, W = features.shape
     dtype = torch.promote_types(features.dtype, gate.dtype)
     out = torch.empty((n, 2 * c, H, W), dtype=dtype, device=features.device)
-    total = features.numel()
-    _feature_fusion_fwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
-        features, gate, out, c * H * W, total, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(dtype),
-        num_warps=4,
-    )
+    _launch_per_element(_feature_fusion_fwd_kernel, features, dtype, features, gate, out)
     return out
 
 
-def feature_fusion_backward(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor,
-                            need_features: bool = True, need_gate: bool = True):
+def feature_fusion_backward(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor, need_features: bool,
+                            need_gate: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(dL/dF, dL/dT)`` of ``feature_fusion_forward`` (``None`` where not needed)."""
-    features = features.contiguous()
-    gate = gate.contiguous()
-    grad = grad.contiguous()
-    grad_features = torch.empty_like(features) if need_features else None
-    grad_gate = torch.empty_like(gate) if need_gate else None
-    total = features.numel()
-    c, H, W = features.shape[1:]
-    _feature_fusion_bwd_kernel[(triton.cdiv(total, _ELEMENT_BLOCK),)](
-        grad, features, gate, grad_features if need_features else features,
-        grad_gate if need_gate else gate, c * H * W, total, FEATURES_GRAD=need_features,
-        GATE_GRAD=need_gate, BLOCK=_ELEMENT_BLOCK, ACC=_accumulator(grad.dtype), num_warps=4,
-    )
+    grad, features, gate = _contiguous(grad, features, gate)
+    grad_features, grad_gate = _buffer(need_features, features), _buffer(need_gate, gate)
+    _launch_per_element(_feature_fusion_bwd_kernel, features, grad.dtype, grad, features, gate,
+                        features if grad_features is None else grad_features, gate if grad_gate is None else grad_gate,
+                        FEATURES_GRAD=need_features, GATE_GRAD=need_gate)
     return grad_features, grad_gate
-
-
-class InputFusion(torch.autograd.Function):
-    """``input_fusion_forward`` with its backward, for direct calls (parity tests, self-check)."""
-
-    @staticmethod
-    def forward(ctx, image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(image, heatmaps)
-        return input_fusion_forward(image, heatmaps)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        image, heatmaps = ctx.saved_tensors
-        return input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
-
-
-class HeatmapFeatureConcat(torch.autograd.Function):
-    """``heatmap_feature_concat_forward`` with its backward, for direct calls (parity tests, self-check)."""
-
-    @staticmethod
-    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
-        ctx.heatmaps_shape = heatmaps.shape
-        ctx.heatmaps_dtype = heatmaps.dtype
-        ctx.area = area
-        return heatmap_feature_concat_forward(heatmaps, features, area)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        k = ctx.heatmaps_shape[1]
-        grad_heatmaps = grad_features = None
-        if ctx.needs_input_grad[0]:
-            grad_heatmaps = heatmap_feature_concat_backward_heatmaps(grad, ctx.heatmaps_shape, ctx.heatmaps_dtype,
-                                                                     ctx.area)
-        if ctx.needs_input_grad[1]:
-            grad_features = grad[:, k:]  # F is copied unchanged: its gradient is that slice
-        return grad_heatmaps, grad_features, None
-
-
-class FeatureFusion(torch.autograd.Function):
-    """``feature_fusion_forward`` with its backward, for direct calls (parity tests, self-check)."""
-
-    @staticmethod
-    def forward(ctx, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(features, gate)
-        return feature_fusion_forward(features, gate)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        features, gate = ctx.saved_tensors
-        return feature_fusion_backward(grad, features, gate, *ctx.needs_input_grad)

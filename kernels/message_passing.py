@@ -64,9 +64,6 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from labfast.ops.message_passing import check_message_passing_arguments
-
-
 
 @triton.jit
 def _message_passing_forward_kernel(
@@ -375,20 +372,17 @@ def _convolve_and_route(x, flat_weights, bias, tables, channels, ksize):
         x, flat_weights, bias if bias is not None else flat_weights, out,
         offsets, edge_index, gathered,
         height, width, channels_total, patch_rows, patch_cols,
-        C=channels,
-        KSIZE=ksize,
-        PATCH_Y=patch_y,
-        PATCH_X=patch_x,
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=_accumulator(x.dtype),
-        DOT_DTYPE=_dot_operand(x.dtype),
-        INPUT_PRECISION=_input_precision(x.dtype),
-        BLOCK_P=blocks.p,
-        BLOCK_R=blocks.r,
-        BLOCK_N=block_n,
-        num_warps=blocks.warps,
+        HAS_BIAS=bias is not None, **_launch_constants(channels, ksize, x.dtype, blocks, block_n),
     )
     return out.to(x.dtype)
+
+
+def _launch_constants(channels: int, ksize: int, dtype: torch.dtype, blocks: Blocks, block_n: int) -> dict:
+    """The compile-time arguments both kernels take (and ``num_warps``)."""
+    patch_y, patch_x = patch_shape(channels)
+    return dict(C=channels, KSIZE=ksize, PATCH_Y=patch_y, PATCH_X=patch_x, ACC_DTYPE=_accumulator(dtype),
+                DOT_DTYPE=_dot_operand(dtype), INPUT_PRECISION=_input_precision(dtype), BLOCK_P=blocks.p,
+                BLOCK_R=blocks.r, BLOCK_N=block_n, num_warps=blocks.warps)
 
 
 def _block_n(columns: int) -> int:
@@ -427,23 +421,16 @@ def grad_weights(features, grad_out, tables, channels, ksize, splits=None):
     _message_passing_grad_weight_kernel[(num_edges, rc_blocks, splits)](
         features, grad_out, partial, tables.edge_source, tables.edge_destination,
         num_edges, n, height, width, channels_total, patch_rows, patch_cols,
-        C=channels,
-        KSIZE=ksize,
-        PATCH_Y=patch_y,
-        PATCH_X=patch_x,
-        ACC_DTYPE=_accumulator(features.dtype),
-        DOT_DTYPE=_dot_operand(features.dtype),
-        INPUT_PRECISION=_input_precision(features.dtype),
-        BLOCK_P=blocks.p,
-        BLOCK_R=blocks.r,
-        BLOCK_N=block_n,
-        num_warps=blocks.warps,
+        **_launch_constants(channels, ksize, features.dtype, blocks, block_n),
     )
     return _fold_patch_weights(partial.sum(0) if splits > 1 else partial[0], patch, channels, ksize)
 
 
 def message_passing_forward(features, weights, bias, edges, num_branches):
-    """The fused forward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs."""
+    """The fused forward; ``edges`` is a hashable tuple of ``(src, dst)`` pairs. The arguments are
+    those ``labfast.ops.message_passing`` checked, in one of the kernels' dtypes."""
+    if features.dtype not in _TL_DTYPES:
+        raise ValueError(f"features dtype {features.dtype} is not one of {', '.join(map(str, _TL_DTYPES))}")
     features = features.contiguous()
     weights = weights.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -473,35 +460,3 @@ def message_passing_backward(grad_out, features, weights, edges, num_branches, n
         per_branch = grad_out.view(n, -1, channels, h * w).sum(dim=(0, 3), dtype=accumulate)
         grad_bias = per_branch[tables.edge_destination.long()].to(weights.dtype)
     return grad_features, grad_weights_, grad_bias
-
-
-class MessagePassingFunction(torch.autograd.Function):
-    """``message_passing_forward`` with its backward, for direct calls (parity tests, self-check)."""
-
-    @staticmethod
-    def forward(ctx, features, weights, bias, edges, num_branches):
-        ctx.save_for_backward(features, weights)
-        ctx.edges, ctx.num_branches = edges, num_branches
-        ctx.has_bias = bias is not None
-        return message_passing_forward(features, weights, bias, edges, num_branches)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        features, weights = ctx.saved_tensors
-        needs = (*ctx.needs_input_grad[:2], ctx.has_bias and ctx.needs_input_grad[2])
-        return (*message_passing_backward(grad_out, features, weights, ctx.edges, ctx.num_branches, needs),
-                None, None)
-
-
-def message_passing_triton(
-    features: torch.Tensor,
-    weights: torch.Tensor,
-    bias: torch.Tensor | None,
-    edges,
-) -> torch.Tensor:
-    """Triton path of ``labfast.ops.message_passing`` (same signature and result)."""
-    edges, num_branches = check_message_passing_arguments(features, weights, bias, edges)
-    if features.dtype not in _TL_DTYPES:
-        raise ValueError(f"features dtype {features.dtype} is not one of {', '.join(map(str, _TL_DTYPES))}")
-    return MessagePassingFunction.apply(features, weights, bias, edges, num_branches)

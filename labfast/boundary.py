@@ -61,6 +61,7 @@ import cv2
 import numpy as np
 from scipy.interpolate import splev, splprep
 
+from labfast.arrays import as_numpy
 from labfast.schemes import Scheme, get
 
 #: Consecutive points closer than this (pixels) count as repeated and are merged before fitting:
@@ -71,13 +72,6 @@ REPEAT_TOLERANCE = 1e-3
 #: Upper bound on the samples of one dense curve, so that an absurd coordinate (1e9) fails with
 #: a clear error instead of exhausting memory. 2e6 samples cover a curve 1e6 px long at 2/px.
 MAX_SAMPLES = 2_000_000
-
-
-def _as_numpy(array) -> np.ndarray:
-    """NumPy float64 copy of an array or tensor (torch is imported only if one is given)."""
-    if hasattr(array, "detach"):  # a torch tensor
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float64)
 
 
 def _remove_repeats(points: np.ndarray) -> np.ndarray:
@@ -103,7 +97,7 @@ def dense_curve(points, samples_per_pixel: float = 2.0) -> np.ndarray:
     """
     if samples_per_pixel <= 0:
         raise ValueError(f"samples_per_pixel must be positive, got {samples_per_pixel}")
-    points = _as_numpy(points)
+    points = as_numpy(points)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise ValueError(f"points must have shape (n, 2) with n >= 1, got {points.shape}")
     if not np.isfinite(points).all():
@@ -178,7 +172,7 @@ def heatmaps(landmarks, scheme: Scheme | str, size: int = 64, sigma: float = 1.0
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
-    landmarks = _as_numpy(landmarks)
+    landmarks = as_numpy(landmarks)
     if landmarks.ndim != 3 or landmarks.shape[2] != 2:
         raise ValueError(f"landmarks must have shape (N, L, 2), got {landmarks.shape}")
     if landmarks.shape[1] != scheme.num_points:

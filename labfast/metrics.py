@@ -21,13 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from labfast.arrays import as_numpy
 from labfast.schemes import Scheme, get
-
-
-def _as_numpy(array) -> np.ndarray:
-    if hasattr(array, "detach"):  # a torch tensor
-        array = array.detach().cpu().numpy()
-    return np.asarray(array, dtype=np.float64)
 
 
 def _check_finite(array: np.ndarray, name: str) -> None:
@@ -37,7 +32,7 @@ def _check_finite(array: np.ndarray, name: str) -> None:
 
 
 def _check_nmes(nmes) -> np.ndarray:
-    nmes = _as_numpy(nmes)
+    nmes = as_numpy(nmes)
     if nmes.ndim != 1 or len(nmes) == 0:
         raise ValueError(f"nmes must be a non-empty 1-D array of per-face errors, got shape {nmes.shape}")
     _check_finite(nmes, "nmes")
@@ -62,7 +57,7 @@ def nme(pred, gt, scheme: Scheme | str, boxes=None) -> np.ndarray:
             (normaliser ``sqrt((x1 - x0) * (y1 - y0))``), ignored otherwise.
     """
     scheme = get(scheme)
-    pred, gt = _as_numpy(pred), _as_numpy(gt)
+    pred, gt = as_numpy(pred), as_numpy(gt)
     if gt.ndim != 3 or gt.shape[2] != 2 or gt.shape[1] != scheme.num_points:
         raise ValueError(
             f"gt must have shape (N, {scheme.num_points}, 2) for scheme {scheme.name!r}, got {gt.shape}"
@@ -79,7 +74,7 @@ def nme(pred, gt, scheme: Scheme | str, boxes=None) -> np.ndarray:
     elif scheme.normalizer == "box":
         if boxes is None:
             raise ValueError(f"scheme {scheme.name!r} normalises by the face box: pass boxes (N, 4)")
-        boxes = _as_numpy(boxes)
+        boxes = as_numpy(boxes)
         if boxes.shape != (len(gt), 4):
             raise ValueError(f"boxes must have shape ({len(gt)}, 4) as x0, y0, x1, y1, got {boxes.shape}")
         _check_finite(boxes, "boxes")
@@ -145,7 +140,7 @@ def paired_bootstrap(first, second, resamples: int = 10_000, seed: int = 0, leve
     Returns:
         ``{"difference", "low", "high"}`` in the units of the inputs.
     """
-    first, second = _as_numpy(first), _as_numpy(second)
+    first, second = as_numpy(first), as_numpy(second)
     if first.ndim != 1 or first.shape != second.shape or len(first) == 0:
         raise ValueError(f"paired values must be two non-empty 1-D arrays of one length, got {first.shape} and {second.shape}")
     if resamples < 1 or not 0 < level < 1:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labfast.inference import aligner as aligner_module
+from labfast.inference import core, weights
 from labfast.inference.aligner import FaceAligner
 from labfast.inference.runtime import TorchModel
 from labfast.data import box_from_landmarks, read_pts
@@ -26,7 +26,7 @@ class CentroidModel(torch.nn.Module):
         self.num_points, self.num_boundaries = num_points, num_boundaries
 
     def forward(self, images: torch.Tensor) -> LABOutput:
-        brightness = images.mean(dim=1)  # (N, S, S)
+        brightness = images.float().mean(dim=1)  # (N, S, S), whatever the dtype the aligner passes
         size = brightness.shape[-1]
         grid = torch.arange(size, dtype=torch.float64)
         weight = brightness.double()
@@ -134,15 +134,15 @@ def test_bad_input_is_named(tiny_checkpoint):
 
 
 def test_missing_default_weights_say_how_to_pass_a_checkpoint(monkeypatch):
-    monkeypatch.setattr(aligner_module, "DEFAULT_WEIGHTS", ("labfast", "no_such_weights.pt"))
+    monkeypatch.setattr(weights, "DEFAULT_WEIGHTS", ("labfast", "no_such_weights.pt"))
     with pytest.raises(FileNotFoundError, match="no default weights are bundled.*--checkpoint"):
         FaceAligner()
 
 
 def test_auto_device_is_cuda_only_when_available():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert aligner_module.resolve_device("auto").type == expected
-    assert aligner_module.resolve_device("cpu").type == "cpu"
+    assert core.resolve_device("auto").type == expected
+    assert core.resolve_device("cpu").type == "cpu"
 
 
 def test_a_path_gives_the_same_faces_as_the_decoded_image(tiny_checkpoint):
@@ -192,7 +192,7 @@ def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
     heatmaps[0, 1, 2, 3] = 0.3  # the strongest boundary counts
     heatmaps[0, 1, 5, 5] = 0.6  # centre at crop (21.5, 21.5)
     landmarks = torch.tensor([[[13.5, 9.5], [21.5, 21.5], [0.0, 31.9], [-50.0, 10.0]]])
-    confidence = aligner_module.landmark_confidence(landmarks, heatmaps, input_size=32)
+    confidence = core.landmark_confidence(landmarks, heatmaps, input_size=32)
     # exact at the centres; the corner point samples zeros; the point outside the crop gives 0
     assert confidence.item() == pytest.approx((0.8 + 0.6 + 0 + 0) / 4, abs=1e-6)
 

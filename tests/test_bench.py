@@ -1,15 +1,22 @@
 """``labfast bench``: the CPU smoke run end to end, and the arithmetic behind its columns."""
+import contextlib
+import io
 import json
+import logging
 import math
+import os
 import re
 
 import pytest
 import torch
 
-from labfast.perf import bench
-
-from labfast.perf import devices
+from labfast import checkpoint
 from labfast.cli import main
+from labfast.inference.aligner import default_weights
+from labfast.perf import bench, devices, measure, plan, timing
+from labfast.perf.inputs import synthetic_faces
+from labfast.perf.op_calls import kernel_cases
+from labfast.perf.sections import SECTIONS
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +39,51 @@ def cpu_result(tmp_path_factory):
     return json.loads(path.read_text())
 
 
+@pytest.fixture(scope="module")
+def run_as_typed(tmp_path_factory):
+    """``labfast bench --what heatmaps`` on the CPU as a user types it, without ``--json``, in an
+    empty folder, with the log at INFO as the command sets it: ``(stdout and log text, the folder's
+    files afterwards)``."""
+    folder = tmp_path_factory.mktemp("as_typed")
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    root, level, cwd, threads = logging.getLogger(), logging.getLogger().level, os.getcwd(), torch.get_num_threads()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(text):
+            assert main(["bench", "--what", "heatmaps", "--batch", "1", "--backend", "reference,fast", "--repeats", "1",
+                         "--min-time", "0", "--device", "cpu", "--threads", "1"]) == 0
+    finally:
+        os.chdir(cwd)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+    return text.getvalue(), sorted(path.name for path in folder.iterdir())
+
+
+def test_each_row_is_printed_once(run_as_typed):
+    output, _ = run_as_typed
+    lines = [line for line in output.splitlines() if "boundary heatmaps 64x64" in line]
+    assert sorted(re.split(r"\s{2,}", line)[2] for line in lines) == ["fast (cuda)", "fast (triton)", "opencv", "reference"]
+
+
+def test_without_json_no_file_is_written(run_as_typed):
+    output, files = run_as_typed
+    assert files == [] and "wrote" not in output
+
+
+def test_cpu_default_preset_is_the_shipped_weights_one():
+    shipped = checkpoint.load(default_weights())["config"]["name"]
+    assert shipped == "small"
+    args = build_parser_args(["bench", "--device", "cpu"])
+    assert plan.settings_from_args(args, torch.device("cpu")).config == shipped
+    assert plan.settings_from_args(args, torch.device("cuda")).config == "paper"
+
+
 def test_smoke_run_covers_every_section_with_a_measured_reference(cpu_result):
-    for section in bench.SECTIONS:
+    for section in SECTIONS:
         references = [r for r in cpu_result["rows"] if r["section"] == section and r["backend"] == "reference"]
         assert references, f"no reference row in section {section}"
         for row in references:
@@ -76,7 +126,7 @@ def test_model_rows_count_flops_and_kernel_rows_count_bytes(cpu_result):
 
 
 def test_kernel_cases_are_the_calls_the_model_makes():
-    cases = bench.kernel_cases("tiny", 2)
+    cases = kernel_cases("tiny", 2)
     assert {case.op for case in cases} == {"input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing",
                                            "batch_norm_act"}
     fusion = next(case for case in cases if case.op == "input_fusion")
@@ -90,7 +140,7 @@ def test_kernel_cases_are_the_calls_the_model_makes():
 
 
 def test_synthetic_faces_lie_inside_the_crop():
-    faces = bench.synthetic_faces(64, 64.0, seed=1)
+    faces = synthetic_faces(64, 64.0, seed=1)
     assert faces.shape == (64, 68, 2) and faces.dtype == torch.float32
     assert faces.min() > 0 and faces.max() < 63
 
@@ -112,12 +162,12 @@ def test_roofline_share_uses_the_lower_of_compute_and_bandwidth_bounds():
     peak = devices.known_peak("NVIDIA H100 80GB HBM3")
     info = {"peak": vars(peak)}
     # 1 GFLOP over 1 MB in 1 ms: intensity 1000 FLOP/B x 3.35 TB/s > 989 TFLOP/s -> compute bound.
-    compute = bench.roofline(10**9, 10**6, 1e-3, info, "bf16")
+    compute = measure.peak_share(10**9, 10**6, 1e-3, info, "bf16")
     assert compute["bound"] == "compute" and compute["peak_share"] == pytest.approx(1e12 / peak.bf16_flops)
     # 1 GFLOP over 1 GB: intensity 1 -> bound 3.35 TFLOP/s; 1 TFLOP/s achieved is 1 / 3.35 of it.
-    memory = bench.roofline(10**9, 10**9, 1e-3, info, "bf16")
+    memory = measure.peak_share(10**9, 10**9, 1e-3, info, "bf16")
     assert memory["bound"] == "memory" and memory["peak_share"] == pytest.approx(1e12 / peak.memory_bandwidth)
-    moved = bench.roofline(None, 10**9, 1e-3, info, "fp32")
+    moved = measure.peak_share(None, 10**9, 1e-3, info, "fp32")
     assert moved["gbps"] == pytest.approx(1e3) and moved["peak_share"] == pytest.approx(1e12 / 3.35e12)
 
 
@@ -126,19 +176,19 @@ def test_bad_arguments_name_the_flag():
         main(["bench", "--batch", "0", "--device", "cpu"])
     with pytest.raises(SystemExit, match="--backend"):
         main(["bench", "--backend", "turbo", "--device", "cpu"])
-    assert math.isfinite(bench.time_calls(lambda: None, torch.device("cpu"), 3, 0.0).median_s)
+    assert math.isfinite(timing.time_calls(lambda: None, torch.device("cpu"), 3, 0.0).median_s)
 
 
 # ----------------------------------------------------------------------------- --plan and --budget
 
 
 def test_plan_parses_sections_batches_and_row_backends_in_order():
-    plan = bench.parse_plan("infer@256=reference,compile,fast+compile; infer@1=fast+cudagraphs;"
+    items = plan.parse_plan("infer@256=reference,compile,fast+compile; infer@1=fast+cudagraphs;"
                             "train@32=reference,compile,fast;heatmaps@256;kernels@256=reference,fast (triton)")
-    assert [(item.section, item.batch) for item in plan] == [
+    assert [(item.section, item.batch) for item in items] == [
         ("infer", 256), ("infer", 1), ("train", 32), ("heatmaps", 256), ("kernels", 256)]
-    assert plan[0].backends == ("reference", "compile", "fast+compile") and plan[3].backends is None
-    assert plan[4].backends == ("reference", "fast (triton)")
+    assert items[0].backends == ("reference", "compile", "fast+compile") and items[3].backends is None
+    assert items[4].backends == ("reference", "fast (triton)")
 
 
 @pytest.mark.parametrize("text, named", [
@@ -147,13 +197,13 @@ def test_plan_parses_sections_batches_and_row_backends_in_order():
 ])
 def test_bad_plan_entries_are_named(text, named):
     with pytest.raises(SystemExit, match=re.escape(named)):
-        bench.parse_plan(text)
+        plan.parse_plan(text)
 
 
 def _plan_settings(budget_s):
-    return bench.Settings(what=bench.SECTIONS, batches=(1,), dtypes=("fp32",), groups=("reference",), config="tiny",
+    return plan.Settings(what=SECTIONS, batches=(1,), dtypes=("fp32",), groups=("reference",), config="tiny",
                           repeats=1, min_time=0.0, budget_s=budget_s,
-                          plan=bench.parse_plan("heatmaps@2=reference,opencv;infer@1=reference"))
+                          plan=plan.parse_plan("heatmaps@2=reference,opencv;infer@1=reference"))
 
 
 def test_plan_rows_run_in_its_order_and_each_row_reaches_the_json(tmp_path):
@@ -174,10 +224,10 @@ def test_rows_not_begun_within_the_budget_are_recorded_as_skipped():
 
 def test_compile_is_opt_in_on_the_cpu():
     args = build_parser_args(["bench", "--device", "cpu"])
-    assert bench.settings_from_args(args, torch.device("cpu")).groups == ("reference", "fast")
-    assert bench.settings_from_args(args, torch.device("cuda")).groups == ("reference", "compile", "fast")
+    assert plan.settings_from_args(args, torch.device("cpu")).groups == ("reference", "fast")
+    assert plan.settings_from_args(args, torch.device("cuda")).groups == ("reference", "compile", "fast")
     asked = build_parser_args(["bench", "--device", "cpu", "--backend", "reference,compile"])
-    assert bench.settings_from_args(asked, torch.device("cpu")).groups == ("reference", "compile")
+    assert plan.settings_from_args(asked, torch.device("cpu")).groups == ("reference", "compile")
 
 
 def build_parser_args(argv):

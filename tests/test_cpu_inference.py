@@ -9,7 +9,8 @@ import torch
 from labfast import cli, schemes
 from labfast.inference.aligner import FaceAligner
 from labfast.inference.runtime import DEFAULT_THREADS, PARITY_TOLERANCE, set_threads
-from labfast.data import crop_face, read_300w
+from labfast.data import crop_face_pixels, read_300w
+from labfast.inference.core import model_input
 from labfast.commands.demo import BUNDLED_DATA
 
 needs_onnxruntime = pytest.mark.skipif(
@@ -41,9 +42,9 @@ def test_onnxruntime_gives_the_plain_models_landmarks_on_real_faces():
     optimised = FaceAligner(device="cpu", runtime="onnxruntime")
     plain = FaceAligner(device="cpu", runtime="torch")
     faces = read_300w(BUNDLED_DATA, "common")[:8]
-    crops = np.stack([crop_face(cv2.imread(face.image_path), face.box, input_size=optimised.input_size)[0]
+    crops = np.stack([crop_face_pixels(cv2.imread(face.image_path), face.box, input_size=optimised.input_size)[0]
                       for face in faces])
-    batch = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+    batch = model_input(torch.from_numpy(crops))
     (fast_landmarks, fast_heatmaps), (landmarks, heatmaps) = optimised.forward(batch), plain.forward(batch)
     assert float((fast_landmarks - landmarks).abs().max()) <= PARITY_TOLERANCE["landmarks"]
     assert float((fast_heatmaps - heatmaps).abs().max()) <= PARITY_TOLERANCE["boundary_heatmaps"]

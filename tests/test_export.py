@@ -135,7 +135,7 @@ def test_onnx_export_with_the_command_defaults_runs_batches_of_2_and_more_in_onn
 
 
 def test_export_defaults_to_the_shipped_weights_and_writes_to_the_working_directory(tmp_path, monkeypatch, capsys):
-    from labfast.inference.aligner import default_weights
+    from labfast.inference.weights import default_weights
 
     shipped = sorted(path.name for path in os.scandir(os.path.dirname(default_weights())))
     monkeypatch.chdir(tmp_path)

@@ -23,6 +23,8 @@ def test_wheel_holds_kernels_and_weights_but_no_bundled_faces(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for module in ("boundary_heatmaps", "fusion", "message_passing"):
         assert f"labfast/kernels/{module}.py" in names
+    packages = sorted(path.parent.relative_to(ROOT).as_posix() for path in (ROOT / "labfast").rglob("__init__.py"))
+    assert [package for package in packages if f"{package}/__init__.py" not in names] == []  # setup.py lists each
     assert not any(name.startswith(("data/", "tests/", "benchmarks/")) or "300w_sample" in name for name in names)
     shipped = sorted(p.relative_to(ROOT / "labfast").as_posix() for p in (ROOT / "labfast" / "weights").glob("*")) if (ROOT / "labfast" / "weights").is_dir() else []
     assert all(f"labfast/{name}" in names for name in shipped)

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import torch
 
-from labfast.perf.bench import environment, format_table, run_benchmarks, settings_from_args, write_json
+from labfast.perf.bench import run_benchmarks
+from labfast.perf.devices import environment
+from labfast.perf.plan import settings_from_args
+from labfast.perf.table import format_table, write_json
 
 
 def add_arguments(parser) -> None:
@@ -22,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: rows not begun by then are recorded as skipped (a row once begun runs to its end)")
     parser.add_argument("--config", default=None, choices=("paper", "small", "tiny"),
-                        help="model preset (default paper on a GPU, tiny on a CPU)")
+                        help="model preset (default paper on a GPU; on a CPU the shipped weights' preset, small)")
     parser.add_argument("--repeats", type=int, default=10, help="at least this many timed calls per row")
     parser.add_argument("--min-time", type=float, default=None,
                         help="and at least this many seconds of timed calls per row (default 1 on a GPU, 0.2 on a CPU)")
@@ -35,7 +38,8 @@ def add_arguments(parser) -> None:
                              "and its kernel launches per batch-1 forward (counted on the CPU), "
                              "per --dtype, and measured / predicted per row; on a CPU the prediction replaces the "
                              "measurement (its ceilings are H100 and H200)")
-    parser.add_argument("--json", default="labfast_bench.json", help="where the JSON of the table goes")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the result as JSON to PATH, rewritten after every row (default: no file)")
 
 
 def run(args) -> int:
@@ -47,30 +51,45 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if device.type == "cpu" and "compile" in settings.groups:
         print("torch.compile on the CPU: each compiled row first compiles (minutes on a small CPU); "
-              "that warm-up is reported per row as warmup_s in the JSON")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    predictions = None
+              "that warm-up is reported per row as warmup_s in the JSON (--json)")
+    path = Path(args.json) if args.json is not None else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = launches = None
     if args.predict:
-        from labfast.perf import roofline
-
-        batch = max(settings.batches)
-        predictions = [roofline.predict(settings.config, batch, dtype) for dtype in settings.dtypes]
-        for prediction in predictions:
-            print(roofline.format_prediction(prediction) + "\n")
-        launches = [roofline.launch_count(settings.config, 1, backend) for backend in roofline.LAUNCH_BACKENDS]
-        print(roofline.format_launch_counts(launches) + "\n")
+        predictions, launches = _print_prediction(settings)
         if device.type != "cuda":
-            write_json(path, {"environment": environment(device), "prediction": predictions, "launch_counts": launches})
-            print(f"wrote {path} (the prediction only: on a {device.type} there is no GPU row to compare)")
+            _write(path, {"environment": environment(device), "prediction": predictions, "launch_counts": launches},
+                   f" (the prediction only: on a {device.type} there is no GPU row to compare)")
             return 0
-    result = run_benchmarks(settings, device, on_row=lambda partial: write_json(path, partial))
+    result = run_benchmarks(settings, device, on_row=(lambda partial: write_json(path, partial)) if path else None)
     print(format_table(result))
     if predictions is not None:
+        from labfast.perf import comparison
+
         result["prediction"] = predictions
         result["launch_counts"] = launches
-        result["measured_over_predicted"] = roofline.compare(result["rows"], predictions, result["device"]["name"])
-        print(roofline.format_comparison(result["measured_over_predicted"]))
-    write_json(path, result)
-    print(f"wrote {path}")
+        result["measured_over_predicted"] = comparison.compare(result["rows"], predictions, result["device"]["name"])
+        print(comparison.format_comparison(result["measured_over_predicted"]))
+    _write(path, result)
     return 0
+
+
+def _print_prediction(settings) -> tuple[list[dict], list[dict]]:
+    """The predicted roofline of the preset at the largest batch, per dtype, and the launch counts
+    of a batch-1 forward, printed; returned for the JSON."""
+    from labfast.perf import launches, roofline
+
+    batch = max(settings.batches)
+    predictions = [roofline.predict(settings.config, batch, dtype) for dtype in settings.dtypes]
+    for prediction in predictions:
+        print(roofline.format_prediction(prediction) + "\n")
+    counts = [launches.launch_count(settings.config, 1, backend) for backend in launches.LAUNCH_BACKENDS]
+    print(launches.format_launch_counts(counts) + "\n")
+    return predictions, counts
+
+
+def _write(path: Path | None, result: dict, what: str = "") -> None:
+    if path is not None:
+        write_json(path, result)
+        print(f"wrote {path}{what}")

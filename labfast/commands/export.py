@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labfast.inference.aligner import default_weights
     from labfast.checkpoint import load_model
+    from labfast.inference.weights import default_weights
 
     if args.batch < 1:
         raise SystemExit(f"labfast export: --batch must be at least 1, got {args.batch}")

@@ -1,4 +1,4 @@
-"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face`` for inference;
+"""``FaceDataset``: face crops with landmark-consistent augmentation; ``crop_face_pixels`` for inference;
 ``collate_readable``, the batch maker that drops the items whose image could not be read."""
 from __future__ import annotations
 
@@ -92,29 +92,42 @@ def read_image_bgr(path: str) -> np.ndarray:
     return image
 
 
+def sample_image(sample: Sample) -> np.ndarray:
+    """A sample's pixels: ``sample.image`` when it holds them, else its file (:func:`read_image_bgr`)."""
+    if sample.image is not None:
+        return sample.image
+    if sample.image_path is None:
+        raise ValueError("sample has neither image nor image_path")
+    return read_image_bgr(sample.image_path)
+
+
 def _bgr_to_rgb_float(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def crop_face(
-    image_bgr: np.ndarray,
-    box: Sequence[float],
-    input_size: int = 256,
-    margin: float = DEFAULT_MARGIN,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The inference crop: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
+def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+                     margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The inference crop as pixels: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
 
     Args:
         image_bgr: ``(H, W, 3)`` uint8 BGR (as ``cv2.imread`` gives).
         box: ``x0, y0, x1, y1`` face box.
     Returns:
-        ``crop`` ``(input_size, input_size, 3)`` float32 RGB in [0, 1], and ``affine`` ``(2, 3)``
-        float32 mapping original image coords -> crop coords (invert with
-        ``cv2.invertAffineTransform`` to bring predictions back).
+        ``crop`` ``(input_size, input_size, 3)`` uint8 BGR (a quarter of the float crop's bytes, for
+        the trip to the device), and ``affine`` ``(2, 3)`` float64 mapping original image coords ->
+        crop coords (``labfast.data.transforms.invert_affine`` brings predictions back).
     """
     centre, side = face_centre_and_side(np.asarray(box, dtype=np.float64), margin)
     matrix = crop_matrix(centre, side, input_size)
-    return _bgr_to_rgb_float(warp_crop(image_bgr, matrix, input_size)), matrix.astype(np.float32)
+    return warp_crop(image_bgr, matrix, input_size), matrix
+
+
+def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+              margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The model's input for one face: :func:`crop_face_pixels` as ``(input_size, input_size, 3)``
+    float32 RGB in [0, 1], and its affine as float32."""
+    crop, matrix = crop_face_pixels(image_bgr, box, input_size, margin)
+    return _bgr_to_rgb_float(crop), matrix.astype(np.float32)
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -175,17 +188,10 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _image(self, sample: Sample) -> np.ndarray:
-        if sample.image is not None:
-            return sample.image
-        if sample.image_path is None:
-            raise ValueError("sample has neither image nor image_path")
-        return read_image_bgr(sample.image_path)
-
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         try:
-            image = self._image(sample)
+            image = sample_image(sample)
         except OSError as error:
             if not self.skip_unreadable:
                 raise

@@ -1,4 +1,4 @@
-"""The plain face sample every reader returns (no framework types; STYLE.md convention 7)."""
+"""The plain face sample every reader returns: paths and arrays, no framework types."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -6,7 +6,9 @@ at (x=j, y=i). ``cv2.warpAffine(src, M, ...)`` samples ``dst(p) = src(M^-1 p)`` 
 half-pixel shift. So a landmark is carried into the crop by the very same 2x3 matrix: ``M @ [x, y, 1]``.
 
 The output crop's pixel centres are ``0 .. size-1``, so its area spans ``[-0.5, size-0.5]`` and
-its centre is at ``(size-1)/2``; the face centre is mapped there.
+its centre is at ``(size-1)/2``; the face centre is mapped there. Between two grids of one area
+and different pixel counts (crop and heatmap, photo and its downscaled copy), pixel centres map
+onto pixel centres: :func:`rescale_pixel_coordinates`.
 """
 from __future__ import annotations
 
@@ -58,10 +60,34 @@ def crop_matrix(
     return matrix
 
 
-def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``(L, 2)`` points through a ``(2, 3)`` matrix -> ``(L, 2)`` float64."""
-    points = np.asarray(points, dtype=np.float64)
-    return points @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]
+def rescale_pixel_coordinates(points, scale):
+    """Coordinates on a grid ``scale`` times as fine over the same area: ``(x + 0.5) * scale - 0.5``.
+
+    Pixel centres sit at integers and a pixel spans ``[i - 0.5, i + 0.5]``, so the grids' outer edges
+    (``-0.5``) coincide and centres map onto centres (a 256 px crop onto its 64 px heatmap:
+    ``scale = 1/4``). Works on numpy arrays, torch tensors and numbers alike.
+    """
+    return (points + 0.5) * scale - 0.5
+
+
+def apply_affine(points, matrix):
+    """``(..., L, 2)`` points through ``(..., 2, 3)`` matrices (numpy arrays or torch tensors alike):
+    ``points @ linear.T + offset``, batched over the leading dimensions."""
+    return points @ matrix[..., :2].swapaxes(-1, -2) + matrix[..., None, :, 2]
+
+
+def invert_affine(matrix) -> np.ndarray:
+    """Inverse of ``(..., 2, 3)`` affine matrices, float64, batched over the leading dimensions.
+
+    The closed form of ``cv2.invertAffineTransform`` term for term (same float64 bits for one
+    matrix), so crops, predictions and overlays all map back the one way.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    (a, b, c), (d, e, f) = np.moveaxis(matrix, (-2, -1), (0, 1))
+    scale = 1.0 / (a * e - b * d)
+    a, b, d, e = e * scale, -b * scale, -d * scale, a * scale
+    rows = [np.stack([a, b, -a * c - b * f], axis=-1), np.stack([d, e, -d * c - e * f], axis=-1)]
+    return np.stack(rows, axis=-2)
 
 
 def flip_landmarks(points: np.ndarray, flip_permutation) -> np.ndarray:
@@ -90,10 +116,9 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, input_size: int) -> np.ndar
     matrix = np.asarray(matrix, dtype=np.float64)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     sigma = max(0.0, (1.0 / scale - 1.0) / 2.0)
-    inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[-0.5, -0.5], [input_size - 0.5, -0.5], [-0.5, input_size - 0.5],
                         [input_size - 0.5, input_size - 0.5]])
-    seen = apply_affine(corners, inverse)
+    seen = apply_affine(corners, invert_affine(matrix))
     pad = int(math.ceil(3 * sigma)) + 2  # smoothing support + bilinear neighbours
     height, width = image.shape[:2]
     x_start = int(np.clip(math.floor(seen[:, 0].min()) - pad, 0, width))

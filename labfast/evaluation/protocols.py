@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
 from labfast import data, metrics
+from labfast.inference import detect as face_detection
+from labfast.inference.core import InferenceCore
+from labfast.progress import track
 
 logger = logging.getLogger("labfast.evaluation.protocols")
 
@@ -57,22 +57,17 @@ BOX_SOURCES = ("gt", "detector")
 
 def detect_landmark_boxes(image_bgr: np.ndarray) -> np.ndarray:
     """Faces found by the default detector (shipped YuNet) as landmark-extent boxes ``(F, 4)``."""
-    from labfast.inference import detect
-
-    return detect.detect_landmark_boxes(image_bgr).boxes
+    return face_detection.detect_landmark_boxes(image_bgr).boxes
 
 
 def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
     """For each annotated face, the detected box that contains its box's centre and overlaps it
-    most (``labfast.inference.detect.match``, the rule the detector's box conversion was fitted with),
-    or ``None`` when the detector missed it."""
-    from labfast.inference.detect import match
-
+    most (``labfast.inference.detect.match``, the rule the detector's box conversion was fitted
+    with), or ``None`` when the detector missed it."""
     matched = []
-    for sample in samples:
-        image = sample.image if sample.image is not None else data.read_image_bgr(sample.image_path)
-        boxes = np.asarray(detect(image), np.float64).reshape(-1, 4)
-        index = match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
+    for sample in track(samples, len(samples), "detect", "face"):
+        boxes = np.asarray(detect(data.sample_image(sample)), np.float64).reshape(-1, 4)
+        index = face_detection.match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
         matched.append(None if index is None else boxes[index])
     return matched
 
@@ -101,56 +96,55 @@ def count_skipped():
         reader_logger.removeHandler(counter)
 
 
-def invert_affine(affine: torch.Tensor) -> torch.Tensor:
-    """Inverse of a batch of 2×3 affine matrices ``(N, 2, 3)``."""
-    linear, offset = affine[:, :, :2], affine[:, :, 2:]
-    inverse = torch.linalg.inv(linear)
-    return torch.cat([inverse, -inverse @ offset], dim=2)
+def annotated_landmarks(core: InferenceCore, samples: list, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """Landmarks ``(N, L, 2)`` float32 of annotated faces, in original image coordinates, each face
+    cropped from its ``box`` and run through ``core`` (``labfast.inference.core``)."""
+    faces = ((data.sample_image(sample), sample.box) for sample in samples)  # one image read at a time
+    batches = core.align(faces, batch_size)
+    if progress:
+        batches = track(batches, len(samples), "faces", "face", step=lambda batch: len(batch.landmarks))
+    return np.concatenate([batch.landmarks for batch in batches])
 
 
-def apply_affine(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """``(N, L, 2)`` points through ``(N, 2, 3)`` matrices."""
-    return points @ affine[:, :, :2].transpose(1, 2) + affine[:, :, 2].unsqueeze(1)
-
-
-@torch.no_grad()
 def predict_faces(model, samples: list, device: torch.device, batch_size: int = 32, flip: bool = False,
                   progress: bool = True) -> np.ndarray:
-    """Landmarks ``(N, L, 2)`` for annotated faces, in original image coordinates.
+    """:func:`annotated_landmarks` with an eager ``model`` on ``device``; ``flip`` averages each face
+    with its mirrored crop's prediction."""
+    return annotated_landmarks(InferenceCore.for_model(model, device, flip=flip), samples, batch_size, progress)
 
-    With ``flip``, the prediction is averaged with the one for the mirrored crop, mapped back
-    through ``x -> W - 1 - x`` and the scheme's flip permutation (test-time augmentation).
-    """
-    input_size = model.config.input_size
-    dataset = data.FaceDataset(samples, model.scheme, input_size=input_size, train=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
-    permutation = torch.tensor(model.scheme.flip_permutation)
-    predictions = []
-    for batch in tqdm(loader, desc="faces", unit="batch", disable=not progress, leave=False):
-        images = batch["image"].to(device)
-        landmarks = model(images).landmarks.float().cpu()
-        if flip:
-            mirrored = model(images.flip(-1)).landmarks.float().cpu()
-            unflipped = torch.empty_like(mirrored)
-            unflipped[:, permutation] = mirrored  # mirrored point i is the original's permutation[i]
-            unflipped[..., 0] = input_size - 1 - unflipped[..., 0]
-            landmarks = (landmarks + unflipped) / 2
-        predictions.append(apply_affine(landmarks, invert_affine(batch["affine"].double()).float()))
-    return torch.cat(predictions).numpy()
+
+def score_faces(core: InferenceCore, samples: list, scheme, boxes: str = "gt", detect=detect_landmark_boxes,
+                batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+    """NME / FR / AUC (``metrics.summarize``) of annotated faces plus ``faces``, ``missed`` and the
+    per-face ``nmes``: cropped from the annotated boxes (``boxes="gt"``) or from ``detect``'s
+    (``"detector"``, missed faces scored ``MISSED_NME``; module docstring)."""
+    if boxes not in BOX_SOURCES:
+        raise ValueError(f"boxes must be one of {', '.join(BOX_SOURCES)}, got {boxes!r}")
+    truth = np.stack([sample.landmarks for sample in samples])
+    annotated_boxes = np.stack([sample.box for sample in samples])
+    if boxes == "gt":
+        found = np.ones(len(samples), bool)
+        cropped = samples
+    else:
+        detected = match_detections(samples, detect)
+        found = np.array([box is not None for box in detected])
+        cropped = [dataclasses.replace(sample, box=box) for sample, box in zip(samples, detected) if box is not None]
+    nmes = np.full(len(samples), MISSED_NME)
+    if cropped:
+        predicted = annotated_landmarks(core, cropped, batch_size, progress)
+        nmes[found] = metrics.nme(predicted, truth[found], scheme, boxes=annotated_boxes[found])
+    return {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()), "nmes": nmes.tolist()}
 
 
 def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: torch.device,
              batch_size: int = 32, flip: bool = False, boxes: str = "gt", detect=detect_landmark_boxes,
              strict: bool = False) -> dict[str, Any]:
-    """NME / FR / AUC per subset; a subset whose files are absent (or that has no readable face) is
-    reported, not skipped silently. Malformed annotations are skipped and counted (``skipped``)
-    unless ``strict``, where the first one raises ``labfast.data.AnnotationError``.
-
-    ``boxes``: ``"gt"`` crops from the annotated boxes, ``"detector"`` from ``detect``'s boxes
-    (missed faces scored ``MISSED_NME``; module docstring).
+    """:func:`score_faces` per subset with an eager ``model``; a subset whose files are absent (or
+    that has no readable face) is reported, not skipped silently. Malformed annotations are skipped
+    and counted (``skipped``) unless ``strict``, where the first one raises
+    ``labfast.data.AnnotationError``.
     """
-    if boxes not in BOX_SOURCES:
-        raise ValueError(f"boxes must be one of {', '.join(BOX_SOURCES)}, got {boxes!r}")
+    core = InferenceCore.for_model(model, device, flip=flip)
     results: dict[str, Any] = {}
     for subset in subsets:
         try:
@@ -164,21 +158,9 @@ def evaluate(model, dataset: str, root: Path, subsets: tuple[str, ...], device: 
             results[subset] = {"missing": f"no readable face ({counter.skipped} malformed annotation(s) skipped)"}
             logger.warning("%s %s: not evaluated (no readable face)", dataset, subset)
             continue
-        truth = np.stack([sample.landmarks for sample in samples])
-        annotated_boxes = np.stack([sample.box for sample in samples])
-        if boxes == "gt":
-            found = np.ones(len(samples), bool)
-            cropped = samples
-        else:
-            detected = match_detections(samples, detect)
-            found = np.array([box is not None for box in detected])
-            cropped = [dataclasses.replace(sample, box=box) for sample, box in zip(samples, detected) if box is not None]
-        nmes = np.full(len(samples), MISSED_NME)
-        if cropped:
-            predicted = predict_faces(model, cropped, device, batch_size=batch_size, flip=flip)
-            nmes[found] = metrics.nme(predicted, truth[found], model.scheme, boxes=annotated_boxes[found])
-        results[subset] = {**metrics.summarize(nmes), "faces": len(samples), "missed": int((~found).sum()),
-                           "skipped": counter.skipped, "nmes": nmes.tolist()}
+        row = score_faces(core, samples, model.scheme, boxes, detect, batch_size)
+        nmes = row.pop("nmes")
+        results[subset] = {**row, "skipped": counter.skipped, "nmes": nmes}
     return results
 
 

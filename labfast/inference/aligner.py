@@ -1,4 +1,4 @@
-"""``FaceAligner``: the one user-facing class for inference (STYLE.md convention 8).
+"""``FaceAligner``: the one user-facing class for inference.
 
 Build it once (it loads the checkpoint), then call :meth:`FaceAligner.predict` on an image, an
 image path or a list of them, with face boxes or with the bundled YuNet detector (``detector="haar"``
@@ -8,35 +8,30 @@ for OpenCV's Haar cascade)::
     faces = aligner.predict("photo.jpg")               # list of Face, one per detected face
     faces[0].landmarks                                 # (68, 2) float32, original image pixels
 
-Every face is cropped exactly as in training without augmentation (``labfast.data.crop_face``
-from the face box), the crops of all faces of all images go through the model in batches of
-``batch_size``, and the landmarks are mapped back through the inverse of the crop's affine.
+Every face goes through ``labfast.inference.core.InferenceCore``, the one inference path of
+labfast (eval and training validation run it too): the training crop without augmentation from the
+face box, the crops of all faces of all images in batches of ``batch_size`` on the device, and the
+landmarks mapped back to the original image there.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
-from importlib import resources
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from labfast import schemes
-
-from labfast.inference import detect
 from labfast.checkpoint import load_model
-from labfast.inference.runtime import DEFAULT_THREADS, RUNTIMES, TorchModel, inference_runtime, set_threads
+from labfast.inference import detect
+from labfast.inference.core import InferenceCore, resolve_device
 from labfast.inference.cuda_graphs import CudaGraphModel, check_device
-from labfast.data import crop_face
+from labfast.inference.runtime import DEFAULT_THREADS, RUNTIMES, TorchModel, inference_runtime, set_threads
+from labfast.inference.weights import default_weights
 
 logger = logging.getLogger("labfast.inference.aligner")
-
-#: The shipped default weights: (package, path inside it). Read through importlib.resources, so the
-#: file only needs to be package data of ``labfast`` (``weights/`` need not be a Python package).
-DEFAULT_WEIGHTS = ("labfast", "weights/lab_300w.pt")
 
 
 @dataclass
@@ -53,8 +48,9 @@ class Face:
             (heatmap pixel centres at integer coordinates, like the image's).
         confidence: how well the regressed landmarks agree with the predicted boundary heatmaps, in
             [0, 1]: the mean over landmarks of the strongest boundary heatmap at the landmark
-            (:func:`landmark_confidence`). Low when the crop holds no face or a badly placed one;
-            ``labfast.inference.track`` re-detects below a threshold fitted on held-out training faces.
+            (:func:`labfast.inference.core.landmark_confidence`). Low when the crop holds no face or a
+            badly placed one; ``labfast.inference.track`` re-detects below a threshold fitted on
+            held-out training faces.
         score: the face detector's score for this face, ``None`` when the caller gave the box.
     """
 
@@ -64,48 +60,6 @@ class Face:
     heatmap_to_image: np.ndarray
     confidence: float = float("nan")
     score: float | None = None
-
-
-def default_weights() -> str:
-    """Path of the shipped default checkpoint; a clear error if this install has none."""
-    package, name = DEFAULT_WEIGHTS
-    path = resources.files(package).joinpath(name)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no default weights are bundled with this labfast install ({package}/{name} is absent); "
-            "pass a checkpoint: FaceAligner('path/to/model.pt') or labfast predict --checkpoint PATH "
-            "(labfast train writes one)"
-        )
-    return os.fspath(path)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def heatmap_to_crop(heatmap_size: int, input_size: int) -> np.ndarray:
-    """``(3, 3)`` affine heatmap pixels -> crop pixels, pixel centres aligned:
-    ``x_crop = (x_heatmap + 0.5) * input_size / heatmap_size - 0.5`` (``labfast.boundary.heatmaps``)."""
-    scale = input_size / heatmap_size
-    offset = 0.5 * scale - 0.5
-    return np.array([[scale, 0.0, offset], [0.0, scale, offset], [0.0, 0.0, 1.0]])
-
-
-def landmark_confidence(landmarks: torch.Tensor, boundary_heatmaps: torch.Tensor, input_size: int) -> torch.Tensor:
-    """``(N,)`` agreement of landmarks ``(N, L, 2)`` (crop pixels) with boundary heatmaps ``(N, K, h, w)``.
-
-    Every landmark lies on a facial boundary, so a good prediction finds a strong response of some
-    boundary heatmap under each landmark: the score is the mean over the ``L`` landmarks of
-    ``max_k heatmap_k`` bilinearly sampled at the landmark (heatmaps cover the crop, pixel centres
-    aligned; outside the crop it is 0).
-    """
-    strongest = boundary_heatmaps.float().amax(dim=1, keepdim=True)  # (N, 1, h, w)
-    grid = ((landmarks.float() + 0.5) / input_size * 2 - 1)[:, None]  # (N, 1, L, 2) in [-1, 1]
-    sampled = F.grid_sample(strongest, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.clamp(0, 1).mean(dim=(1, 2, 3))
 
 
 class FaceAligner:
@@ -155,9 +109,20 @@ class FaceAligner:
         self.boundary_scheme = schemes.get(self.info.get("boundary_scheme", self.info["scheme"]))
         self.input_size = int(self.info["config"].input_size)
         if cuda_graphs:
-            self.forward = CudaGraphModel(TorchModel(self.model), self.device, batch_size)
+            forward = CudaGraphModel(TorchModel(self.model), self.device, batch_size)
         else:
-            self.forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
+            forward = inference_runtime(self.model, self.device, runtime, self.threads or DEFAULT_THREADS)
+        self.core = InferenceCore(forward, self.input_size, self.device,
+                                  self.scheme.flip_permutation if self.flip else None)
+
+    @property
+    def forward(self):
+        """The model's inference callable the core runs (``labfast.inference.core.Forward``)."""
+        return self.core.forward
+
+    @forward.setter
+    def forward(self, forward) -> None:
+        self.core.forward = forward
 
     def predict(self, image_or_batch, boxes=None, heatmaps: bool = False) -> list[Face] | list[list[Face]]:
         """Landmarks of every face in one image or in a list of images.
@@ -193,46 +158,20 @@ class FaceAligner:
         results = self._align(images, face_boxes, scores, heatmaps)
         return results[0] if single else results
 
-    def _landmarks(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Crop-space landmarks ``(N, L, 2)`` and last-stack boundary heatmaps ``(N, K, h, w)``;
-        with ``flip``, landmarks averaged with the mirrored crop's, mapped back through
-        ``x -> S - 1 - x`` and the scheme's flip permutation."""
-        landmarks, boundary = (output.float().cpu().numpy() for output in self.forward(batch))
-        if self.flip:
-            mirrored = self.forward(batch.flip(-1))[0].float().cpu().numpy()
-            unflipped = np.empty_like(mirrored)
-            unflipped[:, np.asarray(self.scheme.flip_permutation)] = mirrored  # mirrored point i is point permutation[i]
-            unflipped[..., 0] = self.input_size - 1 - unflipped[..., 0]
-            landmarks = (landmarks + unflipped) / 2
-        return landmarks, boundary
-
-    @torch.inference_mode()
     def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], scores: list, heatmaps: bool) -> list[list[Face]]:
         owners = [(index, box, score) for index, boxes in enumerate(face_boxes) for box, score in zip(boxes, scores[index])]
+        batches = self.core.align(((images[index], box) for index, box, _ in owners), self.batch_size, heatmaps)
+        aligned = ((batch, position) for batch in batches for position in range(len(batch)))
         results: list[list[Face]] = [[] for _ in images]
-        for start in range(0, len(owners), self.batch_size):
-            chunk = owners[start:start + self.batch_size]
-            crops, affines = [], []
-            for index, box, _ in chunk:
-                crop, affine = crop_face(images[index], box, input_size=self.input_size)
-                crops.append(crop)
-                affines.append(np.asarray(affine, np.float64))
-            batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, torch.float32)
-            landmarks, boundary = self._landmarks(batch)
-            confidence = landmark_confidence(torch.from_numpy(landmarks), torch.from_numpy(boundary),
-                                             self.input_size).numpy()
-            heatmap_size = boundary.shape[-1]
-            for position, ((index, box, score), affine) in enumerate(zip(chunk, affines)):
-                crop_to_image = np.vstack([cv2.invertAffineTransform(affine), [0.0, 0.0, 1.0]])
-                original = landmarks[position] @ crop_to_image[:2, :2].T + crop_to_image[:2, 2]
-                results[index].append(Face(
-                    landmarks=original.astype(np.float32),
-                    box=np.asarray(box, np.float32),
-                    boundary_heatmaps=boundary[position] if heatmaps else None,
-                    heatmap_to_image=(crop_to_image @ heatmap_to_crop(heatmap_size, self.input_size))[:2],
-                    confidence=float(confidence[position]),
-                    score=None if score is None else float(score),
-                ))
+        for (index, box, score), (batch, position) in zip(owners, aligned):
+            results[index].append(Face(
+                landmarks=batch.landmarks[position],
+                box=np.asarray(box, np.float32),
+                boundary_heatmaps=None if batch.boundary_heatmaps is None else batch.boundary_heatmaps[position],
+                heatmap_to_image=batch.heatmap_to_image[position],
+                confidence=float(batch.confidence[position]),
+                score=None if score is None else float(score),
+            ))
         return results
 
 

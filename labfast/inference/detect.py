@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from labfast.data.transforms import rescale_pixel_coordinates
+
 DETECTORS = ("yunet", "haar")
 DEFAULT_DETECTOR = "yunet"
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -40,6 +42,12 @@ CONVERSION_FILE = "box_conversion.json"
 YUNET_SCORE_THRESHOLD = 0.6
 YUNET_NMS_THRESHOLD = 0.3
 MAX_SIDE = 640
+#: What a face's detector ``score`` means, per detector (written beside predictions).
+SCORE_MEANING = {
+    "yunet": f"YuNet's face confidence in [0, 1]; faces below {YUNET_SCORE_THRESHOLD} are not reported",
+    "haar": "the Haar cascade's level weight (its last stage's summed response): unbounded, not a probability, "
+            "larger is surer (a few units on clear faces); not comparable with YuNet's",
+}
 
 
 @dataclass(frozen=True)
@@ -151,8 +159,8 @@ def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     found = np.asarray(found, np.float32)
     boxes = np.concatenate([found[:, :2], found[:, :2] + found[:, 2:4]], axis=1)
-    if scale < 1.0:  # pixel centres: x_original = (x_copy + 0.5) / scale - 0.5
-        boxes = (boxes + 0.5) / (image.shape[1] / image_bgr.shape[1]) - 0.5
+    if scale < 1.0:  # back from the downscaled copy's pixels, pixel centres onto pixel centres
+        boxes = rescale_pixel_coordinates(boxes, image_bgr.shape[1] / image.shape[1])
     return boxes, found[:, -1]
 
 

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from labfast.inference.export import OUTPUTS, InferenceModel, reference_ops
+
 logger = logging.getLogger("labfast.inference.runtime")
 
 #: Intra-op threads for CPU inference unless told otherwise (module docstring: why one).
@@ -52,19 +54,19 @@ def set_threads(threads: int | None) -> int:
 class OnnxRuntimeModel:
     """The inference graph of a LAB model under ONNX Runtime on the CPU.
 
-    ``model(images)`` with ``images (N, 3, S, S)`` float32 -> ``(landmarks (N, L, 2),
-    boundary_heatmaps (N, K, S/4, S/4))`` float32 tensors, like ``labfast.inference.export.InferenceModel``.
-    Raises ``RuntimeError`` when the exported graph disagrees with eager beyond ``PARITY_TOLERANCE``.
+    ``model(images)`` with ``images (N, 3, S, S)`` uint8 RGB (``labfast.inference.core.model_input``)
+    -> ``(landmarks (N, L, 2), boundary_heatmaps (N, K, S/4, S/4))`` float32 tensors, like
+    ``labfast.inference.export.InferenceModel``. The graph is recorded from uint8 images, so the
+    model's own conversion to [0, 1] (``LAB.normalize``) runs inside it. Raises ``RuntimeError`` when
+    the exported graph disagrees with eager beyond ``PARITY_TOLERANCE``.
     """
 
     def __init__(self, model: torch.nn.Module, threads: int):
         import onnxruntime
 
-        from labfast.inference.export import OUTPUTS, InferenceModel, reference_ops
-
         wrapper = InferenceModel(model).eval()
         size = model.config.input_size
-        check = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        check = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         graph = io.BytesIO()
         # The TorchScript-based exporter: seconds, where the torch.export one takes minutes on a small
         # CPU; the parity check below guards it as labfast export's check guards the file it writes.
@@ -84,20 +86,21 @@ class OnnxRuntimeModel:
                                    f"(tolerance {PARITY_TOLERANCE[name]})")
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy(), dtype=np.float32)})
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.numpy())})
         return tuple(torch.from_numpy(output) for output in outputs)
 
 
 class TorchModel:
-    """Eager PyTorch under ``inference_mode``, the same call contract as :class:`OnnxRuntimeModel`."""
+    """Eager PyTorch under ``inference_mode``: the exported graph's outputs (``InferenceModel``) in
+    float32, the same call contract as :class:`OnnxRuntimeModel`."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
+        self.graph = InferenceModel(model)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.model(images)
-        return output.landmarks.float(), output.heatmaps[-1].float()
+        landmarks, boundary_heatmaps = self.graph(images)
+        return landmarks.float(), boundary_heatmaps.float()
 
 
 def inference_runtime(model: torch.nn.Module, device: torch.device, runtime: str = "auto",

@@ -28,17 +28,6 @@ from labfast.model.config import LABConfig
 from labfast.model.hourglass import Hourglass, ResidualBlock
 from labfast.schemes import Scheme
 
-# Device types that have an autocast mode, found once at import. In forward, ``torch.is_autocast_enabled``
-# raises for a device type without one (the meta device ``labfast.roofline`` traces on), and torch
-# 2.11's Dynamo cannot trace ``torch.amp.is_autocast_available`` (a graph break at every message
-# passing; 2.13 traces it), whereas a set of constant strings is traced on every version.
-_AUTOCAST_DEVICE_TYPES = frozenset(
-    device_type
-    for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla", "ipu",
-                        torch._C._get_privateuse1_backend_name())
-    if torch.amp.is_autocast_available(device_type)
-)
-
 # Boundaries adjacent in face structure, by the boundary names of labfast.schemes (the paper
 # shows message passing between boundaries but lists no graph; this is our choice). The eyes
 # hang from the eyebrows and the nose bridge, the nose above the upper lip, the lip lines form
@@ -114,11 +103,8 @@ class MessagePassing(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, branches: torch.Tensor) -> torch.Tensor:
-        # The op wants one dtype for features, weights and bias and is not an autocast op: under
-        # autocast it runs in the autocast dtype like the convolutions around it.
-        device = branches.device.type
-        if device in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device):
-            branches = branches.to(torch.get_autocast_dtype(device))
+        # The op wants one dtype for features, weights and bias (under autocast it casts the three
+        # to the autocast dtype itself).
         weight = self.weight.view(len(self.edges), self.channels, *self.weight.shape[1:])
         return ops.message_passing(
             branches, weight.to(branches.dtype), self.bias.to(branches.dtype), self.edges

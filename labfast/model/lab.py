@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from labfast import schemes
+from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.model.config import LABConfig, config_by_name
 from labfast.model.discriminator import BoundaryDiscriminator
 from labfast.model.estimator import BoundaryHeatmapEstimator
@@ -112,7 +113,7 @@ class LAB(nn.Module):
         heatmaps = self.estimator(x)
         normalised = self.regressor(x, heatmaps[-1])
         # crop-normalised (0 at the centre, ±0.5 at the crop edges) -> pixel centres 0 … S-1
-        landmarks = (normalised.float() + 0.5) * size - 0.5
+        landmarks = rescale_pixel_coordinates(normalised.float(), size)
         return LABOutput(landmarks=landmarks, heatmaps=heatmaps)
 
     def parameter_counts(self) -> dict[str, int]:

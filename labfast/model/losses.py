@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.model.config import LABConfig
 from labfast.ops.boundary_heatmaps import dense_curves, index_table
 from labfast.schemes import Scheme
@@ -92,7 +93,7 @@ def fake_labels(predicted: torch.Tensor, target: torch.Tensor, scheme: Scheme, c
 
 def _heatmap_pixels(landmarks: torch.Tensor, config: LABConfig) -> torch.Tensor:
     """Crop pixels -> heatmap pixels, pixel centres onto pixel centres (as the ground truth is made)."""
-    return (landmarks.float() + 0.5) * (config.heatmap_size / config.input_size) - 0.5
+    return rescale_pixel_coordinates(landmarks.float(), config.heatmap_size / config.input_size)
 
 
 def landmark_distance(predicted: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,12 @@
-"""Ops with a fast path (Triton / CUDA) and a plain PyTorch reference; see ``backend``."""
-from labfast.ops.batch_norm_act import batch_norm_act, batch_norm_act_ref
-from labfast.ops.boundary_heatmaps import boundary_heatmaps, boundary_heatmaps_ref
-from labfast.ops.fusion import feature_fusion, heatmap_feature_concat, input_fusion
-from labfast.ops.message_passing import message_passing
+"""Ops with a fast path (Triton / CUDA) and a plain PyTorch reference.
 
-__all__ = ["batch_norm_act", "batch_norm_act_ref", "boundary_heatmaps", "boundary_heatmaps_ref", "input_fusion", "heatmap_feature_concat", "feature_fusion", "message_passing"]
+Every op of ``registry.OPS`` is exported here by name, with its reference as ``<name>_ref``
+(``input_fusion``, ``input_fusion_ref``, ...); ``backend`` chooses between the paths.
+"""
+from labfast.ops.registry import OPS, Op
+
+for _op in OPS.values():
+    globals()[_op.name] = _op.function
+    globals()[f"{_op.name}_ref"] = _op.reference
+
+__all__ = ["OPS", "Op", *(name for op in OPS.values() for name in (op.name, f"{op.name}_ref"))]

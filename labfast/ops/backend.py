@@ -10,9 +10,19 @@ Rules:
 - ``TRITON_INTERPRET=1`` lets a *forced* Triton path run on CPU tensors (parity tests); CPU
   tensors never take it on their own, the interpreter being far slower than the reference.
 
-Self-check (fast paths that prove themselves): the first time an op would take a fast path for a
-given (backend, dtype, device), that path and the reference run on a small random input (forward
-and backward; ``labfast.ops.self_checks``, milliseconds) and must agree within
+Every op chooses its path here, the same way (``labfast.ops.registry`` lists the ops):
+- its public function asks ``select_for`` (a constant under ``torch.compile``): on ``"reference"``
+  it runs the plain ``*_ref`` (autograd through its decomposition; what ONNX export sees), else it
+  calls its ``torch.ops.labfast`` operator (``boundary_heatmaps`` calls its operator on every path:
+  its reference reads a value on the host, which must stay out of a compiled graph);
+- the operator's body (eager, never traced) calls ``run``, which selects again and runs the chosen
+  launcher, or the reference where the fast path fails its self-check or does not compile.
+
+Self-check (fast paths that prove themselves): each op module registers one with
+``register_self_check``. The first time an op would take a fast path for a given (backend, dtype,
+device), the check runs the op's public function on a small random input with that path pinned
+(so the registered operator and its backward run, as in production) beside the reference (forward
+and backward, milliseconds); the two must agree within
 ``SELF_CHECK_TOLERANCE[dtype]`` of the reference's largest value. A mismatch, or an exception
 while checking (a kernel that does not compile, a missing CUDA extension symbol), logs one
 warning and the op takes the reference for that (backend, dtype, device) from then on. A *forced*
@@ -22,7 +32,7 @@ not cached, while ``torch.compile`` traces or a CUDA graph is being captured (th
 taken unchecked), so make one eager call first to have it before compiling or capturing:
 ``FaceAligner`` runs eagerly, and an eager warm-up call (``labfast bench``'s first call of an eager
 row) checks every op it reaches. A fast path that checked out but fails to compile later, at a new
-specialisation, also falls back with one log line (``run_fast``).
+specialisation, also falls back with one log line (``run``).
 """
 from __future__ import annotations
 
@@ -30,10 +40,12 @@ import functools
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import torch
+
+import labfast.ops.cuda_extension as cuda_extension
 
 logger = logging.getLogger("labfast.ops")
 
@@ -48,19 +60,6 @@ def triton_status() -> str | None:
         import triton  # noqa: F401
     except Exception as error:  # ImportError, or a broken install raising at import
         return f"triton is not importable ({error})"
-    return None
-
-
-@functools.cache
-def cuda_extension_status() -> str | None:
-    """``None`` if the compiled ``labfast._cuda`` extension loads, else the reason."""
-    try:
-        from labfast import _cuda
-    except Exception as error:
-        return f"the CUDA extension labfast._cuda is not built ({error}); build with LABFAST_BUILD_CUDA=1"
-    from labfast.ops import cuda_fakes
-
-    cuda_fakes.register()  # torch.compile / torch.export trace the extension's operators with these
     return None
 
 
@@ -90,7 +89,7 @@ def _unavailable(backend: str, tensor: torch.Tensor, supported: tuple[str, ...])
         return triton_status()
     if not tensor.is_cuda:
         return f"tensors are on {tensor.device.type} (the CUDA extension needs CUDA tensors)"
-    return cuda_extension_status()
+    return cuda_extension.status()
 
 
 # How far a fast path may sit from the reference on the self-check input, as a fraction of the
@@ -100,6 +99,36 @@ def _unavailable(backend: str, tensor: torch.Tensor, supported: tuple[str, ...])
 # kernel, while a broken one (wrong tap, channel, branch, uninitialised memory) errs by O(1).
 SELF_CHECK_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 8e-2}
 _self_checked: dict[tuple[str, str, torch.dtype, str], str | None] = {}  # key -> None (passed) or reason
+Results = list[torch.Tensor | None]
+SelfCheck = Callable[[torch.device, torch.dtype], tuple[Results, Results]]
+_self_checks: dict[str, SelfCheck] = {}
+# (op, backend) whose self-check is running: ``select`` pins the op to that backend and ``run``
+# lets its errors through. A plain global, not thread-local: the backward of CUDA tensors runs on
+# autograd's device thread.
+_checking: set[tuple[str, str]] = set()
+
+
+def register_self_check(op: str, check: SelfCheck) -> None:
+    """Register ``op``'s self-check: ``check(device, dtype)`` returns ``(fast results, reference
+    results)``, the public function's and the reference's outputs and input gradients on the same
+    small inputs (``random_tensor``, ``outputs_and_grads``). While it runs, every call of ``op``
+    takes the path under check."""
+    _self_checks[op] = check
+
+
+def random_tensor(*shape: int, device: torch.device, dtype: torch.dtype, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """A self-check input: fixed seed, a private generator (the caller's random state is untouched)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
+
+
+def outputs_and_grads(function: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Results:
+    """``[out, d out·g / d input for each input]`` with a fixed upstream gradient ``g``."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = function(*leaves)
+    grad_out = random_tensor(*out.shape, device=out.device, dtype=out.dtype, seed=99)
+    grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    return [out.detach(), *grads]
 
 
 def self_check_enabled() -> bool:
@@ -135,23 +164,22 @@ def _mismatch(fast: Sequence[torch.Tensor | None], reference: Sequence[torch.Ten
 def self_check_failure(op: str, backend: str, tensor: torch.Tensor) -> str | None:
     """Run (once per op, backend, dtype, device) the op's self-check; the failure reason or ``None``."""
     key = (op, backend, tensor.dtype, str(tensor.device))
-    if key in _self_checked:  # also holds run_fast's compile failures, checked or not
+    if key in _self_checked:  # also holds _run_fast's compile failures, checked or not
         return _self_checked[key]
-    if not self_check_enabled() or _cannot_run_eagerly(tensor):
+    check = _self_checks.get(op)
+    if check is None or not self_check_enabled() or _cannot_run_eagerly(tensor):
         return None
-    from labfast.ops import self_checks
-
-    check = self_checks.CHECKS.get(op)
-    if check is None:
-        return None
+    _checking.add((op, backend))
     try:
         # Eager, with autograd, outside any autocast region or inference mode the caller is in.
         with torch.inference_mode(False), torch.enable_grad(), \
                 torch.autocast(tensor.device.type, enabled=False):
-            fast, reference = check(backend, tensor.device, tensor.dtype)
+            fast, reference = check(tensor.device, tensor.dtype)
             reason = _mismatch(fast, reference, tensor.dtype)
     except Exception as error:  # a kernel that does not compile, a missing extension symbol, ...
-        reason = f"raised {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        reason = f"raised {type(error).__name__}: {_first_line(error)}"
+    finally:
+        _checking.discard((op, backend))
     _self_checked[key] = reason
     if reason is not None:
         logger.warning("labfast op %r: the %s path failed its self-check for %s on %s (%s); using the reference",
@@ -178,7 +206,7 @@ def compile_errors() -> tuple[type[BaseException], ...]:
 Result = TypeVar("Result")
 
 
-def run_fast(op: str, backend: str, tensor: torch.Tensor, fast: Callable[[], Result],
+def _run_fast(op: str, backend: str, tensor: torch.Tensor, fast: Callable[[], Result],
              reference: Callable[[], Result]) -> Result:
     """``fast()``, or ``reference()`` with one log line if the fast path fails to compile (a
     specialisation the self-check did not meet). A forced backend re-raises."""
@@ -190,10 +218,28 @@ def run_fast(op: str, backend: str, tensor: torch.Tensor, fast: Callable[[], Res
         key = (op, backend, tensor.dtype, str(tensor.device))
         if _self_checked.get(key) is None:
             logger.warning("labfast op %r: the %s path did not compile for %s on %s (%s: %s); using the reference",
-                           op, backend, tensor.dtype, tensor.device, type(error).__name__,
-                           str(error).strip().splitlines()[0] if str(error).strip() else "")
+                           op, backend, tensor.dtype, tensor.device, type(error).__name__, _first_line(error))
         _self_checked[key] = f"did not compile ({type(error).__name__})"
         return reference()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def run(op: str, tensor: torch.Tensor, fast_paths: Mapping[str, Callable[[], Result]],
+        reference: Callable[[], Result]) -> Result:
+    """An operator's body: the launcher of the path ``select`` chooses for ``tensor`` (``fast_paths``
+    maps each of the op's fast paths, in preference order, to a thunk), or ``reference()``. A fast
+    path that does not compile falls back (``_run_fast``), except while it is under its self-check,
+    whose verdict the error must reach."""
+    choice = select(op, tensor, supported=tuple(fast_paths))
+    if choice == "reference":
+        return reference()
+    if (op, choice) in _checking:
+        return fast_paths[choice]()
+    return _run_fast(op, choice, tensor, fast_paths[choice], reference)
 
 
 def _takes_fast_paths(tensor: torch.Tensor) -> bool:
@@ -203,6 +249,9 @@ def _takes_fast_paths(tensor: torch.Tensor) -> bool:
 
 def select(op: str, tensor: torch.Tensor, supported: tuple[str, ...]) -> str:
     """Backend to run ``op`` on ``tensor``; ``supported`` lists the op's fast paths in preference order."""
+    pinned = next((checked for checked_op, checked in _checking if checked_op == op), None)
+    if pinned is not None:  # inside the op's own self-check
+        return pinned
     choice = forced(op)
     if choice is not None:
         reason = _unavailable(choice, tensor, supported)

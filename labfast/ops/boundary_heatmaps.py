@@ -42,6 +42,15 @@ distance, Gaussian and cut; they are forward only (ground truth needs no gradien
 Non-finite landmarks. ``check_finite_landmarks`` rejects NaN and inf before any backend runs,
 naming the sample and the landmark: the math would otherwise drop a NaN point like a repeat and
 turn an infinite one into an all-zero channel, silently.
+
+Dispatch. ``labfast.ops.backend`` chooses the path (op name ``"boundary_heatmaps"``, forced by
+``LABFAST_BACKEND_BOUNDARY_HEATMAPS``): Triton (``labfast.kernels.boundary_heatmaps``) or CUDA
+(``csrc/boundary_heatmaps.cu``) for the distance pass. Unlike the other ops, the public function
+calls its operator on every path, the reference included: the reference's distance pass reads one
+value on the host, which must stay out of a compiled graph (the spline, plain tensor ops without a
+host read, runs outside it).
+
+Autocast: not an autocast op; ``dtype`` alone decides the heatmaps' dtype.
 """
 from __future__ import annotations
 
@@ -49,8 +58,12 @@ import math
 
 import torch
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
+import labfast.ops.cuda_extension as cuda_extension
 from labfast.schemes import Scheme, get
+
+OP = "boundary_heatmaps"
+FAST_PATHS = ("triton", "cuda")
 
 REPEATED_POINT_PX = 1e-3
 """Consecutive points closer than this (pixels) are one point (chord-length spline needs chords > 0).
@@ -376,29 +389,36 @@ def heatmaps_of_curves(curves: torch.Tensor, size: int, sigma: float = 1.0,
 # The operator. Always called, the reference included: its body runs eagerly (never traced), so the
 # reference's data-dependent window (``squared_distance_ref``'s one host read) stays out of the
 # compiled graph. No autograd: ground truth needs no gradient.
-_FAST_PATHS = ("triton", "cuda")
 
 
 @torch.library.custom_op("labfast::boundary_heatmaps", mutates_args=())
 def _boundary_heatmaps_op(curves: torch.Tensor, height: int, width: int, sigma: float,
                           dtype: torch.dtype) -> torch.Tensor:
     """``(N, K, P, 2)`` float32 curves -> ``(N, K, height, width)`` heatmaps in ``dtype``."""
-    def reference():
-        return gaussian_cut(squared_distance_ref(curves, height, width, 3.0 * sigma), sigma).to(dtype)
-
-    choice = backend.select("boundary_heatmaps", curves, supported=_FAST_PATHS)
-    if choice == "triton":
+    def triton():
         from labfast.kernels.boundary_heatmaps import boundary_heatmaps_triton
 
-        return backend.run_fast("boundary_heatmaps", "triton", curves,
-                                lambda: boundary_heatmaps_triton(curves, height, width, sigma, dtype), reference)
-    if choice == "cuda":
-        from labfast import _cuda  # noqa: F401  (loads the torch.ops.labfast_cuda registrations)
+        return boundary_heatmaps_triton(curves, height, width, sigma, dtype)
 
-        return torch.ops.labfast_cuda.boundary_heatmaps(curves, height, width, sigma, dtype)
-    return reference()
+    return backend.run(
+        OP, curves,
+        {"triton": triton, "cuda": lambda: cuda_extension.boundary_heatmaps(curves, height, width, sigma, dtype)},
+        lambda: gaussian_cut(squared_distance_ref(curves, height, width, 3.0 * sigma), sigma).to(dtype))
 
 
 @_boundary_heatmaps_op.register_fake
 def _(curves, height, width, sigma, dtype):
     return torch.empty(curves.shape[0], curves.shape[1], height, width, dtype=dtype, device=curves.device)
+
+
+def _self_check(device: torch.device, dtype: torch.dtype) -> tuple[backend.Results, backend.Results]:
+    """The public function against the reference on two random 300-W faces at 16×16 (float32
+    heatmaps: the landmarks' dtype does not change the curves, solved in float64)."""
+    scheme, size, sigma = get("300w"), 16, 1.0
+    generator = torch.Generator().manual_seed(7)
+    landmarks = (torch.rand(2, scheme.num_points, 2, generator=generator) * (size - 1)).to(device, dtype)
+    return ([boundary_heatmaps(landmarks, scheme, size, sigma, torch.float32)],
+            [boundary_heatmaps_ref(landmarks, scheme, size, sigma, torch.float32)])
+
+
+backend.register_self_check(OP, _self_check)

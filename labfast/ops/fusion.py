@@ -9,16 +9,29 @@
 ⊕ is channel concatenation and ⊗ the element-wise product. Each public function dispatches via
 ``labfast.ops.backend`` (op name ``"fusion"``, forced by ``LABFAST_BACKEND_FUSION``); its ``*_ref``
 twin is the plain PyTorch definition it is judged by. Fast paths: Triton (``labfast.kernels.fusion``)
-and CUDA (``csrc/fusion.cu``), each for all three ops. They write the
-concatenated output directly and return NCHW-contiguous tensors (channels_last inputs are copied to
-NCHW first). The CUDA path takes fp32/fp16/bf16; Triton also fp64 (used by gradcheck).
+and CUDA (``csrc/fusion.cu``, ``labfast.ops.cuda_extension``), each for all three ops, forward and
+backward. They write the concatenated output directly and return NCHW-contiguous tensors
+(channels_last inputs are copied to NCHW first). The CUDA path takes fp32/fp16/bf16; Triton also
+fp64 (used by gradcheck).
+
+Autocast: none of the three is an autocast op. Their operators run in their inputs' dtypes inside
+an autocast region as outside: the result takes the image's (the features') dtype, feature fusion
+the promoted dtype of features and gate (the model casts the gate to the features' dtype).
 """
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
+import labfast.ops.cuda_extension as cuda_extension
+
+OP = "fusion"
+FAST_PATHS = ("triton", "cuda")
 
 
 RESIZE_MODES = ("area", "bilinear")
@@ -96,13 +109,10 @@ def _check_maps(op: str, **tensors: torch.Tensor) -> None:
             raise ValueError(f"{op}: {name} has batch {tensor.shape[0]} but {first_name} {first.shape[0]}")
 
 
-_FAST_PATHS = ("triton", "cuda")
-
-
 def _uses_reference(tensor: torch.Tensor) -> bool:
     """Whether the public function runs the plain ``*_ref`` (autograd through its decomposition)
     rather than the ``torch.ops.labfast`` operator (fast path inside); a constant under compile."""
-    return backend.select_for("fusion", tensor.device, tensor.dtype, _FAST_PATHS) == "reference"
+    return backend.select_for(OP, tensor.device, tensor.dtype, FAST_PATHS) == "reference"
 
 
 def input_fusion(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
@@ -136,283 +146,140 @@ def feature_fusion(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# The operators. Their bodies run eagerly (never traced): each picks its path with
-# ``backend.select`` (a fast path that fails its self-check or does not compile runs the reference
-# there, and the backward operator then differentiates the reference with ``torch.func.vjp``).
-# Outputs are NCHW-contiguous whatever the path; a gradient not asked for is an empty tensor.
+# The operators, each defined from its parts by ``_define``. Their bodies run eagerly (never
+# traced) and pick the path with ``backend.run``: the launcher ``<name>_forward`` /
+# ``<name>_backward`` of ``labfast.kernels.fusion`` or ``labfast.ops.cuda_extension``, or the
+# reference (differentiated with ``torch.func.vjp`` in the backward operator) where the fast path
+# fails its self-check or does not compile. Outputs are NCHW-contiguous whatever the path; a
+# gradient not asked for is an empty tensor.
 
 
-def _run(tensor: torch.Tensor, triton, cuda, reference):
-    """Call the ``triton``, ``cuda`` or ``reference`` thunk, as ``backend`` decides for ``tensor``."""
-    choice = backend.select("fusion", tensor, supported=_FAST_PATHS)
-    if choice == "triton":
-        return backend.run_fast("fusion", "triton", tensor, triton, reference)
-    return cuda() if choice == "cuda" else reference()
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What defines one fusion operator ``labfast::<name>`` and its ``labfast::<name>_backward``."""
+
+    name: str
+    tensors: tuple[str, ...]  # the tensor arguments, in order
+    options: str  # the other arguments as schema text after the tensors: "" or ", bool area"
+    like: int  # the tensor whose device and dtype pick the path
+    reference: Callable[..., torch.Tensor]  # the plain definition, on the operator's arguments
+    output: Callable[..., tuple[tuple[int, ...], torch.dtype]]  # (shape, dtype) of the result
+    differentiated: int  # the backward operator gives the gradients of the first this-many tensors
+    # (grad, *arguments) -> the gradients of the other tensors: views of grad, taken without a kernel
+    other_gradients: Callable[..., tuple[torch.Tensor, ...]] | None = None
 
 
-def _contiguous(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    return tuple(None if t is None else t.contiguous() for t in tensors)
-
-
-def _reference_grads(reference, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor):
-    """The reference's input gradients for ``grad`` (a fallback inside a backward operator)."""
-    return _contiguous(*torch.func.vjp(reference, *inputs)[1](grad))
-
-
-def _gradient(gradient: torch.Tensor | None, like: torch.Tensor, needed: bool) -> torch.Tensor:
-    """``gradient`` where it was asked for, else an empty tensor (operators return no ``None``)."""
-    return gradient if needed else like.new_empty(0)
-
-
-def _nchw(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-
-
-@torch.library.custom_op("labfast::input_fusion", mutates_args=())
-def _input_fusion_op(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+def _launchers(name: str, arguments: tuple) -> dict[str, Callable[[], object]]:
+    """The Triton and CUDA launchers called ``name``, bound to ``arguments`` (``backend.run``'s thunks)."""
     def triton():
-        from labfast.kernels.fusion import input_fusion_forward
+        from labfast.kernels import fusion as kernels
 
-        return input_fusion_forward(image, heatmaps)
+        return getattr(kernels, name)(*arguments)
 
-    return _run(image, triton, lambda: _cuda_input_fusion_forward(image, heatmaps),
-                lambda: input_fusion_ref(image, heatmaps).contiguous())
-
-
-@_input_fusion_op.register_fake
-def _(image, heatmaps):
-    n, c, height, width = image.shape
-    return _nchw((n, c * (heatmaps.shape[1] + 1), height, width), image)
+    return {"triton": triton, "cuda": lambda: getattr(cuda_extension, name)(*arguments)}
 
 
-@torch.library.custom_op("labfast::input_fusion_backward", mutates_args=())
-def _input_fusion_backward_op(grad: torch.Tensor, image: torch.Tensor, heatmaps: torch.Tensor,
-                              image_needs_grad: bool, heatmaps_needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    needs = (image_needs_grad, heatmaps_needs_grad)
+def _define(parts: _Parts) -> None:
+    """Register ``labfast::<name>`` (with its fake), its backward operator (with its fake) and the
+    autograd formula linking them, from ``parts``."""
+    count, differentiated = len(parts.tensors), parts.differentiated
+    signature = ", ".join(f"Tensor {name}" for name in parts.tensors) + parts.options
 
-    def triton():
-        from labfast.kernels.fusion import input_fusion_backward
+    def forward(*arguments):
+        return backend.run(OP, arguments[parts.like], _launchers(f"{parts.name}_forward", arguments),
+                           lambda: parts.reference(*arguments).contiguous())
 
-        return input_fusion_backward(grad, image, heatmaps, *needs)
+    def forward_fake(*arguments):
+        shape, dtype = parts.output(*arguments)
+        return torch.empty(shape, dtype=dtype, device=arguments[parts.like].device)
 
-    grads = _run(image, triton, lambda: _cuda_input_fusion_backward(grad, image, heatmaps, *needs),
-                 lambda: _reference_grads(input_fusion_ref, (image, heatmaps), grad))
-    return _gradient(grads[0], image, needs[0]), _gradient(grads[1], heatmaps, needs[1])
+    def backward(grad, *arguments_and_needs):
+        *arguments, needs = arguments_and_needs
 
+        def reference():
+            others = arguments[differentiated:]
+            pullback = torch.func.vjp(lambda *inputs: parts.reference(*inputs, *others), *arguments[:differentiated])[1]
+            return [g.clone(memory_format=torch.contiguous_format) for g in pullback(grad)]  # never a view of grad
 
-@_input_fusion_backward_op.register_fake
-def _(grad, image, heatmaps, image_needs_grad, heatmaps_needs_grad):
-    return (_nchw(image.shape if image_needs_grad else (0,), image),
-            _nchw(heatmaps.shape if heatmaps_needs_grad else (0,), heatmaps))
+        grads = backend.run(OP, arguments[parts.like],
+                            _launchers(f"{parts.name}_backward", (grad, *arguments, *needs)), reference)
+        return [g.contiguous() if need else x.new_empty(0) for g, need, x in zip(grads, needs, arguments)]
 
+    def backward_fake(grad, *arguments_and_needs):
+        *arguments, needs = arguments_and_needs
+        return [torch.empty(x.shape if need else (0,), dtype=x.dtype, device=x.device)
+                for x, need in zip(arguments, needs)]
 
-def _input_fusion_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    operator = torch.library.custom_op(f"labfast::{parts.name}", forward, mutates_args=(),
+                                       schema=f"({signature}) -> Tensor")
+    operator.register_fake(forward_fake)
+    backward_operator = torch.library.custom_op(f"labfast::{parts.name}_backward", backward, mutates_args=(),
+                                                schema=f"(Tensor grad, {signature}, bool[] needs) -> Tensor[]")
+    backward_operator.register_fake(backward_fake)
 
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:count])
+        ctx.options = inputs[count:]
 
-def _input_fusion_backward(ctx, grad):
-    image, heatmaps = ctx.saved_tensors
-    grads = torch.ops.labfast.input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
-    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+    def gradients(ctx, grad):
+        arguments = (*ctx.saved_tensors, *ctx.options)
+        needs = list(ctx.needs_input_grad[:differentiated])
+        grads = [None] * len(ctx.needs_input_grad)
+        if any(needs):
+            computed = backward_operator(grad, *arguments, needs)
+            grads[:differentiated] = [g if need else None for g, need in zip(computed, needs)]
+        if parts.other_gradients is not None:
+            for index, gradient in enumerate(parts.other_gradients(grad, *arguments), start=differentiated):
+                grads[index] = gradient if ctx.needs_input_grad[index] else None
+        return tuple(grads)
 
-
-_input_fusion_op.register_autograd(_input_fusion_backward, setup_context=_input_fusion_setup)
-
-
-@torch.library.custom_op("labfast::heatmap_feature_concat", mutates_args=())
-def _heatmap_feature_concat_op(heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
-    def triton():
-        from labfast.kernels.fusion import heatmap_feature_concat_forward
-
-        return heatmap_feature_concat_forward(heatmaps, features, area)
-
-    return _run(features, triton, lambda: _cuda_heatmap_feature_concat_forward(heatmaps, features, area),
-                lambda: heatmap_feature_concat_ref(heatmaps, features, _resize_mode(area)).contiguous())
-
-
-@_heatmap_feature_concat_op.register_fake
-def _(heatmaps, features, area):
-    n, c, height, width = features.shape
-    return _nchw((n, heatmaps.shape[1] + c, height, width), features)
+    operator.register_autograd(gradients, setup_context=setup_context)
 
 
 def _resize_mode(area: bool) -> str:
     return "area" if area else "bilinear"
 
 
-@torch.library.custom_op("labfast::heatmap_feature_concat_backward", mutates_args=())
-def _heatmap_feature_concat_backward_op(grad: torch.Tensor, heatmaps: torch.Tensor, area: bool) -> torch.Tensor:
-    """dL/dM only: dL/dF is the slice ``grad[:, K:]`` (F is copied unchanged)."""
-    def triton():
-        from labfast.kernels.fusion import heatmap_feature_concat_backward_heatmaps
-
-        return heatmap_feature_concat_backward_heatmaps(grad, heatmaps.shape, heatmaps.dtype, area)
-
-    def reference():
-        features = grad[:, heatmaps.shape[1]:]  # only its shape and dtype matter to dL/dM
-        return _reference_grads(lambda m: heatmap_feature_concat_ref(m, features, _resize_mode(area)),
-                                (heatmaps,), grad)[0]
-
-    return _run(grad, triton, lambda: _cuda_heatmap_feature_concat_backward(grad, heatmaps, area), reference)
+def _concatenated(image_or_features: torch.Tensor, channels: int, dtype: torch.dtype):
+    n, _, height, width = image_or_features.shape
+    return (n, channels, height, width), dtype
 
 
-@_heatmap_feature_concat_backward_op.register_fake
-def _(grad, heatmaps, area):
-    return _nchw(heatmaps.shape, heatmaps)
+_define(_Parts(
+    "input_fusion", ("image", "heatmaps"), "", like=0, reference=input_fusion_ref,
+    output=lambda image, heatmaps: _concatenated(image, image.shape[1] * (heatmaps.shape[1] + 1), image.dtype),
+    differentiated=2))
+_define(_Parts(
+    "heatmap_feature_concat", ("heatmaps", "features"), ", bool area", like=1,
+    reference=lambda heatmaps, features, area: heatmap_feature_concat_ref(heatmaps, features, _resize_mode(area)),
+    output=lambda heatmaps, features, area: _concatenated(features, heatmaps.shape[1] + features.shape[1],
+                                                          features.dtype),
+    differentiated=1,  # dL/dM; dL/dF is the slice grad[:, K:] (F is copied unchanged)
+    other_gradients=lambda grad, heatmaps, features, area: (grad[:, heatmaps.shape[1]:],)))
+_define(_Parts(
+    "feature_fusion", ("features", "gate"), "", like=0, reference=feature_fusion_ref,
+    output=lambda features, gate: _concatenated(features, 2 * features.shape[1],
+                                                torch.promote_types(features.dtype, gate.dtype)),
+    differentiated=2))
 
 
-def _heatmap_feature_concat_setup(ctx, inputs, output):
-    heatmaps, _, area = inputs
-    ctx.save_for_backward(heatmaps)
-    ctx.area = area
+def _self_check(device: torch.device, dtype: torch.dtype) -> tuple[backend.Results, backend.Results]:
+    """The three public functions (both resize modes) against their references on small inputs:
+    heatmaps up-sized bilinearly 8 -> 16, down-sized 8 -> 4 by area and bilinearly, 5 channels."""
+    def random(*shape: int, seed: int) -> torch.Tensor:
+        return backend.random_tensor(*shape, device=device, dtype=dtype, seed=seed)
+
+    image, heatmaps = random(1, 3, 16, 16, seed=3), random(1, 2, 8, 8, seed=4).sigmoid()
+    features, gate = random(1, 5, 8, 8, seed=5), random(1, 5, 8, 8, seed=6).sigmoid()
+    cases = [(input_fusion, input_fusion_ref, [image, heatmaps]),
+             *((partial(heatmap_feature_concat, resize=mode), partial(heatmap_feature_concat_ref, resize=mode),
+                [heatmaps, features[..., :4, :4]]) for mode in RESIZE_MODES),
+             (feature_fusion, feature_fusion_ref, [features, gate])]
+    fast, reference = [], []
+    for function, plain, inputs in cases:
+        fast += backend.outputs_and_grads(function, inputs)
+        reference += backend.outputs_and_grads(plain, inputs)
+    return fast, reference
 
 
-def _heatmap_feature_concat_backward(ctx, grad):
-    (heatmaps,) = ctx.saved_tensors
-    grad_heatmaps = grad_features = None
-    if ctx.needs_input_grad[0]:
-        grad_heatmaps = torch.ops.labfast.heatmap_feature_concat_backward(grad, heatmaps, ctx.area)
-    if ctx.needs_input_grad[1]:
-        grad_features = grad[:, heatmaps.shape[1]:]
-    return grad_heatmaps, grad_features, None
-
-
-_heatmap_feature_concat_op.register_autograd(_heatmap_feature_concat_backward, setup_context=_heatmap_feature_concat_setup)
-
-
-@torch.library.custom_op("labfast::feature_fusion", mutates_args=())
-def _feature_fusion_op(features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    def triton():
-        from labfast.kernels.fusion import feature_fusion_forward
-
-        return feature_fusion_forward(features, gate)
-
-    return _run(features, triton, lambda: _cuda_feature_fusion_forward(features, gate),
-                lambda: feature_fusion_ref(features, gate).contiguous())
-
-
-@_feature_fusion_op.register_fake
-def _(features, gate):
-    n, c, height, width = features.shape
-    return _nchw((n, 2 * c, height, width), features, torch.promote_types(features.dtype, gate.dtype))
-
-
-@torch.library.custom_op("labfast::feature_fusion_backward", mutates_args=())
-def _feature_fusion_backward_op(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor,
-                                features_needs_grad: bool, gate_needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    needs = (features_needs_grad, gate_needs_grad)
-
-    def triton():
-        from labfast.kernels.fusion import feature_fusion_backward
-
-        return feature_fusion_backward(grad, features, gate, *needs)
-
-    grads = _run(features, triton, lambda: _cuda_feature_fusion_backward(grad, features, gate),
-                 lambda: _reference_grads(feature_fusion_ref, (features, gate), grad))
-    return _gradient(grads[0], features, needs[0]), _gradient(grads[1], gate, needs[1])
-
-
-@_feature_fusion_backward_op.register_fake
-def _(grad, features, gate, features_needs_grad, gate_needs_grad):
-    return (_nchw(features.shape if features_needs_grad else (0,), features),
-            _nchw(gate.shape if gate_needs_grad else (0,), gate))
-
-
-def _feature_fusion_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _feature_fusion_backward(ctx, grad):
-    features, gate = ctx.saved_tensors
-    grads = torch.ops.labfast.feature_fusion_backward(grad, features, gate, *ctx.needs_input_grad)
-    return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
-
-
-_feature_fusion_op.register_autograd(_feature_fusion_backward, setup_context=_feature_fusion_setup)
-
-
-# ---------------------------------------------------------------------------------------------
-# The CUDA extension's launchers (``csrc/fusion.cu``); heatmaps are cast to the image's / features'
-# dtype first and feature fusion runs in the promoted dtype, as in the references.
-
-
-def _cuda_input_fusion_forward(image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-    return torch.ops.labfast_cuda.input_fusion_forward(image, heatmaps.to(image.dtype))
-
-
-def _cuda_input_fusion_backward(grad, image, heatmaps, need_image=True, need_heatmaps=True):
-    cast = heatmaps.to(image.dtype)
-    grad_image = grad_heatmaps = None
-    if need_image:
-        grad_image = torch.ops.labfast_cuda.input_fusion_backward_image(grad, image, cast)
-    if need_heatmaps:
-        grad_heatmaps = torch.ops.labfast_cuda.input_fusion_backward_heatmaps(grad, image, cast).to(heatmaps.dtype)
-    return grad_image, grad_heatmaps
-
-
-def _cuda_heatmap_feature_concat_forward(heatmaps, features, area: bool) -> torch.Tensor:
-    return torch.ops.labfast_cuda.heatmap_feature_concat_forward(heatmaps.to(features.dtype), features, area)
-
-
-def _cuda_heatmap_feature_concat_backward(grad, heatmaps, area: bool) -> torch.Tensor:
-    cast = heatmaps.to(grad.dtype)
-    return torch.ops.labfast_cuda.heatmap_feature_concat_backward_heatmaps(grad, cast, area).to(heatmaps.dtype)
-
-
-def _cuda_feature_fusion_forward(features, gate) -> torch.Tensor:
-    dtype = torch.promote_types(features.dtype, gate.dtype)
-    return torch.ops.labfast_cuda.feature_fusion_forward(features.to(dtype), gate.to(dtype))
-
-
-def _cuda_feature_fusion_backward(grad, features, gate):
-    dtype = torch.promote_types(features.dtype, gate.dtype)
-    grad_features, grad_gate = torch.ops.labfast_cuda.feature_fusion_backward(grad, features.to(dtype), gate.to(dtype))
-    return grad_features.to(features.dtype), grad_gate.to(gate.dtype)
-
-
-class _CudaInputFusion(torch.autograd.Function):
-    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
-
-    @staticmethod
-    def forward(ctx, image: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(image, heatmaps)
-        return _cuda_input_fusion_forward(image, heatmaps)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        image, heatmaps = ctx.saved_tensors
-        return _cuda_input_fusion_backward(grad, image, heatmaps, *ctx.needs_input_grad)
-
-
-class _CudaHeatmapFeatureConcat(torch.autograd.Function):
-    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
-
-    @staticmethod
-    def forward(ctx, heatmaps: torch.Tensor, features: torch.Tensor, area: bool) -> torch.Tensor:
-        ctx.save_for_backward(heatmaps)
-        ctx.area = area
-        return _cuda_heatmap_feature_concat_forward(heatmaps, features, area)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (heatmaps,) = ctx.saved_tensors
-        grad_heatmaps = grad_features = None
-        if ctx.needs_input_grad[0]:
-            grad_heatmaps = _cuda_heatmap_feature_concat_backward(grad, heatmaps, ctx.area)
-        if ctx.needs_input_grad[1]:
-            grad_features = grad[:, heatmaps.shape[1]:]  # F is copied unchanged
-        return grad_heatmaps, grad_features, None
-
-
-class _CudaFeatureFusion(torch.autograd.Function):
-    """The CUDA launchers with their backward, for direct calls (self-check, GPU parity tests)."""
-
-    @staticmethod
-    def forward(ctx, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(features, gate)
-        return _cuda_feature_fusion_forward(features, gate)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        features, gate = ctx.saved_tensors
-        return _cuda_feature_fusion_backward(grad, features, gate)
+backend.register_self_check(OP, _self_check)

@@ -10,16 +10,34 @@ channels ``[k*C, (k+1)*C)``. A directed edge ``e = (src, dst)`` carries a messag
 ``weights`` is ``(E, C, C, k, k)`` (``k`` odd), ``bias`` ``(E, C)``. Intra-level passing uses the
 boundary neighbour graph within a stack; inter-level passing is the same op between stacks.
 
-``message_passing`` dispatches through ``labfast.ops.backend`` (fast path: the fused Triton
-kernels of ``labfast.kernels.message_passing``, forward and backward); ``message_passing_ref`` is
-the plain PyTorch definition it is judged by.
+``message_passing`` dispatches through ``labfast.ops.backend`` (op name ``"message_passing"``,
+forced by ``LABFAST_BACKEND_MESSAGE_PASSING``; fast path: the fused Triton kernels of
+``labfast.kernels.message_passing``, forward and backward); ``message_passing_ref`` is the plain
+PyTorch definition it is judged by.
+
+Autocast: inside an autocast region the op runs in the autocast dtype, like the convolutions it
+stands for: features, weights and bias are cast to it first (the op wants one dtype for the three).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from labfast.ops import backend
+import labfast.ops.backend as backend
+
+OP = "message_passing"
+FAST_PATHS = ("triton",)
+# Device types that have an autocast mode, found once at import. ``torch.is_autocast_enabled``
+# raises for a device type without one (the meta device ``labfast.perf.roofline`` traces on), and torch
+# 2.11's Dynamo cannot trace ``torch.amp.is_autocast_available`` (a graph break at every message
+# passing: 13 graphs for the paper model; 2.13 traces it), whereas a set of constant strings is
+# traced on every version.
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    device_type
+    for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla", "ipu",
+                        torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(device_type)
+)
 
 
 def message_passing_ref(
@@ -100,6 +118,16 @@ def check_message_passing_arguments(
     return edges, num_branches
 
 
+def _autocast(features: torch.Tensor, weights: torch.Tensor,
+              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The three in the autocast dtype inside an autocast region, else unchanged."""
+    device = features.device.type
+    if not (device in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device)):
+        return features, weights, bias
+    dtype = torch.get_autocast_dtype(device)
+    return features.to(dtype), weights.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def message_passing(
     features: torch.Tensor,
     weights: torch.Tensor,
@@ -111,39 +139,37 @@ def message_passing(
     ``edges`` is a sequence of ``(src, dst)`` branch pairs, one per row of ``weights``; the fused
     path caches its routing tables per edge tuple, so pass the same tuple every call.
     """
+    features, weights, bias = _autocast(features, weights, bias)
     edges, _ = check_message_passing_arguments(features, weights, bias, edges)
-    if backend.select_for("message_passing", features.device, features.dtype, _FAST_PATHS) == "reference":
+    if backend.select_for(OP, features.device, features.dtype, FAST_PATHS) == "reference":
         return message_passing_ref(features, weights, bias, edges)
     return torch.ops.labfast.message_passing(features, weights, bias, [index for edge in edges for index in edge])
 
 
 # ---------------------------------------------------------------------------------------------
 # The operators: ``edges`` travel flat, ``[src_0, dst_0, src_1, dst_1, ...]``. Their bodies run
-# eagerly (never traced) and pick the path with ``backend.select``; one that falls back to the
+# eagerly (never traced) and pick the path with ``backend.run``; one that falls back to the
 # reference (failed self-check, compile error) is differentiated with ``torch.func.vjp``.
-
-_FAST_PATHS = ("triton",)
 
 
 def _pairs(edges: list[int]) -> tuple[tuple[int, int], ...]:
     return tuple(zip(edges[0::2], edges[1::2]))
 
 
-def _empty(like: torch.Tensor) -> torch.Tensor:
-    return like.new_empty(0)
+def _kernels():
+    from labfast.kernels import message_passing as kernels
+
+    return kernels
 
 
 @torch.library.custom_op("labfast::message_passing", mutates_args=())
 def _message_passing_op(features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
                         edges: list[int]) -> torch.Tensor:
-    pairs = _pairs(edges)
-    if backend.select("message_passing", features, supported=_FAST_PATHS) == "triton":
-        from labfast.kernels import message_passing as kernels
-
-        return backend.run_fast("message_passing", "triton", features,
-                                lambda: kernels.message_passing_triton(features, weights, bias, pairs),
-                                lambda: message_passing_ref(features, weights, bias, pairs).contiguous())
-    return message_passing_ref(features, weights, bias, pairs).contiguous()
+    pairs, num_branches = _pairs(edges), features.shape[1] // weights.shape[1]
+    return backend.run(
+        OP, features,
+        {"triton": lambda: _kernels().message_passing_forward(features, weights, bias, pairs, num_branches)},
+        lambda: message_passing_ref(features, weights, bias, pairs).contiguous())
 
 
 @_message_passing_op.register_fake
@@ -157,35 +183,36 @@ def _message_passing_backward_op(
     edges: list[int], needs_input_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dL/dfeatures, dL/dweights, dL/dbias)``; an empty tensor where not needed (or no bias)."""
-    pairs = _pairs(edges)
-    needs = (needs_input_grad[0], needs_input_grad[1], needs_input_grad[2] and bias is not None)
+    pairs, num_branches = _pairs(edges), features.shape[1] // weights.shape[1]
+    needs = _needs(needs_input_grad, bias)
 
     def reference():
         inputs = (features, weights) if bias is None else (features, weights, bias)
         grads = torch.func.vjp(lambda f, w, b=None: message_passing_ref(f, w, b, pairs), *inputs)[1](grad)
-        return (*grads, None)[:3]
+        # never a view of grad (with no edges dL/dfeatures is grad itself)
+        return (*(g.clone(memory_format=torch.contiguous_format) for g in grads), None)[:3]
 
-    grads = None
-    if backend.select("message_passing", features, supported=_FAST_PATHS) == "triton":
-        from labfast.kernels import message_passing as kernels
+    grads = backend.run(
+        OP, features,
+        {"triton": lambda: _kernels().message_passing_backward(grad, features, weights, pairs, num_branches, needs)},
+        reference)
+    return tuple(g.contiguous() if need else x.new_empty(0)
+                 for g, need, x in zip(grads, needs, _like(features, weights, bias)))
 
-        num_branches = features.shape[1] // weights.shape[1]
-        grads = backend.run_fast("message_passing", "triton", features,
-                                 lambda: kernels.message_passing_backward(grad, features, weights, pairs,
-                                                                          num_branches, needs),
-                                 reference)
-    else:
-        grads = reference()
-    like = (features, weights, weights if bias is None else bias)
-    return tuple(g.contiguous() if need else _empty(x) for g, need, x in zip(grads, needs, like))
+
+def _needs(needs_input_grad: list[bool], bias: torch.Tensor | None) -> tuple[bool, bool, bool]:
+    return needs_input_grad[0], needs_input_grad[1], needs_input_grad[2] and bias is not None
+
+
+def _like(features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The tensors whose shapes and dtypes the three gradients take (weights' for an absent bias)."""
+    return features, weights, weights if bias is None else bias
 
 
 @_message_passing_backward_op.register_fake
 def _(grad, features, weights, bias, edges, needs_input_grad):
-    needs = (needs_input_grad[0], needs_input_grad[1], needs_input_grad[2] and bias is not None)
-    like = (features, weights, weights if bias is None else bias)
     return tuple(torch.empty(x.shape if need else (0,), dtype=x.dtype, device=x.device)
-                 for need, x in zip(needs, like))
+                 for need, x in zip(_needs(needs_input_grad, bias), _like(features, weights, bias)))
 
 
 def _message_passing_setup(ctx, inputs, output):
@@ -202,3 +229,19 @@ def _message_passing_backward(ctx, grad):
 
 
 _message_passing_op.register_autograd(_message_passing_backward, setup_context=_message_passing_setup)
+
+
+def _self_check(device: torch.device, dtype: torch.dtype) -> tuple[backend.Results, backend.Results]:
+    """The public function against the reference on a small graph: branches 1 and 2 have two
+    incoming edges, 4 channels per branch, 3×3 messages."""
+    edges = ((0, 1), (1, 2), (2, 1), (0, 2))
+    channels, ksize = 4, 3
+    inputs = [backend.random_tensor(1, 3 * channels, 8, 8, device=device, dtype=dtype, seed=0),
+              backend.random_tensor(len(edges), channels, channels, ksize, ksize, device=device, dtype=dtype,
+                                    seed=1, scale=(channels * ksize * ksize) ** -0.5),
+              backend.random_tensor(len(edges), channels, device=device, dtype=dtype, seed=2)]
+    return (backend.outputs_and_grads(lambda f, w, b: message_passing(f, w, b, edges), inputs),
+            backend.outputs_and_grads(lambda f, w, b: message_passing_ref(f, w, b, edges), inputs))
+
+
+backend.register_self_check(OP, _self_check)

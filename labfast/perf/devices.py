@@ -1,12 +1,12 @@
-"""What the benchmark runs on: the device's name, driver and vendor peak figures (roofline).
+"""What a measurement ran on: the device's name, driver and vendor peak figures (roofline), the
+ceilings a prediction divides by, and the software (versions, commit) beside them.
 
 Peaks are the vendor datasheets' *dense* figures (the datasheets print tensor-core throughput
 "with sparsity", twice the dense figure; we halve it and say so). Memory bandwidth is the HBM
 figure. A CPU's peak is not known here: its rows report no share of peak.
 
-Sources: the NVIDIA datasheets named in ``source``, figures as those sheets print them. They were
-written down from the sheets' published tables without re-fetching them in this session (no web
-access here): re-check against the current PDF before quoting a share of peak.
+Sources: the NVIDIA datasheets named in ``source``, figures as those sheets print them, copied
+from the sheets' published tables: re-check against the current PDF before quoting a share of peak.
 - H100 SXM5 / PCIe / NVL: "NVIDIA H100 Tensor Core GPU" datasheet (2023): BF16 1,979 / 1,513 /
   1,671 TFLOPS with sparsity; FP32 67 / 51 / 60 TFLOPS; TF32 989 / 756 / 835 with sparsity;
   HBM 3.35 / 2.0 / 3.9 TB/s.
@@ -18,11 +18,14 @@ access here): re-check against the current PDF before quoting a share of peak.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import os
 import platform
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -175,3 +178,44 @@ def ceilings() -> list[Ceiling]:
         Ceiling("H100 measured", 800e12, h100.fp32_flops, 3.0e12, _MEASURED.format(copy="3.0")),
         Ceiling("H200 measured", 800e12, h200.fp32_flops, 4.3e12, _MEASURED.format(copy="4.3")),
     ]
+
+
+def versions() -> dict:
+    """The versions of what a measurement ran on (Python, torch, Triton, CUDA, cuDNN, NumPy, OpenCV)."""
+    import cv2
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception as error:  # noqa: BLE001 - absent or broken: say which
+        triton_version = f"unavailable ({error})"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def git_commit() -> dict:
+    """The commit of this checkout and whether tracked files differ from it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment(device: torch.device | str) -> dict:
+    """Where and with what a measurement was taken: device name, versions and date
+    (``extra_info`` of the pytest-benchmark rows in ``benchmarks/``)."""
+    return {"device": describe(torch.device(device))["name"], **versions(),
+            "date": datetime.date.today().isoformat()}

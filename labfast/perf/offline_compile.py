@@ -132,46 +132,32 @@ def _phase_dtype(phase: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[phase]
 
 
-_MODEL_OPS = ("message_passing", "input_fusion", "heatmap_feature_concat", "feature_fusion")
-
-
-def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> list[tuple]:
-    """The argument specs ``(op, args)`` of every fused-op call of one ``LAB(scheme, config)`` forward.
+def record_model_op_calls(scheme: str, config: str, batch: int, phase: str) -> list:
+    """The distinct calls ``(op, args)`` of the fused ops but batch norm in one ``LAB(scheme, config)``
+    forward (batch norm is replayed by ``_batch_norm_act_launch``, in training and in eval).
 
     The forward runs under ``FakeTensorMode`` (shapes, dtypes and strides propagate, nothing is
     computed; a real bf16 autocast forward takes minutes on a CPU), with ``torch.autocast`` for
-    ``fp16`` and ``bf16`` as training does. Tensors are recorded as ``(shape, stride, dtype)``.
+    ``fp16`` and ``bf16`` as training does. Tensors are recorded as ``TensorSpec(shape, stride, dtype)``.
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import labfast.ops
     from labfast.model import LAB, config_by_name
+    from labfast.perf import op_calls
 
     model = LAB(scheme, config_by_name(config)).eval()
-    calls: list[tuple] = []
-    originals = {name: getattr(labfast.ops, name) for name in _MODEL_OPS}
 
-    def recorder(name):
-        def record(*args):
-            calls.append((name, tuple((tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
-                                      for a in args)))
-            return originals[name](*args)
-        return record
-
-    for name in _MODEL_OPS:
-        setattr(labfast.ops, name, recorder(name))
-    try:
+    def forward():
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
             images = torch.rand(batch, 3, model.config.input_size, model.config.input_size)
             autocast = (contextlib.nullcontext() if phase == "fp32"
                         else torch.autocast("cpu", dtype=_phase_dtype(phase)))
             with autocast:
                 model(images)
-    finally:
-        for name, function in originals.items():
-            setattr(labfast.ops, name, function)
-    return list(dict.fromkeys(calls))  # one replay per distinct call
+
+    replayed = tuple(op for op in op_calls.MODEL_OPS if op != "batch_norm_act")
+    return list(dict.fromkeys(op_calls.record(forward, replayed)))  # one replay per distinct call
 
 
 def _replay(op: str, args: tuple) -> None:
@@ -180,9 +166,10 @@ def _replay(op: str, args: tuple) -> None:
     import torch
 
     import labfast.ops
+    from labfast.perf.op_calls import TensorSpec
 
-    tensors = tuple(torch.empty_strided(a[0], a[1], dtype=a[2]).requires_grad_() if isinstance(a, tuple)
-                    and len(a) == 3 and isinstance(a[2], torch.dtype) else a for a in args)
+    tensors = tuple(torch.empty_strided(a.shape, a.stride, dtype=a.dtype).requires_grad_() if isinstance(a, TensorSpec)
+                    else a for a in args)
     out = getattr(labfast.ops, op)(*tensors)
     out.backward(torch.empty_like(out))
 
@@ -211,24 +198,17 @@ def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> 
 
     import labfast.ops
     from labfast.model import LAB, config_by_name
+    from labfast.perf import op_calls
 
     model = LAB(scheme, config_by_name(config)).train()
-    calls: dict[tuple, None] = {}
-    original = labfast.ops.batch_norm_act
 
-    def record(x, weight, bias, running_mean, running_var, residual=None, *args):
-        calls.setdefault((tuple(x.shape), x.stride(), residual is not None, args[-1] if args else True))
-        return original(x, weight, bias, running_mean, running_var, residual, *args)
-
-    labfast.ops.batch_norm_act = record
-    previous = os.environ.get("LABFAST_BACKEND")
-    os.environ["LABFAST_BACKEND"] = "reference"
-    try:
+    def forward():
         with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
             model(torch.rand(batch, 3, model.config.input_size, model.config.input_size))
-    finally:
-        labfast.ops.batch_norm_act = original
-        os.environ["LABFAST_BACKEND"] = previous or "triton"
+
+    # args: x, weight, bias, running mean, running var, residual, training, momentum, eps, relu (default on)
+    calls = dict.fromkeys((args[0].shape, args[0].stride, args[5] is not None, args[9] if len(args) > 9 else True)
+                          for _, args in op_calls.record(forward, ("batch_norm_act",)))
     dtype = _phase_dtype(phase)
     for shape, stride, with_residual, relu in calls:
         channels = shape[1]
@@ -236,8 +216,8 @@ def _batch_norm_act_launch(scheme: str, config: str, batch: int, phase: str) -> 
             x = torch.empty_strided(shape, stride, dtype=dtype).requires_grad_()
             residual = torch.empty_strided(shape, stride, dtype=dtype).requires_grad_() if with_residual else None
             weight, bias = torch.ones(channels, requires_grad=True), torch.zeros(channels, requires_grad=True)
-            out = original(x, weight, bias, torch.zeros(channels), torch.ones(channels), residual, training, 0.1,
-                           1e-5, relu)
+            out = labfast.ops.batch_norm_act(x, weight, bias, torch.zeros(channels), torch.ones(channels), residual,
+                                             training, 0.1, 1e-5, relu)
             out.backward(torch.empty_like(out))
 
 
@@ -280,9 +260,7 @@ def compile_model_kernels(scheme: str = "300w", configs: tuple[str, ...] = ("pap
     try:
         for config in configs:
             for phase in phases:
-                os.environ["LABFAST_BACKEND"] = "reference"
                 calls = record_model_op_calls(scheme, config, batch, phase)
-                os.environ["LABFAST_BACKEND"] = "triton"
                 run_now[0] = (config, phase)
                 for op, args in calls:
                     _replay(op, args)

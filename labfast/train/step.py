@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.model import LAB, LABConfig, losses
 from labfast.ops.boundary_heatmaps import check_finite_landmarks, dense_curves, heatmaps_of_curves
 from labfast.train.presets import TrainConfig
@@ -74,8 +75,7 @@ def autocast(config: TrainConfig, device: torch.device):
 
 def heatmap_coordinates(landmarks: torch.Tensor, input_size: int, heatmap_size: int) -> torch.Tensor:
     """Crop pixel coordinates -> heatmap pixel coordinates (pixel centres map onto pixel centres)."""
-    scale = heatmap_size / input_size
-    return (landmarks + 0.5) * scale - 0.5
+    return rescale_pixel_coordinates(landmarks, heatmap_size / input_size)
 
 
 def boundary_targets(landmarks: torch.Tensor, boundary_scheme, input_size: int, heatmap_size: int,

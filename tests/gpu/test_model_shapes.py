@@ -33,7 +33,7 @@ import torch
 
 from labfast.model import LAB, config_by_name
 from labfast.model.estimator import boundary_neighbours
-from labfast.ops import backend
+from labfast.ops import OPS, backend, cuda_extension
 from labfast.schemes import get
 
 pytestmark = [pytest.mark.gpu,
@@ -101,9 +101,8 @@ def tf32_as_the_model_runs():
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("graph", GRAPHS, ids=GRAPHS.keys())
-def test_message_passing_triton(graph, dtype, batch, channels_last):
-    from labfast.kernels.message_passing import message_passing_triton
-    from labfast.ops.message_passing import message_passing_ref
+def test_message_passing_triton(graph, dtype, batch, channels_last, monkeypatch):
+    from labfast.ops.message_passing import message_passing, message_passing_ref
 
     branches, edges = GRAPHS[graph]
     c, k, size = PAPER.boundary_channels, PAPER.message_kernel, PAPER.heatmap_size
@@ -112,7 +111,8 @@ def test_message_passing_triton(graph, dtype, batch, channels_last):
         features = features.to(memory_format=torch.channels_last)
     weights = randn(len(edges), c, c, k, k, seed=1, scale=(c * k * k) ** -0.5)
     bias = randn(len(edges), c, seed=2)
-    check_op(lambda f, w, b: message_passing_triton(f, w, b, edges),
+    monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "triton")
+    check_op(lambda f, w, b: message_passing(f, w, b, edges),
              lambda f, w, b: message_passing_ref(f, w, b, edges),
              [features, weights, bias], dtype, f"message passing {graph}")
 
@@ -121,7 +121,7 @@ def test_message_passing_triton(graph, dtype, batch, channels_last):
 
 def fast_paths():
     paths = ["triton"]
-    if backend.cuda_extension_status() is None:
+    if cuda_extension.status() is None:
         paths.append("cuda")
     return paths
 
@@ -133,7 +133,7 @@ def test_boundary_heatmaps(path, dtype, batch, monkeypatch):
     """Per pixel within one ulp of ``dtype`` of the float32 reference (+2e-6 float32 disagreement),
     away from the 3σ cut where float32 noise may put a pixel either side."""
     if path not in fast_paths():
-        pytest.skip(f"{path}: {backend.cuda_extension_status()}")
+        pytest.skip(f"{path}: {cuda_extension.status()}")
     from labfast.ops.boundary_heatmaps import boundary_heatmaps, dense_curves, gaussian_cut, squared_distance_ref
 
     size = PAPER.heatmap_size
@@ -163,32 +163,17 @@ def fusion_calls():
             for phase in DTYPES}
 
 
-def fusion_functions(path):
-    from labfast.ops import fusion
-
-    if path == "triton":
-        from labfast.kernels.fusion import FeatureFusion, HeatmapFeatureConcat, InputFusion
-
-        fast = {"input_fusion": InputFusion.apply,
-                "heatmap_feature_concat": lambda h, f, resize: HeatmapFeatureConcat.apply(h, f, resize == "area"),
-                "feature_fusion": FeatureFusion.apply}
-    else:
-        fast = {"input_fusion": fusion._CudaInputFusion.apply,
-                "heatmap_feature_concat": lambda h, f, resize: fusion._CudaHeatmapFeatureConcat.apply(h, f, resize == "area"),
-                "feature_fusion": fusion._CudaFeatureFusion.apply}
-    reference = {"input_fusion": fusion.input_fusion_ref, "heatmap_feature_concat": fusion.heatmap_feature_concat_ref,
-                 "feature_fusion": fusion.feature_fusion_ref}
-    return fast, reference
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("phase", DTYPES)
 @pytest.mark.parametrize("path", ["triton", "cuda"])
-def test_fusion(path, phase, batch, channels_last, fusion_calls):
+def test_fusion(path, phase, batch, channels_last, fusion_calls, monkeypatch):
+    """The public functions with ``path`` forced (their operators run it) against the references."""
     if path not in fast_paths():
-        pytest.skip(f"{path}: {backend.cuda_extension_status()}")
-    fast, reference = fusion_functions(path)
+        pytest.skip(f"{path}: {cuda_extension.status()}")
+    monkeypatch.setenv("LABFAST_BACKEND_FUSION", path)
+    fast = {name: op.function for name, op in OPS.items() if op.module == "fusion"}
+    reference = {name: op.reference for name, op in OPS.items() if op.module == "fusion"}
     for index, (op, specs) in enumerate(fusion_calls[phase]):
         tensors = [spec for spec in specs if isinstance(spec, tuple)]
         options = [spec for spec in specs if not isinstance(spec, tuple)]  # heatmap_feature_concat's resize mode

@@ -10,6 +10,7 @@ from test_no_host_sync import HostReads  # tests/model is on sys.path (pytest's 
 
 from labfast.inference import cuda_graphs
 from labfast.inference.aligner import FaceAligner
+from labfast.inference.core import InferenceCore
 from labfast.inference.runtime import TorchModel
 from labfast.model import LAB, config_by_name
 
@@ -101,6 +102,33 @@ def test_replay_pads_slices_and_returns_copies_one_capture_per_padded_size(cpu_g
     graphed(first)
     static_images = graphed.graphs[(4, torch.float32, (3, 64, 64))][1]
     assert static_images[3].abs().sum() == 0
+
+
+def test_the_inference_core_replays_its_uint8_batches_as_eager_runs_them(cpu_graphs):
+    """What FaceAligner(cuda_graphs=True) runs, with the stand-in graph: the core's uint8 crops go into
+    the static input (padded with zero images), and the landmarks come back as eager gives them."""
+    torch.manual_seed(0)
+    model = LAB("300w", config_by_name("tiny", input_size=64)).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    faces = [(image, np.array([20.0 + 10 * i, 30.0, 120.0 + 10 * i, 140.0])) for i in range(5)]
+    eager = InferenceCore(TorchModel(model), 64, "cpu")
+
+    def forward(images):  # the stand-in graph records, at capture, how to replay
+        out = eager.forward(images)
+        graph = _ReplayingGraph.recording
+        if graph is not None and graph.forward is None:
+            graph.forward = lambda: [mine.copy_(new) for mine, new in zip(out, eager.forward(images))]
+        return out
+
+    graphed = InferenceCore(cuda_graphs.CudaGraphModel(forward, torch.device("cpu"), max_batch=4, warmup=1), 64, "cpu")
+    for mine, theirs in zip(graphed.align(faces, batch_size=4), eager.align(faces, batch_size=4)):
+        # batch 4, then 1: padded only where the size is not a power of two (none here), so equal
+        np.testing.assert_array_equal(mine.landmarks, theirs.landmarks)
+        np.testing.assert_array_equal(mine.confidence, theirs.confidence)
+    assert sorted(key[:2] for key in graphed.forward.graphs) == [(1, torch.uint8), (4, torch.uint8)]
+    three, = graphed.align(faces[:3], batch_size=4)  # 3 faces padded to 4 with zero images
+    np.testing.assert_allclose(three.landmarks, next(eager.align(faces[:3], batch_size=4)).landmarks, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("config", ["tiny", "paper"])

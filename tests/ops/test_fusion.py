@@ -1,7 +1,8 @@
 """Parity of the fusion fast paths (labfast.ops.fusion) with their ``*_ref`` definitions.
 
-Triton runs on the CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py); the Functions of
-``labfast.kernels.fusion`` are called directly, dispatch is tested through the public functions.
+Triton runs on the CPU under ``TRITON_INTERPRET=1`` (tests/conftest.py), forced through the public
+functions (``LABFAST_BACKEND_FUSION=triton``): the ``torch.ops.labfast`` operators and their
+backward operators run the kernels, as in production.
 The CUDA path cannot run here (CPU torch): its torch-free kernels and launchers are compile-checked
 with nvcc; its parity is checked only where a GPU build exists (not by this file).
 
@@ -28,8 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labfast.kernels.fusion import FeatureFusion, HeatmapFeatureConcat, InputFusion
-from labfast.ops import backend
+from labfast.ops import backend, cuda_extension
 from labfast.ops.fusion import (
     feature_fusion,
     feature_fusion_ref,
@@ -45,6 +45,14 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # ``TRITON_INTERPRET=0 pytest -m gpu`` on a GPU machine to test the compiled kernels).
 interpreted = pytest.mark.skipif(not backend.interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 CSRC = Path(__file__).resolve().parents[2] / "csrc" / "fusion.cu"
+
+
+@pytest.fixture
+def triton_forced(monkeypatch):
+    """The public functions run their operators on the Triton path (the self-checks are
+    tests/ops/test_self_check.py's)."""
+    monkeypatch.setenv("LABFAST_BACKEND_FUSION", "triton")
+    monkeypatch.setenv("LABFAST_SELFCHECK", "0")
 
 
 def run(fn, inputs, grad_out=None):
@@ -97,11 +105,11 @@ INPUT_FUSION_SHAPES = [
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("image_shape, heatmap_shape", INPUT_FUSION_SHAPES, ids=str)
-def test_input_fusion_matches_reference(image_shape, heatmap_shape, dtype):
+def test_input_fusion_matches_reference(triton_forced, image_shape, heatmap_shape, dtype):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(image_shape, generator=generator)
     heatmaps = torch.rand((image_shape[0], *heatmap_shape), generator=generator)
-    check_parity(InputFusion.apply, input_fusion_ref, [image, heatmaps], dtype)
+    check_parity(input_fusion, input_fusion_ref, [image, heatmaps], dtype)
 
 
 # (N, K, h, w) heatmaps, (C, H, W) features: same size; 2× down; non-integer up-sampling; the
@@ -127,12 +135,12 @@ RESIZE_MODES = ["area", "bilinear"]
 @pytest.mark.parametrize("resize", RESIZE_MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("heatmap_shape, feature_shape", CONCAT_SHAPES, ids=str)
-def test_heatmap_feature_concat_matches_reference(heatmap_shape, feature_shape, dtype, resize):
+def test_heatmap_feature_concat_matches_reference(triton_forced, heatmap_shape, feature_shape, dtype, resize):
     generator = torch.Generator().manual_seed(0)
     heatmaps = torch.rand(heatmap_shape, generator=generator)
     features = torch.randn((heatmap_shape[0], *feature_shape), generator=generator)
-    check_parity(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"),
-                 partial(heatmap_feature_concat_ref, resize=resize), [heatmaps, features], dtype)
+    check_parity(partial(heatmap_feature_concat, resize=resize), partial(heatmap_feature_concat_ref, resize=resize),
+                 [heatmaps, features], dtype)
 
 
 def boundary_row(position: float, size: int = 64) -> torch.Tensor:
@@ -144,21 +152,17 @@ def boundary_row(position: float, size: int = 64) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("implementation", ["reference", pytest.param("triton", marks=interpreted)])
-def test_bilinear_down_sizing_drops_a_thin_boundary_that_area_keeps(implementation):
+def test_bilinear_down_sizing_drops_a_thin_boundary_that_area_keeps(implementation, monkeypatch):
     """64 -> 8, as for ResNet stage 4. Bilinear reads only rows 8o + 3 and 8o + 4 (source coordinate
     8o + 3.5): a boundary at y = 7.5 lights rows 5-10 (d < 3σ) and vanishes (0.00), one at 11.5 sits
     on rows 11 and 12 and gives e^(-1/8) = 0.88. Area averages all 8 rows of a cell: the 7.5 line
     gives (e^(-25/8) + e^(-9/8) + e^(-1/8)) / 8 = 0.16 in each of the cells on either side, the 11.5
     line twice that in its cell. Float64: only summation rounding (1e-15) separates the figures."""
     features = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    monkeypatch.setenv("LABFAST_BACKEND_FUSION", implementation)
 
     def strongest(position, resize):
-        heatmaps = boundary_row(position)
-        if implementation == "triton":
-            out = HeatmapFeatureConcat.apply(heatmaps, features, resize == "area")
-        else:
-            out = heatmap_feature_concat_ref(heatmaps, features, resize)
-        return out[0, 0].max().item()
+        return heatmap_feature_concat(boundary_row(position), features, resize)[0, 0].max().item()
 
     half_line = (math.exp(-25 / 8) + math.exp(-9 / 8) + math.exp(-1 / 8)) / 8
     assert strongest(7.5, "bilinear") == 0.0
@@ -190,11 +194,11 @@ def test_area_mode_interpolates_an_axis_that_grows():
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 4, 13, 17), (2, 8, 8, 8)], ids=str)
-def test_feature_fusion_matches_reference(shape, dtype):
+def test_feature_fusion_matches_reference(triton_forced, shape, dtype):
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(shape, generator=generator)
     gate = torch.rand(shape, generator=generator)
-    check_parity(FeatureFusion.apply, feature_fusion_ref, [features, gate], dtype)
+    check_parity(feature_fusion, feature_fusion_ref, [features, gate], dtype)
 
 
 # (h, w) -> (H, W) pairs that stress the window of the resize adjoint: odd ratios both ways, a
@@ -208,12 +212,12 @@ def test_feature_fusion_matches_reference(shape, dtype):
      ((64, 50), (3, 7))],
     ids=str,
 )
-def test_resize_adjoint_matches_reference_for_any_ratio(source, target, resize):
+def test_resize_adjoint_matches_reference_for_any_ratio(triton_forced, source, target, resize):
     generator = torch.Generator().manual_seed(0)
     heatmaps = torch.rand((1, 1, *source), generator=generator, dtype=torch.float64)
     features = torch.randn((1, 1, *target), generator=generator, dtype=torch.float64)
     grad_out = torch.randn((1, 2, *target), generator=generator, dtype=torch.float64)
-    out, grads = run(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"), [heatmaps, features], grad_out)
+    out, grads = run(partial(heatmap_feature_concat, resize=resize), [heatmaps, features], grad_out)
     expected_out, expected_grads = run(partial(heatmap_feature_concat_ref, resize=resize), [heatmaps, features],
                                        grad_out)
     # float64 on both sides; the only difference is summation order (~1e-16 relative)
@@ -225,30 +229,30 @@ def test_resize_adjoint_matches_reference_for_any_ratio(source, target, resize):
 @pytest.mark.parametrize(
     "function, shapes",
     [
-        (InputFusion.apply, [(1, 2, 5, 7), (1, 2, 3, 4)]),
-        (lambda h, f: HeatmapFeatureConcat.apply(h, f, False), [(1, 2, 3, 4), (1, 2, 5, 7)]),
-        (lambda h, f: HeatmapFeatureConcat.apply(h, f, True), [(1, 2, 8, 6), (1, 2, 4, 3)]),
-        (lambda h, f: HeatmapFeatureConcat.apply(h, f, True), [(1, 2, 7, 5), (1, 2, 3, 8)]),
-        (FeatureFusion.apply, [(2, 3, 4, 5), (2, 3, 4, 5)]),
+        (input_fusion, [(1, 2, 5, 7), (1, 2, 3, 4)]),
+        (partial(heatmap_feature_concat, resize="bilinear"), [(1, 2, 3, 4), (1, 2, 5, 7)]),
+        (partial(heatmap_feature_concat, resize="area"), [(1, 2, 8, 6), (1, 2, 4, 3)]),
+        (partial(heatmap_feature_concat, resize="area"), [(1, 2, 7, 5), (1, 2, 3, 8)]),
+        (feature_fusion, [(2, 3, 4, 5), (2, 3, 4, 5)]),
     ],
     ids=["input_fusion", "heatmap_feature_concat_bilinear", "heatmap_feature_concat_area_2x",
          "heatmap_feature_concat_area_non_integer", "feature_fusion"],
 )
-def test_gradcheck_float64(function, shapes):
+def test_gradcheck_float64(triton_forced, function, shapes):
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.rand(shape, generator=generator, dtype=torch.float64, requires_grad=True) for shape in shapes]
     assert torch.autograd.gradcheck(function, inputs, fast_mode=True)
 
 
 @interpreted
-def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
+def test_non_contiguous_and_channels_last_inputs_give_the_reference_result(triton_forced):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 17, 13, generator=generator).transpose(2, 3)  # (1, 3, 13, 17), strided
     heatmaps = torch.rand(1, 6, 5, 7, generator=generator)[:, ::2]  # (1, 3, 5, 7), strided
     grad_out = torch.randn(1, 12, 13, 17, generator=generator)
     assert not image.is_contiguous() and not heatmaps.is_contiguous()
     for image_in in (image, image.contiguous(memory_format=torch.channels_last)):
-        out, grads = run(InputFusion.apply, [image_in, heatmaps], grad_out)
+        out, grads = run(input_fusion, [image_in, heatmaps], grad_out)
         expected_out, expected_grads = run(input_fusion_ref, [image_in, heatmaps], grad_out)
         torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
         for grad, expected in zip(grads, expected_grads):
@@ -256,7 +260,7 @@ def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
     features = torch.randn(2, 8, 6, 5, generator=generator).permute(0, 3, 2, 1)  # (2, 5, 6, 8)
     gate = torch.rand(2, 5, 6, 8, generator=generator).contiguous(memory_format=torch.channels_last)
     grad_out = torch.randn(2, 10, 6, 8, generator=generator)
-    out, grads = run(FeatureFusion.apply, [features, gate], grad_out)
+    out, grads = run(feature_fusion, [features, gate], grad_out)
     expected_out, expected_grads = run(feature_fusion_ref, [features, gate], grad_out)
     torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
     for grad, expected in zip(grads, expected_grads):
@@ -266,8 +270,7 @@ def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
     grad_out = torch.randn(2, 8, 6, 8, generator=generator)
     for heatmaps_in in (heatmaps_small, heatmaps_big):  # up-sized; area-averaged 4× down
         for resize in RESIZE_MODES:
-            out, grads = run(lambda h, f: HeatmapFeatureConcat.apply(h, f, resize == "area"),
-                             [heatmaps_in, features], grad_out)
+            out, grads = run(partial(heatmap_feature_concat, resize=resize), [heatmaps_in, features], grad_out)
             expected_out, expected_grads = run(partial(heatmap_feature_concat_ref, resize=resize),
                                                [heatmaps_in, features], grad_out)
             torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
@@ -276,7 +279,7 @@ def test_non_contiguous_and_channels_last_inputs_give_the_reference_result():
 
 
 @interpreted
-def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(monkeypatch):
+def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(triton_forced, monkeypatch):
     import labfast.kernels.fusion as kernels
 
     def fail(*args, **kwargs):
@@ -287,8 +290,41 @@ def test_backward_skips_the_resize_adjoint_when_heatmaps_need_no_gradient(monkey
     heatmaps = torch.rand(1, 2, 4, 4)  # requires_grad=False
     grad_out = torch.randn(1, 9, 8, 8)
     (_, grads), (_, expected) = (run(fn, [image], grad_out) for fn in
-                                 (lambda x: InputFusion.apply(x, heatmaps), lambda x: input_fusion_ref(x, heatmaps)))
+                                 (lambda x: input_fusion(x, heatmaps), lambda x: input_fusion_ref(x, heatmaps)))
     torch.testing.assert_close(grads[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+@interpreted
+def test_operators_run_the_references_inside_where_the_kernels_do_not_compile(monkeypatch):
+    """A fast path that fails to compile falls back inside the forward and the backward operator
+    (``backend.run``): outputs and gradients are the references' (float64: the same arithmetic)."""
+    import labfast.kernels.fusion as kernels
+
+    def does_not_compile(*arguments):
+        raise subprocess.CalledProcessError(255, ["ptxas"], "ptxas fatal: Unresolved extern function")
+
+    for name in ("input_fusion", "heatmap_feature_concat", "feature_fusion"):
+        for step in ("forward", "backward"):
+            monkeypatch.setattr(kernels, f"{name}_{step}", does_not_compile)
+    monkeypatch.setattr(backend, "_takes_fast_paths", lambda tensor: True)  # CUDA's automatic choice
+    generator = torch.Generator().manual_seed(0)
+    image, heatmaps = (torch.rand(shape, generator=generator, dtype=torch.float64) for shape in
+                       ((1, 3, 8, 8), (1, 2, 4, 4)))
+    features, gate = (torch.rand(1, 4, 2, 2, generator=generator, dtype=torch.float64) for _ in range(2))
+    for public, reference, inputs in ((input_fusion, input_fusion_ref, [image, heatmaps]),
+                                      (heatmap_feature_concat, heatmap_feature_concat_ref, [heatmaps, features]),
+                                      (feature_fusion, feature_fusion_ref, [features, gate])):
+        # the Triton path passed its self-check; the first launch does not compile
+        monkeypatch.setattr(backend, "_self_checked", {("fusion", "triton", torch.float64, "cpu"): None})
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        assert public(*leaves).grad_fn.name().startswith("GeneratedBackwardFor_labfast_")
+        monkeypatch.setattr(backend, "_self_checked", {("fusion", "triton", torch.float64, "cpu"): None})
+        grad_out = torch.randn(reference(*inputs).shape, generator=generator, dtype=torch.float64)
+        (out, grads), (expected_out, expected_grads) = (run(function, inputs, grad_out)
+                                                        for function in (public, reference))
+        torch.testing.assert_close(out, expected_out, rtol=1e-15, atol=1e-15)
+        for grad, expected in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-15, atol=1e-15)
 
 
 @pytest.fixture
@@ -369,8 +405,8 @@ GPU_CASES = {  # the model's shapes at batch 2: 256² image with 13 heatmaps of 
 def test_gpu_backends_match_reference(clean_backend_env, name, op, dtype):
     """Triton (compiled unless TRITON_INTERPRET=1) and the CUDA extension on a real device, same
     tolerance as above."""
-    if name == "cuda" and backend.cuda_extension_status() is not None:
-        pytest.skip(backend.cuda_extension_status())
+    if name == "cuda" and cuda_extension.status() is not None:
+        pytest.skip(cuda_extension.status())
     public, reference, shapes = GPU_CASES[op]
     generator = torch.Generator(device="cuda").manual_seed(0)
     inputs = [torch.rand(shape, generator=generator, device="cuda") for shape in shapes]

@@ -1,5 +1,6 @@
 """Parity of the fused Triton message passing (``labfast.kernels.message_passing``) with
-``message_passing_ref``, forward and backward, run through the Triton interpreter on CPU.
+``message_passing_ref``, forward and backward, run through the Triton interpreter on CPU: the
+public function with the Triton path forced, so the ``torch.ops.labfast`` operators run the kernels.
 
 Tolerances (stated per dtype, derived rather than tuned):
 - fp32: a length-``n`` fp32 sum of products differs from the exact value by at most
@@ -20,11 +21,9 @@ import pytest
 import torch
 
 from labfast.kernels.message_passing import (
-    MessagePassingFunction,
     _fold_patch_weights,
     _patch_weights,
     grad_weights,
-    message_passing_triton,
     patch_shape,
     routing_tables,
 )
@@ -48,6 +47,14 @@ INTRA = boundary_neighbours(schemes.get("300w"))
 INTER = tuple((k, BOUNDARIES + k) for k in range(BOUNDARIES))
 CHAIN = ((0, 1), (1, 2), (2, 1), (0, 2))  # a chain both ways; branches 1 and 2 have two incoming edges
 MIXED = ((0, 1), (1, 0), (3, 1), (2, 2))  # a self-loop, branch 3 receives nothing
+
+@pytest.fixture
+def triton_forced(monkeypatch):
+    """``message_passing`` runs its operators on the Triton path (the self-checks are
+    tests/ops/test_self_check.py's)."""
+    monkeypatch.setenv("LABFAST_BACKEND_MESSAGE_PASSING", "triton")
+    monkeypatch.setenv("LABFAST_SELFCHECK", "0")
+
 
 # (id, batch, branches K, channels C, H, W, kernel k, edges)
 CASES = [
@@ -111,10 +118,10 @@ FP32_CASES = [(case, True) for case in CASES] + [(CASES[0], False)]
 
 @pytest.mark.parametrize("case, with_bias", FP32_CASES,
                          ids=[c[0] + ("" if with_bias else "_no_bias") for c, with_bias in FP32_CASES])
-def test_fp32_forward_and_backward_match_reference(case, with_bias):
+def test_fp32_forward_and_backward_match_reference(triton_forced, case, with_bias):
     _, batch, branches, channels, height, width, ksize, edges = case
     tensors = make_inputs(batch, branches, channels, height, width, ksize, edges, torch.float32, with_bias)
-    ours = run(message_passing_triton, *tensors, edges, torch.float32)
+    ours = run(message_passing, *tensors, edges, torch.float32)
     reference = run(message_passing_ref, *tensors, edges, torch.float32)
     bound = 2 * longest_sum(batch, channels, height, width, ksize, edges) * 2.0**-24
     for name, mine, theirs, magnitude in zip(("out", "grad_features", "grad_weights", "grad_bias"),
@@ -131,12 +138,12 @@ LOW_PRECISION_CASES = [CASES[0], CASES[1], CASES[5], CASES[6]]
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=[c[0] for c in LOW_PRECISION_CASES])
-def test_low_precision_error_at_most_twice_the_references(case, dtype):
+def test_low_precision_error_at_most_twice_the_references(triton_forced, case, dtype):
     _, batch, branches, channels, height, width, ksize, edges = case
     tensors = make_inputs(batch, branches, channels, height, width, ksize, edges, dtype)
     exact = run(message_passing_ref, *tensors, edges, torch.float32)
     low = run(message_passing_ref, *tensors, edges, dtype)
-    ours = run(message_passing_triton, *tensors, edges, dtype)
+    ours = run(message_passing, *tensors, edges, dtype)
     fp32_bound = longest_sum(batch, channels, height, width, ksize, edges) * 2.0**-24
     for name, mine, reference_low, truth, magnitude in zip(
             ("out", "grad_features", "grad_weights", "grad_bias"), ours, low, exact, magnitudes(*tensors, edges)):
@@ -146,19 +153,19 @@ def test_low_precision_error_at_most_twice_the_references(case, dtype):
         assert our_error <= allowed, f"{name}: error {our_error:.3e} > 2 × reference's {reference_error:.3e}"
 
 
-def test_outputs_keep_the_input_dtype():
+def test_outputs_keep_the_input_dtype(triton_forced):
     tensors = make_inputs(1, 2, 4, 3, 4, 3, ((0, 1),), torch.bfloat16)
     features, weights, bias, _ = [t.requires_grad_() for t in tensors]
-    out = message_passing_triton(features, weights, bias, ((0, 1),))
+    out = message_passing(features, weights, bias, ((0, 1),))
     out.sum().backward()
     assert out.dtype == features.grad.dtype == weights.grad.dtype == bias.grad.dtype == torch.bfloat16
 
 
-def test_one_branch_without_edges_is_the_identity():
+def test_one_branch_without_edges_is_the_identity(triton_forced):
     features = torch.randn(2, 6, 5, 7, requires_grad=True)
     weights = torch.zeros(0, 6, 6, 3, 3, requires_grad=True)
     bias = torch.zeros(0, 6, requires_grad=True)
-    out = message_passing_triton(features, weights, bias, ())
+    out = message_passing(features, weights, bias, ())
     grad_out = torch.randn_like(out)
     grad_features, grad_weights_, grad_bias = torch.autograd.grad(out, (features, weights, bias), grad_out)
     assert torch.equal(out, features)
@@ -167,7 +174,7 @@ def test_one_branch_without_edges_is_the_identity():
     assert torch.equal(message_passing_ref(features, weights, bias, ()), features)
 
 
-def test_fp64_gradcheck():
+def test_fp64_gradcheck(triton_forced):
     # fast_mode checks the Jacobian along random directions (one backward instead of one per
     # output element): the full check takes ~40 s of interpreter time.
     edges = ((0, 1), (1, 0), (1, 1))
@@ -176,7 +183,7 @@ def test_fp64_gradcheck():
     weights = torch.randn(3, 2, 2, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     bias = torch.randn(3, 2, dtype=torch.float64, generator=generator, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda f, w, b: MessagePassingFunction.apply(f, w, b, edges, 2), (features, weights, bias), fast_mode=True)
+        lambda f, w, b: message_passing(f, w, b, edges), (features, weights, bias), fast_mode=True)
 
 
 def test_split_pixel_sums_of_the_weight_gradient_agree():
@@ -190,11 +197,11 @@ def test_split_pixel_sums_of_the_weight_gradient_agree():
     torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
 
 
-def test_non_contiguous_features_are_handled():
+def test_non_contiguous_features_are_handled(triton_forced):
     tensors = make_inputs(2, 2, 4, 5, 6, 3, ((0, 1), (1, 0)), torch.float32)
     features = tensors[0].to(memory_format=torch.channels_last)
     assert not features.is_contiguous()
-    out = message_passing_triton(features, tensors[1], tensors[2], ((0, 1), (1, 0)))
+    out = message_passing(features, tensors[1], tensors[2], ((0, 1), (1, 0)))
     torch.testing.assert_close(out, message_passing_ref(tensors[0], tensors[1], tensors[2], ((0, 1), (1, 0))),
                                rtol=1e-5, atol=1e-5)
 
