@@ -30,6 +30,7 @@ faces, seconds instead of minutes; no CUDA build) and writes the same file names
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -448,6 +449,7 @@ def run_bench(command: Command, sizes: Sizes, name: str, plan: str, budget_s: fl
 
 
 def _not_reached(verdict: str) -> str:
+    """The status of a planned row its bench step never began, from the step's verdict."""
     return "not reached (bench failed)" if verdict.startswith(("FAILED", "could not start")) else "not reached (budget)"
 
 
@@ -502,9 +504,7 @@ def bench(command: Command, sizes: Sizes) -> None:
     temporary.write_text(json.dumps(joined, indent=2) + "\n")
     os.replace(temporary, command.out / "bench.json")
     steps[1][2].unlink(missing_ok=True)
-    counts = {}
-    for row in joined["rows"]:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = collections.Counter(row["status"] for row in joined["rows"])
     command.say(f"bench.json: {len(joined['rows'])} rows ({', '.join(f'{n} {s}' for s, n in counts.items())})")
 
 
