@@ -30,7 +30,7 @@ FAST_PATHS = ("triton",)
 # Device types that have an autocast mode, found once at import. ``torch.is_autocast_enabled``
 # raises for a device type without one (the meta device ``labfast.perf.roofline`` traces on), and torch
 # 2.11's Dynamo cannot trace ``torch.amp.is_autocast_available`` (a graph break at every message
-# passing: 13 graphs for the paper model; 2.13 traces it), whereas a set of constant strings is
+# passing: 16 graphs for the paper model; 2.13 traces it), whereas a set of constant strings is
 # traced on every version.
 _AUTOCAST_DEVICE_TYPES = frozenset(
     device_type
