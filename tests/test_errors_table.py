@@ -72,6 +72,9 @@ BUILDERS = {
     "huge_config_checkpoint": huge_config_checkpoint,
     "latin1_boxes": lambda folder, tiny: written(folder / "boxes.json", '{"photo.png": [], "é": []}'.encode("latin-1")),
     "text_box": lambda folder, tiny: written(folder / "boxes.json", json.dumps({"photo.png": [[0, 0, 10, "x"]]}).encode()),
+    "outside_box": lambda folder, tiny: written(folder / "boxes.json", json.dumps({"photo.png": [[1000, 1000, 1100, 1100]]}).encode()),
+    "huge_box": lambda folder, tiny: written(folder / "boxes.json", json.dumps({"photo.png": [[0, 0, 1e9, 1e9]]}).encode()),
+    "stray_key_boxes": lambda folder, tiny: written(folder / "boxes.json", json.dumps({"photo.png": [], "phota.png": [[1, 1, 9, 9]]}).encode()),
 }
 
 

@@ -116,6 +116,8 @@ def test_video_frames_are_predicted_with_the_detector_on_every_frame(monkeypatch
     record = json.loads((out / "clip.json").read_text())
     assert [entry["frame"] for entry in record["frames"]] == [0, 1, 2, 3]
     assert [len(entry["faces"]) for entry in record["frames"]] == [1, 1, 1, 0]
+    faces = [face for entry in record["frames"] for face in entry["faces"]]
+    assert [face["track"] for face in faces] == [0, 0, 0] and all(face["score"] > 0 for face in faces)  # one face, one id
     assert (out / "clip" / "000002_1.pts").is_file() and not (out / "clip" / "000003_1.pts").exists()
     capture = cv2.VideoCapture(str(out / "clip.overlay.mp4"))
     frames = 0

@@ -73,7 +73,10 @@ def _shipped_weights() -> Path | None:
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # a device this torch cannot use
+        raise SystemExit(f"labfast demo: {error}") from error
     if device.type == "cpu":
         set_threads(args.threads)
     weights = Path(args.checkpoint) if args.checkpoint else _shipped_weights()

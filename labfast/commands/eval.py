@@ -49,7 +49,10 @@ def run(args) -> int:
     if args.latency:
         raise SystemExit("labfast eval: --latency times labfast against dlib in the wild protocol (--dataset wild)")
     args.boxes = args.boxes or "gt"
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # a device this torch cannot use
+        raise SystemExit(f"labfast eval: {error}") from error
     if device.type == "cpu":
         set_threads(args.threads)
     weights = args.checkpoint or default_weights()
@@ -87,7 +90,9 @@ def _run_wild(args) -> int:
 
     if args.boxes == "gt" or args.subset:
         raise SystemExit("labfast eval --dataset wild: faces come from the detector, end to end; --boxes gt and --subset do not apply")
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip)
+    # every detection is scored, as the protocol (and dlib beside it) does: no face-or-not filter
+    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip,
+                          min_confidence=0)
     reference = wild.dlib_aligner()
     if reference is None:
         logger.warning("dlib is not installed: labfast alone (pip install labfast[benchmark] adds dlib's predictor)")

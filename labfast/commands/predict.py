@@ -15,7 +15,9 @@ Outputs, under ``--out`` (for an input folder, its sub-folders are mirrored):
 - ``NAME.jpg`` for a JPEG input, else ``NAME.png``: the image with the predicted boundary heatmaps,
   boxes and landmarks drawn (``--overlay-style points``: boxes and landmarks only; skipped with
   ``--no-overlay``).
-- A video ``CLIP.mp4`` gives ``CLIP.json`` (``"frames": [{"frame": i, "faces": [...]}, ...]``),
+- A video ``CLIP.mp4`` gives ``CLIP.json`` (``"frames": [{"frame": i, "faces": [...]}, ...]``, each
+  face also with its ``"track"`` id, the same on every frame while the face is followed, and the
+  ``score`` of the detection that started or last refreshed its track),
   ``CLIP/FRAME_K.pts`` with ``--pts`` (frame number zero-padded to 6 digits), and the overlay
   video ``CLIP.overlay.mp4``. A video that ends before the frame count its container declares is
   reported as a failure (``read 13 of 60 frames``) after its frames are written.
@@ -36,6 +38,15 @@ folder, or its file name; boxes in the landmark-extent convention LAB trains on 
 the 68 points), 0-based pixels. Images the file does not list get the detector. In a video, faces
 are detected and then followed by their landmarks (``labfast.inference.track``; ``--redetect-every 1``
 detects in every frame).
+
+Detections are kept when the detector's score is at least ``--min-score`` and the landmark
+confidence at least ``--min-confidence`` (the face-or-not threshold fitted for the shipped weights,
+``labfast/detectors/face_confidence.json``; ``--min-confidence 0`` keeps every detection). Boxes of
+``--boxes`` are never dropped; one wholly outside its image, or many times its size, is named, that
+image is skipped and the command exits 1. A ``--boxes`` key that names no input is reported (exit 1).
+
+Two inputs with the same name and different suffixes in one folder (``x.jpg``, ``x.png``) keep the
+suffix in their outputs: ``x.jpg.json``, ``x.png.json`` (overlays ``x.jpg.jpg``, ``x.png.png``; ``x.jpg_1.pts``).
 
 An image without a face gets an empty ``faces`` list and a log line. An input that cannot be read
 (or is neither an image nor a video, or a video that ended early) is reported by name, the others
@@ -58,6 +69,7 @@ from labfast.inference.detect import SCORE_MEANING
 from labfast.inference.overlay import HEATMAP_OPACITY, OVERLAY_STYLES, overlay_suffix
 from labfast.inference.runtime import add_threads_argument
 from labfast.progress import Progress
+from labfast.inference.track import DEFAULT_REDETECT_EVERY
 
 logger = logging.getLogger("labfast.commands.predict")
 
@@ -81,7 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
                         help=f"pixels of the images processed together, in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g}); "
                              "at most this plus one image is held in memory")
-    parser.add_argument("--redetect-every", type=int, default=30, help="video: run the detector at least every N frames (1: every frame)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="the detector score a face needs (default: YuNet's 0.6; every Haar detection)")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="drop detections whose landmark confidence is below this (default: the fitted face-or-not "
+                             "threshold, labfast/detectors/face_confidence.json; 0 keeps every detection)")
+    parser.add_argument("--redetect-every", type=int, default=DEFAULT_REDETECT_EVERY,
+                        help=f"video: run the detector at least every N frames (default {DEFAULT_REDETECT_EVERY}; 1: every frame)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--out", default="labfast-predictions", help="output folder")
     parser.add_argument("--pts", action="store_true", help="also write one 1-based iBUG .pts file per face")
@@ -133,15 +151,31 @@ def collect_inputs(inputs: Sequence[str], failures: list[str]) -> tuple[list[Ite
                 failures.append(message)
         else:
             raise SystemExit(f"labfast predict: input {given} does not exist")
-    names: dict[str, Path] = {}
-    for item in images + videos:
-        if item.name in names:
-            raise SystemExit(
-                f"labfast predict: {names[item.name]} and {item.path} would both write {item.name}.json; "
-                "pass them in separate runs or rename one"
-            )
-        names[item.name] = item.path
+    keep_suffixes(images + videos)
     return images, videos
+
+
+def keep_suffixes(items: list[Item]) -> None:
+    """Inputs that share an output name (``x.jpg`` and ``x.png`` in one folder) keep their suffix in
+    it: ``x.jpg.json`` and ``x.png.json``; inputs that would still collide end the command naming both."""
+    by_name: dict[str, list[Item]] = {}
+    for item in items:
+        by_name.setdefault(item.name, []).append(item)
+    for shared in by_name.values():
+        if len(shared) > 1:
+            for item in shared:
+                item.name += item.path.suffix
+    names: dict[str, Path] = {}
+    for item in items:
+        if item.name in names:
+            raise SystemExit(f"labfast predict: {names[item.name]} and {item.path} would both write {item.name}.json; "
+                             "pass them in separate runs or rename one")
+        names[item.name] = item.path
+
+
+def output_path(stem: Path, suffix: str) -> Path:
+    """``stem`` plus ``suffix`` (``Path.with_suffix`` would replace a dot already in the name: ``x.jpg``, ``a.v2``)."""
+    return stem.with_name(stem.name + suffix)
 
 
 def read_boxes(path: str) -> dict[str, np.ndarray]:
@@ -167,15 +201,25 @@ def read_boxes(path: str) -> dict[str, np.ndarray]:
     return boxes
 
 
+def box_keys(item: Item) -> tuple[str, ...]:
+    """The ``--boxes`` keys that name ``item``, in the order they are looked up."""
+    return item.key, str(item.path), str(item.path.resolve()), item.path.name
+
+
 def lookup_boxes(boxes: dict[str, np.ndarray], item: Item) -> np.ndarray | None:
-    for key in (item.key, str(item.path), str(item.path.resolve()), item.path.name):
-        if key in boxes:
-            return boxes[key]
-    return None
+    return next((boxes[key] for key in box_keys(item) if key in boxes), None)
+
+
+def unmatched_keys(boxes: dict[str, np.ndarray], items: list[Item]) -> list[str]:
+    """Keys of the ``--boxes`` file that name no input (a typo would otherwise silently run the detector)."""
+    named = {key for item in items for key in box_keys(item)}
+    return [key for key in boxes if key not in named]
 
 
 def face_records(faces) -> list[dict]:
+    """The JSON of faces; a face of a video also has its ``track`` id."""
     return [{"box": face.box.tolist(), "score": face.score, "confidence": round(face.confidence, 4),
+             **({} if face.track_id is None else {"track": face.track_id}),
              "landmarks": face.landmarks.tolist()} for face in faces]
 
 
@@ -229,6 +273,25 @@ def read_image_chunks(items: list[Item], max_images: int, max_megapixels: float,
         yield chunk, pixels
 
 
+def accepted_boxes(items: list[Item], pixels: list[np.ndarray], chunk_boxes: list, failures: list[str]) -> list[int]:
+    """Indices of the chunk's images to predict: a ``--boxes`` entry the aligner refuses (a box wholly
+    outside its image, one far larger than it) is named, added to ``failures`` and its image skipped."""
+    from labfast.inference.aligner import check_boxes
+
+    kept = []
+    for index, (item, image, found) in enumerate(zip(items, pixels, chunk_boxes)):
+        try:
+            if found is not None:
+                check_boxes(found, index, image.shape, warn=False)  # the aligner warns once, below
+        except ValueError as error:
+            message = f"{item.path}: --boxes entry skipped: {str(error).split(': ', 1)[1]}"
+            logger.error(message)
+            failures.append(message)
+            continue
+        kept.append(index)
+    return kept
+
+
 def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray] | None, failures: list[str]) -> int:
     """Predict and write every image of ``items`` in chunks bounded by ``--batch`` and ``--max-megapixels``;
     returns how many were written."""
@@ -248,16 +311,19 @@ def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray
         if detect:
             for index, faces in zip(detect, aligner.predict([pixels[i] for i in detect], heatmaps=heatmaps)):
                 results[index] = faces
-        given = [index for index, found in enumerate(chunk_boxes) if found is not None]
+        given = [index for index in accepted_boxes(readable, pixels, chunk_boxes, failures) if chunk_boxes[index] is not None]
         if given:
             predicted = aligner.predict([pixels[i] for i in given], boxes=[chunk_boxes[i] for i in given], heatmaps=heatmaps)
             for index, faces in zip(given, predicted):
                 results[index] = faces
         for item, image, faces, given_boxes in zip(readable, pixels, results, chunk_boxes):
+            if faces is None:  # its --boxes entry was refused (accepted_boxes)
+                progress.update(1)
+                continue
             if not faces:
                 logger.info("%s: no face found", item.path)
             stem = out / item.name
-            _write_json(stem.with_suffix(".json"), {
+            _write_json(output_path(stem, ".json"), {
                 "image": str(item.path), "width": image.shape[1], "height": image.shape[0],
                 "scheme": aligner.scheme.name, "checkpoint": aligner.checkpoint, "coordinates": COORDINATES,
                 **detector_record(aligner.detector if given_boxes is None else None), "faces": face_records(faces),
@@ -276,7 +342,7 @@ def predict_images(aligner, items: list[Item], args, boxes: dict[str, np.ndarray
 def _overlay_path(out: Path, item: Item) -> Path:
     """Where ``item``'s overlay goes: its output stem with the suffix of its kind of input
     (``labfast.inference.overlay.overlay_suffix``)."""
-    return (out / item.name).with_suffix(overlay_suffix(item.path))
+    return output_path(out / item.name, overlay_suffix(item.path))
 
 
 def predict_video(aligner, item: Item, args, failures: list[str]) -> bool:
@@ -362,6 +428,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"labfast predict: --max-megapixels must be positive, got {args.max_megapixels}")
     if args.redetect_every < 1:
         raise SystemExit(f"labfast predict: --redetect-every must be at least 1, got {args.redetect_every}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"labfast predict: --threads must be at least 1, got {args.threads}")
     if not 0 < args.overlay_opacity <= 1:
         raise SystemExit(f"labfast predict: --overlay-opacity must be in (0, 1], got {args.overlay_opacity}")
     failures: list[str] = []
@@ -371,8 +439,17 @@ def run(args: argparse.Namespace) -> int:
     if overwritten:  # --out is the input folder
         raise SystemExit(f"labfast predict: the overlay of {overwritten[0]} would overwrite it; choose another --out")
     boxes = read_boxes(args.boxes) if args.boxes else None
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
-                          flip=args.flip, detector=args.detector)
+    if boxes is not None and (unmatched := unmatched_keys(boxes, images)):
+        message = (f"{args.boxes}: {len(unmatched)} key(s) match no input image, their boxes are unused: "
+                   f"{', '.join(map(repr, unmatched))} (keys: the path as given, relative to its folder, or the file name)")
+        logger.error(message)
+        failures.append(message)
+    try:
+        aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads,
+                              flip=args.flip, detector=args.detector, min_score=args.min_score,
+                              min_confidence=args.min_confidence)
+    except ValueError as error:  # a device this torch cannot use
+        raise SystemExit(f"labfast predict: {error}") from error
     if args.scheme is not None and args.scheme != aligner.scheme.name:
         raise SystemExit(f"labfast predict: checkpoint {aligner.checkpoint} predicts scheme {aligner.scheme.name!r}, not {args.scheme!r}")
     os.makedirs(args.out, exist_ok=True)

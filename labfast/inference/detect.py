@@ -146,7 +146,7 @@ def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"face detection expects an (H, W, 3) BGR or (H, W) grey image, got shape {image.shape}")
 
 
-def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+def _detect_yunet(image_bgr: np.ndarray, max_side: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     image = _as_bgr_uint8(image_bgr)
     scale = min(1.0, max_side / max(image.shape[:2]))
     if scale < 1.0:
@@ -154,6 +154,7 @@ def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.
                            interpolation=cv2.INTER_AREA)
     model = _yunet()
     model.setInputSize((image.shape[1], image.shape[0]))
+    model.setScoreThreshold(min_score)
     _, found = model.detect(image)
     if found is None or len(found) == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
@@ -183,7 +184,7 @@ def _detect_haar(image_bgr: np.ndarray, min_face_fraction: float) -> tuple[np.nd
 
 
 def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_side: int = MAX_SIDE,
-                 min_face_fraction: float = 0.05) -> Detections:
+                 min_face_fraction: float = 0.05, min_score: float | None = None) -> Detections:
     """Every face in a BGR (or grey) ``uint8`` image, largest box first.
 
     Args:
@@ -192,13 +193,20 @@ def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_si
         max_side: YuNet: a longer image side above this is detected on a copy downscaled to it.
         min_face_fraction: Haar: the smallest face searched for, as a fraction of the shorter image
             side (never below the cascade's 24 px window).
+        min_score: keep detections of at least this score; ``None``: YuNet's
+            ``YUNET_SCORE_THRESHOLD``, every Haar detection.
 
     Returns:
         :class:`Detections` in the detector's own box convention; scores are YuNet's confidence in
         [0, 1], or Haar's level weight (unbounded). Convert with :func:`to_landmark_box`.
     """
     _check_detector(detector)
-    boxes, scores = _detect_yunet(image_bgr, max_side) if detector == "yunet" else _detect_haar(image_bgr, min_face_fraction)
+    if detector == "yunet":
+        boxes, scores = _detect_yunet(image_bgr, max_side, YUNET_SCORE_THRESHOLD if min_score is None else min_score)
+    else:
+        boxes, scores = _detect_haar(image_bgr, min_face_fraction)
+        if min_score is not None:
+            boxes, scores = boxes[scores >= min_score], scores[scores >= min_score]
     order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
     return Detections(boxes=boxes[order].astype(np.float32), scores=scores[order].astype(np.float32))
 
@@ -220,9 +228,10 @@ def convert_boxes(boxes: np.ndarray, fitted: BoxConversion) -> np.ndarray:
                     axis=1).astype(np.float32)
 
 
-def detect_landmark_boxes(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Detections:
+def detect_landmark_boxes(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR,
+                          min_score: float | None = None) -> Detections:
     """:func:`detect_faces` with the boxes already converted by :func:`to_landmark_box`."""
-    found = detect_faces(image_bgr, detector)
+    found = detect_faces(image_bgr, detector, min_score=min_score)
     return Detections(boxes=to_landmark_box(found.boxes, detector), scores=found.scores)
 
 

@@ -139,6 +139,7 @@ class NoFaces:
     scheme = argparse.Namespace(name="300w")
     checkpoint = "none"
     detector = "yunet"
+    min_confidence = 0.0  # the face-or-not threshold FaceTracker takes from its aligner
 
     def predict(self, image, boxes=None, heatmaps=False):
         return []
