@@ -27,11 +27,11 @@ from labfast.data import read_image_bgr
 from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.evaluation.protocols import format_table, score_faces
 from labfast.inference.aligner import FaceAligner
-from labfast.inference.core import resolve_device
+from labfast.commands.device import device_from_args
 from labfast.inference.detect import detect_landmark_boxes
 from labfast.inference.overlay import draw_faces
 from labfast.progress import track
-from labfast.inference.runtime import add_threads_argument, set_threads
+from labfast.inference.runtime import add_threads_argument
 from labfast.inference.weights import default_weights
 from labfast.train import presets, train
 from labfast.train.faces import read_training_faces
@@ -73,12 +73,7 @@ def _shipped_weights() -> Path | None:
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:  # a device this torch cannot use
-        raise SystemExit(f"labfast demo: {error}") from error
-    if device.type == "cpu":
-        set_threads(args.threads)
+    device = device_from_args(args, "demo")
     weights = Path(args.checkpoint) if args.checkpoint else _shipped_weights()
     train_first = args.train or weights is None
     if train_first and not args.train:

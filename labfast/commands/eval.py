@@ -14,8 +14,8 @@ import numpy as np
 from labfast import checkpoint, plots
 from labfast.atomic import replaced_atomically
 from labfast.evaluation.protocols import BOX_SOURCES, DEFAULT_SUBSETS, MISSED_NME, NORMALISER_NAMES, evaluate, format_table
-from labfast.inference.core import resolve_device
-from labfast.inference.runtime import add_threads_argument, set_threads
+from labfast.commands.device import device_from_args
+from labfast.inference.runtime import add_threads_argument
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,7 @@ def run(args) -> int:
     if args.latency:
         raise SystemExit("labfast eval: --latency times labfast against dlib in the wild protocol (--dataset wild)")
     args.boxes = args.boxes or "gt"
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:  # a device this torch cannot use
-        raise SystemExit(f"labfast eval: {error}") from error
-    if device.type == "cpu":
-        set_threads(args.threads)
+    device = device_from_args(args, "eval")
     weights = args.checkpoint or default_weights()
     model, info = checkpoint.load_model(weights, device=device)
     if model.scheme.name != args.dataset:
