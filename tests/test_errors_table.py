@@ -52,7 +52,7 @@ def written(path: Path, content: bytes) -> Path:
 
 def huge_config_checkpoint(folder: Path, tiny: Path) -> Path:
     payload = checkpoint.load(tiny)
-    payload["config"] = {**payload["config"], "regressor_width": 5000}
+    payload["config"] = {**payload["config"], "regressor_width": 4000}
     checkpoint.save(folder / "huge.pt", payload)
     return folder / "huge.pt"
 
