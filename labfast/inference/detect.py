@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,8 @@ import cv2
 import numpy as np
 
 from labfast.data.transforms import rescale_pixel_coordinates
+
+log = logging.getLogger(__name__)
 
 DETECTORS = ("yunet", "haar")
 DEFAULT_DETECTOR = "yunet"
@@ -183,6 +186,16 @@ def _detect_haar(image_bgr: np.ndarray, min_face_fraction: float) -> tuple[np.nd
     return np.concatenate([found[:, :2], found[:, :2] + found[:, 2:]], axis=1), np.asarray(weights, np.float32).reshape(-1)
 
 
+def _drop_degenerate(boxes: np.ndarray, scores: np.ndarray, detector: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes that are not finite or have no area are dropped: on some corrupt images YuNet returns
+    NaN or huge negative coordinates, which are no face and would break every crop downstream."""
+    keep = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+            & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    if not keep.all():
+        log.warning("%s returned %d degenerate box(es) (not finite or empty); dropped", detector, int((~keep).sum()))
+    return boxes[keep], scores[keep]
+
+
 def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_side: int = MAX_SIDE,
                  min_face_fraction: float = 0.05, min_score: float | None = None) -> Detections:
     """Every face in a BGR (or grey) ``uint8`` image, largest box first.
@@ -207,6 +220,7 @@ def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_si
         boxes, scores = _detect_haar(image_bgr, min_face_fraction)
         if min_score is not None:
             boxes, scores = boxes[scores >= min_score], scores[scores >= min_score]
+    boxes, scores = _drop_degenerate(boxes, scores, detector)
     order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
     return Detections(boxes=boxes[order].astype(np.float32), scores=scores[order].astype(np.float32))
 
