@@ -2,7 +2,7 @@
 # Does the CUDA extension (csrc/) build and link, bindings included, against a CUDA build of torch?
 # Outside CI (a CUDA torch is 5.5 GB and the build takes minutes); run it whenever csrc/ changes.
 #
-#   benchmarks/check_cuda_build.sh [VENV]        (or LABFAST_CUDA_VENV=VENV; default /work/venv-cuda)
+#   benchmarks/check_cuda_build.sh [VENV]        (or LABFAST_CUDA_VENV=VENV; default .venv-cuda in the checkout)
 #
 # VENV is a virtual environment holding a CUDA build of torch that matches the nvcc on the PATH
 # (CUDA 13.0 here), kept apart from the CPU-only development environment. Made once with
@@ -20,9 +20,9 @@
 # on a busy 2-core machine), KEEP=1 keeps the temporary folder.
 set -euo pipefail
 
-venv="${1:-${LABFAST_CUDA_VENV:-/work/venv-cuda}}"
-python="$venv/bin/python"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${1:-${LABFAST_CUDA_VENV:-$root/.venv-cuda}}"
+python="$venv/bin/python"
 
 if ! "$python" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then
   echo "check_cuda_build: $python has no CUDA build of torch (see the header of $0 to make one)" >&2

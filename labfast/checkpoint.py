@@ -14,12 +14,13 @@ then ``os.replace``: a crash mid-write never leaves a truncated checkpoint under
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from labfast.atomic import replaced_atomically
 
 FORMAT = "labfast-checkpoint"
 VERSION = 1
@@ -31,22 +32,9 @@ class CheckpointError(RuntimeError):
 
 def save(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format header) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints private to their writer
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -106,11 +94,32 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     payload = load(path)
     try:
         config = LABConfig.from_dict(payload["config"])
-        model = LAB(schemes.get(payload["scheme"]), config, boundary_scheme=schemes.get(payload["boundary_scheme"]))
+        scheme, boundary_scheme = schemes.get(payload["scheme"]), schemes.get(payload["boundary_scheme"])
+        _check_shapes(path, payload["model"], scheme, config, boundary_scheme)
+        model = LAB(scheme, config, boundary_scheme=boundary_scheme)
         state = {name: value.float() if value.is_floating_point() else value for name, value in payload["model"].items()}
         model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except CheckpointError:
+        raise
+    except Exception as error:  # anything the file's contents make the model code raise
         raise CheckpointError(f"checkpoint {path} does not match this labfast's LAB model: {error}") from error
     info = {key: value for key, value in payload.items() if key not in ("model", "optimizer", "discriminator_optimizer", "rng")}
     info["config"] = config
     return model.to(device).eval(), info
+
+
+def _check_shapes(path, state: dict, scheme, config, boundary_scheme) -> None:
+    """The weights' names and shapes against those of the model ``config`` describes, built on the
+    meta device (shapes only, no memory): a config whose model does not fit the weights is refused
+    before anything is allocated, however large the sizes it names."""
+    from labfast.model import LAB
+
+    with torch.device("meta"):
+        expected = {name: tuple(value.shape) for name, value in LAB(scheme, config, boundary_scheme=boundary_scheme).state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in state.items()}
+    if found != expected:
+        wrong = sorted(name for name in expected.keys() & found.keys() if expected[name] != found[name])
+        raise CheckpointError(
+            f"checkpoint {path} does not match this labfast's LAB model: {len(expected.keys() - found.keys())} weight(s) missing, "
+            f"{len(found.keys() - expected.keys())} unexpected, {len(wrong)} of another shape"
+            + (f" (first: {wrong[0]} is {found[wrong[0]]}, the config needs {expected[wrong[0]]})" if wrong else ""))

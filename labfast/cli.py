@@ -21,6 +21,7 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labfast", description="Look at Boundary face alignment.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors: no progress, no info lines")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # The chosen command is the first argument that names one (``labfast -v predict ...`` too).
     chosen = next((argument for argument in sys.argv[1:] if argument in SUBCOMMANDS), None)
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(module=module)
         # -v after the command as well; SUPPRESS keeps a -v given before it when absent here.
         sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+        sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                         help="only warnings and errors: no progress, no info lines")
         if name == chosen:  # only the chosen command's options
             importlib.import_module(module).add_arguments(sub)
     return parser
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args.module)
     from labfast.checkpoint import CheckpointError
 

@@ -46,3 +46,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (a user's clone has no ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def eager_runtime(monkeypatch):
+    """``FaceAligner`` on eager PyTorch: skips the ONNX export and check that ``runtime="auto"`` runs
+    on every construction (about 20 s on a busy 2-core machine), for tests of what surrounds the model."""
+    from labfast.inference import aligner, runtime
+
+    monkeypatch.setattr(aligner, "inference_runtime",
+                        lambda model, device, _runtime, threads: runtime.inference_runtime(model, device, "torch", threads))

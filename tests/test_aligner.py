@@ -2,6 +2,8 @@
 from pathlib import Path
 
 import cv2
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -170,18 +172,18 @@ def test_none_and_unreadable_paths_say_what_is_wrong(tiny_checkpoint, tmp_path):
         aligner.predict(str(tmp_path / "text.png"))
 
 
-def test_a_box_outside_the_image_is_warned_about(tiny_checkpoint, caplog):
+def test_a_box_partly_outside_the_image_is_warned_about_and_one_wholly_outside_is_an_error(tiny_checkpoint, caplog):
     aligner = FaceAligner(tiny_checkpoint, device="cpu")
     image = np.zeros((100, 200, 3), np.uint8)
     with caplog.at_level("WARNING", logger="labfast.inference.aligner"):
         aligner.predict(image, boxes=[[20, 20, 80, 80]])
         assert not [r for r in caplog.records if r.name == "labfast.inference.aligner"]  # inside: silent
-        aligner.predict(image, boxes=[[300, 20, 360, 80], [150, 20, 250, 80]])
+        aligner.predict(image, boxes=[[150, 20, 250, 80]])
     messages = [record.getMessage() for record in caplog.records if record.name == "labfast.inference.aligner"]
-    assert len(messages) == 2
-    assert "box 0 [300.0, 20.0, 360.0, 80.0] lies outside the 200x100 image (0 % of it inside)" in messages[0]
     # inside up to the last pixel's edge x = 199.5: 49.5 of 100 px wide, printed to 0 decimals
-    assert "box 1" in messages[1] and "partly outside" in messages[1] and "(50 % of it inside)" in messages[1]
+    assert len(messages) == 1 and "box 0 [150, 20, 250, 80] lies partly outside" in messages[0] and "(50 % of it inside)" in messages[0]
+    with pytest.raises(ValueError, match=re.escape("image 0: box 1 [300, 20, 360, 80] lies wholly outside the 200x100 image")):
+        aligner.predict(image, boxes=[[20, 20, 80, 80], [300, 20, 360, 80]])
 
 
 def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
@@ -199,9 +201,9 @@ def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
 
 def test_shipped_weights_are_confident_on_a_face_and_not_on_background():
     # Measured when written: 0.54 on the annotated box of a bundled test face, 0.23 on a box of the
-    # same size over uniform noise; the fitted re-detection threshold (0.43, labfast.inference.track) lies between.
+    # same size over uniform noise; the fitted face-or-not threshold (0.32) lies between.
     from labfast.data import read_300w
-    from labfast.inference.track import default_min_confidence
+    from labfast.inference.aligner import default_min_confidence
 
     sample = read_300w(SAMPLE, "common")[0]
     aligner = FaceAligner(device="cpu")
@@ -209,3 +211,19 @@ def test_shipped_weights_are_confident_on_a_face_and_not_on_background():
     noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     off_face, = aligner.predict(noise, boxes=sample.box[None])
     assert on_face.confidence > default_min_confidence() > off_face.confidence
+
+
+def test_detections_below_the_face_or_not_threshold_or_the_min_score_are_dropped(tiny_checkpoint):
+    # the bundled photo's face: YuNet score 0.94, confidence about 0.5 with the shipped weights
+    from labfast.inference.aligner import default_min_confidence
+
+    image = cv2.imread(str(SAMPLE / "fullres" / "image_0067.png"))
+    shipped = FaceAligner(device="cpu")
+    assert shipped.min_confidence == default_min_confidence() and FaceAligner(tiny_checkpoint, device="cpu").min_confidence == 0
+    face, = shipped.predict(image)
+    assert face.confidence >= shipped.min_confidence and face.score > 0.9
+    shipped.min_confidence = face.confidence + 1e-3
+    assert shipped.predict(image) == []  # dropped as a non-face
+    assert len(shipped.predict(image, boxes=face.box[None])) == 1  # a given box is never dropped
+    assert FaceAligner(device="cpu", min_score=0.99).predict(image) == []
+    assert len(FaceAligner(device="cpu", min_confidence=0).predict(image)) == 1

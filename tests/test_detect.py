@@ -198,3 +198,14 @@ def test_converted_error_is_measured_as_box_jitter_draws_it():
     error = detector_fit.converted_error(converted, landmark)
     assert error["shift_x"]["mean"] == pytest.approx(10 / 100) and error["shift_y"]["mean"] == pytest.approx(-5 / 100)
     assert error["log_side"]["mean"] == pytest.approx(round(np.log(1.2), 4))
+
+
+def test_degenerate_boxes_from_the_detector_are_dropped_with_a_warning(monkeypatch, caplog):
+    """A corrupt image once made YuNet return a NaN box, which then broke the face crop (found by the fuzz test)."""
+    boxes = np.array([[np.nan, -5.4e11, np.nan, -5.4e11], [10, 10, 10, 30], [5, 6, 45, 50]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    monkeypatch.setattr(detect, "_detect_yunet", lambda *args: (boxes, scores))
+    found = detect.detect_faces(np.zeros((64, 64, 3), np.uint8))
+    np.testing.assert_array_equal(found.boxes, boxes[2:])
+    np.testing.assert_array_equal(found.scores, scores[2:])
+    assert "2 degenerate box(es)" in caplog.text

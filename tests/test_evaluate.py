@@ -1,11 +1,12 @@
 """labfast eval: protocol rows on real faces, errors measured in the original image, flip averaging."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from labfast import checkpoint, cli, schemes
+from labfast import checkpoint, cli, plots, schemes
 from labfast.commands.demo import BUNDLED_DATA
 from labfast.inference.detect import box_iou
 from labfast.evaluation.protocols import MISSED_NME, evaluate, match_detections, predict_faces
@@ -162,12 +163,34 @@ def test_eval_defaults_to_the_shipped_weights_and_writes_to_the_working_director
     assert (tmp_path / "labfast-eval-300w" / "ced.png").is_file()
 
 
-def test_eval_with_nothing_to_evaluate_fails_and_claims_no_plot(tiny_checkpoint, tmp_path, capsys):
+def test_eval_with_nothing_to_evaluate_fails_and_writes_nothing(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", tmp_path / "empty", "--out", out) == 1
-    printed = capsys.readouterr().out
-    assert "ced.png" not in printed and f"wrote {out / 'metrics.json'}" in printed
-    assert not (out / "ced.png").exists()
+    assert "wrote" not in capsys.readouterr().out
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_failed_eval_leaves_the_last_good_metrics_and_plot_untouched(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", BUNDLED_DATA, "--subset", "common", "--out", out) == 0
+    good = {name: (out / name).read_bytes() for name in ("metrics.json", "ced.png")}
+    assert eval_command("--checkpoint", tiny_checkpoint, "--data-root", tmp_path / "wrong", "--out", out) == 1
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == good  # same pair, no temporary left
+
+
+def test_a_crash_while_writing_results_leaves_the_old_pair_and_no_temporary(tiny_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("old metrics")
+    (out / "ced.png").write_bytes(b"old plot")
+
+    def fail(curves, path, **kwargs):
+        Path(path).write_bytes(b"half a plot")
+        raise OSError("disk full")
+    monkeypatch.setattr(plots, "plot_ced", fail)
+    with pytest.raises(OSError, match="disk full"):
+        eval_command("--checkpoint", tiny_checkpoint, "--data-root", BUNDLED_DATA, "--subset", "common", "--out", out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == {"metrics.json": b"old metrics", "ced.png": b"old plot"}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import labfast.kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-DETECTOR_FILES = ("face_detection_yunet_2026may.onnx", "LICENSE", "README.md", "box_conversion.json", "tracking.json")
+DETECTOR_FILES = ("face_detection_yunet_2026may.onnx", "LICENSE", "README.md", "box_conversion.json", "face_confidence.json")
 
 
 def test_kernels_import_as_a_subpackage_of_the_editable_install():

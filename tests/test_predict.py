@@ -54,7 +54,8 @@ def test_folder_gives_json_pts_and_overlays_that_round_trip(monkeypatch, tiny_ch
         # .pts is 1-based with 3 decimals: back within half a unit of the last decimal (+ float32 rounding)
         np.testing.assert_allclose(read_pts(out / f"{name}_1.pts") - 1, landmarks, atol=5e-4 + 1e-4, rtol=0)
         assert not (out / f"{name}_2.pts").exists()
-        overlay = cv2.imread(str(out / f"{name}.png"))
+        # a JPEG input gets a JPEG overlay (a PNG of a photo is several times its size), others a PNG
+        overlay = cv2.imread(str(out / (name + (".jpg" if image_path.suffix == ".jpg" else ".png"))))
         assert overlay is not None and overlay.shape == image.shape
         assert np.abs(overlay.astype(int) - image).max() > 0  # something was drawn
 
@@ -84,8 +85,8 @@ def test_unreadable_image_is_named_the_rest_go_on_and_the_exit_code_says_so(monk
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert any("broken.jpg" in message and "cannot read" in message for message in errors)
     assert "1 input(s) failed" in errors[-1] and "broken.jpg" in errors[-1]
-    for name in ("3083968872_1", "image_0067", "crops/image_0001"):
-        assert (out / f"{name}.json").is_file() and (out / f"{name}.png").is_file()
+    for name, suffix in (("3083968872_1", ".jpg"), ("image_0067", ".png"), ("crops/image_0001", ".jpg")):
+        assert (out / f"{name}.json").is_file() and (out / f"{name}{suffix}").is_file()
     assert not (out / "broken.json").exists()
 
 
@@ -115,6 +116,8 @@ def test_video_frames_are_predicted_with_the_detector_on_every_frame(monkeypatch
     record = json.loads((out / "clip.json").read_text())
     assert [entry["frame"] for entry in record["frames"]] == [0, 1, 2, 3]
     assert [len(entry["faces"]) for entry in record["frames"]] == [1, 1, 1, 0]
+    faces = [face for entry in record["frames"] for face in entry["faces"]]
+    assert [face["track"] for face in faces] == [0, 0, 0] and all(face["score"] > 0 for face in faces)  # one face, one id
     assert (out / "clip" / "000002_1.pts").is_file() and not (out / "clip" / "000003_1.pts").exists()
     capture = cv2.VideoCapture(str(out / "clip.overlay.mp4"))
     frames = 0
@@ -187,3 +190,20 @@ def test_haar_detector_is_a_choice(monkeypatch, tiny_checkpoint, tmp_path):
     assert predict(monkeypatch, image, "--checkpoint", tiny_checkpoint, "--out", out, "--detector", "haar", "--no-overlay") == 0
     face, = json.loads((out / "image_0067.json").read_text())["faces"]
     assert face["score"] is not None and face["score"] > 1  # Haar's level weight, not YuNet's [0, 1] score
+
+
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe not UTF-8",  # UnicodeDecodeError escaped (found by tests/fuzz)
+    b"[" * 5000,  # RecursionError escaped
+    b'{"a.jpg": [[0, 0, 10, ""]]}',  # ValueError from numpy escaped
+    b'{"a.jpg": [{"x0": 0}]}',  # TypeError escaped
+    b'{"a.jpg": [[0, 0, 10, 1' + b"0" * 400 + b"]]}",  # OverflowError escaped
+    b'{"a.jpg": [[0, 0, 10, 10], [1, 2]]}',  # ragged
+])
+def test_a_malformed_boxes_file_is_one_line_naming_it(tmp_path, content):
+    from labfast.commands.predict import read_boxes
+
+    path = tmp_path / "boxes.json"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit, match=f"labfast predict: (cannot read )?boxes file {path}"):
+        read_boxes(str(path))

@@ -27,10 +27,11 @@ from labfast.data import read_image_bgr
 from labfast.data.transforms import rescale_pixel_coordinates
 from labfast.evaluation.protocols import format_table, score_faces
 from labfast.inference.aligner import FaceAligner
-from labfast.inference.core import resolve_device
+from labfast.commands.device import device_from_args
 from labfast.inference.detect import detect_landmark_boxes
 from labfast.inference.overlay import draw_faces
-from labfast.inference.runtime import add_threads_argument, set_threads
+from labfast.progress import track
+from labfast.inference.runtime import add_threads_argument
 from labfast.inference.weights import default_weights
 from labfast.train import presets, train
 from labfast.train.faces import read_training_faces
@@ -49,7 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="training time budget with --train")
     parser.add_argument("--checkpoint", default=None, help="weights to run (default: the shipped ones)")
     parser.add_argument("--data-root", default=str(BUNDLED_DATA), help="300-W layout folder (default: bundled sample)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--overlays", type=int, default=8, help="how many faces get a full-size overlay picture (the sheet shows all)")
     add_threads_argument(parser)
 
@@ -74,9 +75,7 @@ def _shipped_weights() -> Path | None:
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        set_threads(args.threads)
+    device = device_from_args(args, "demo")
     weights = Path(args.checkpoint) if args.checkpoint else _shipped_weights()
     train_first = args.train or weights is None
     if train_first and not args.train:
@@ -134,7 +133,8 @@ def _predict_and_draw(aligner: FaceAligner, faces: list, full_size: int, out: Pa
     folder = out / "overlays"
     folder.mkdir(parents=True, exist_ok=True)
     nmes, tiles = [], []
-    for start in range(0, len(faces), batch):
+    starts = range(0, len(faces), batch)
+    for start in track(starts, len(faces), "demo: faces", "face", step=lambda start: len(faces[start:start + batch])):
         chunk = faces[start:start + batch]
         images = [read_image_bgr(face.image_path) for face in chunk]
         predicted = aligner.predict(images, boxes=[face.box[None] for face in chunk], heatmaps=True)

@@ -1,18 +1,21 @@
-"""``labfast eval``: score a checkpoint with a data set's protocol and write ``metrics.json`` and ``ced.png``."""
+"""``labfast eval``: score a checkpoint with a data set's protocol and write ``metrics.json`` and ``ced.png``.
+
+Both files are written only when at least one subset was evaluated, and each is replaced whole: a
+failed evaluation (a wrong ``--data-root``, an interrupted run) leaves the last good pair in ``--out``."""
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from labfast import checkpoint, plots
+from labfast.atomic import replaced_atomically
 from labfast.evaluation.protocols import BOX_SOURCES, DEFAULT_SUBSETS, MISSED_NME, NORMALISER_NAMES, evaluate, format_table
-from labfast.inference.core import resolve_device
-from labfast.inference.runtime import add_threads_argument, set_threads
+from labfast.commands.device import device_from_args
+from labfast.inference.runtime import add_threads_argument
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--boxes", choices=BOX_SOURCES, default=None,
                         help="crop from the annotated boxes (gt, the default) or from the face detector's (detector; "
                              "missed faces fail); wild always uses the detector")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch", type=int, default=32, help="faces per forward pass (default 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", default=None, help="folder for metrics.json and ced.png (default: labfast-eval-DATASET in the working directory)")
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed annotation instead of skipping it")
     parser.add_argument("--latency", type=int, nargs="?", const=60, default=0, metavar="ROUNDS",
@@ -46,9 +49,7 @@ def run(args) -> int:
     if args.latency:
         raise SystemExit("labfast eval: --latency times labfast against dlib in the wild protocol (--dataset wild)")
     args.boxes = args.boxes or "gt"
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        set_threads(args.threads)
+    device = device_from_args(args, "eval")
     weights = args.checkpoint or default_weights()
     model, info = checkpoint.load_model(weights, device=device)
     if model.scheme.name != args.dataset:
@@ -62,23 +63,18 @@ def run(args) -> int:
     print(f"{args.dataset} — {weights}, {args.boxes} boxes{' (flip averaged)' if args.flip else ''}")
     print(format_table(args.dataset, results))
     out = Path(args.out) if args.out else Path.cwd() / f"labfast-eval-{args.dataset}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({
+    curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
+    if not curves:
+        logger.error("nothing was evaluated: no subset of %s could be read under %s; %s is left as it was",
+                     args.dataset, args.data_root, out)
+        return 1
+    _write_results(out, {
         "checkpoint": str(weights), "dataset": args.dataset, "flip": args.flip, "boxes": args.boxes,
         "units": {"nme": "% of the normaliser", "fr": "% of faces", "auc": "fraction (0-1)",
                   "nmes": "% of the normaliser, per face", "normaliser": model.scheme.normalizer,
                   "failure_threshold": "NME 10 %"},
-        "results": _in_percent(results)}, indent=2) + "\n")
-    written = [out / "metrics.json"]
-    curves = {subset: np.asarray(row["nmes"]) for subset, row in results.items() if "nmes" in row}
-    if curves:
-        plots.plot_ced(curves, out / "ced.png", title=f"{args.dataset}: cumulative error distribution",
-                       normaliser=NORMALISER_NAMES[model.scheme.normalizer])
-        written.append(out / "ced.png")
-    print(f"wrote {' and '.join(str(path) for path in written)}")
-    if not curves:
-        logger.error("nothing was evaluated: no subset of %s could be read under %s", args.dataset, args.data_root)
-        return 1
+        "results": _in_percent(results)}, curves, args.dataset, NORMALISER_NAMES[model.scheme.normalizer])
+    print(f"wrote {out / 'metrics.json'} and {out / 'ced.png'}")
     return 0
 
 
@@ -89,7 +85,9 @@ def _run_wild(args) -> int:
 
     if args.boxes == "gt" or args.subset:
         raise SystemExit("labfast eval --dataset wild: faces come from the detector, end to end; --boxes gt and --subset do not apply")
-    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip)
+    # every detection is scored, as the protocol (and dlib beside it) does: no face-or-not filter
+    aligner = FaceAligner(args.checkpoint, device=args.device, batch_size=args.batch, threads=args.threads, flip=args.flip,
+                          min_confidence=0)
     reference = wild.dlib_aligner()
     if reference is None:
         logger.warning("dlib is not installed: labfast alone (pip install labfast[benchmark] adds dlib's predictor)")
@@ -116,19 +114,13 @@ def _run_wild(args) -> int:
 
 def _write_results(out: Path, metrics: dict, curves: dict[str, np.ndarray], dataset: str, normaliser: str,
                    missed_nme: float | None = None) -> None:
-    """``ced.png`` then ``metrics.json``, each replaced whole (written beside, then ``os.replace``)
-    and only once both are drawn, so a failure leaves the last good pair."""
-    out.mkdir(parents=True, exist_ok=True)
-    plot_file, metrics_file = out / ".ced.png.tmp.png", out / ".metrics.json.tmp"
-    try:
+    """``ced.png`` then ``metrics.json``, each replaced whole (``labfast.atomic``) and only once both
+    are drawn, so a failure leaves the last good pair, and ``metrics.json`` (replaced last) is never
+    newer than the plot beside it."""
+    with replaced_atomically(out / "metrics.json") as metrics_file, replaced_atomically(out / "ced.png") as plot_file:
         plots.plot_ced(curves, plot_file, title=f"{dataset}: cumulative error distribution", normaliser=normaliser,
                        missed_nme=missed_nme)
         metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(plot_file, out / "ced.png")
-        os.replace(metrics_file, out / "metrics.json")
-    finally:
-        plot_file.unlink(missing_ok=True)
-        metrics_file.unlink(missing_ok=True)
 
 
 def _in_percent(results: dict[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,32 @@ import numpy as np
 logger = logging.getLogger("labfast.data")
 
 
+#: Largest magnitude of an annotation value: far beyond any image's pixels, and small enough that
+#: landmarks, boxes and their sums stay finite in the float32 samples hold (3.4e38 does not).
+MAX_VALUE = 1e8
+
+
 class AnnotationError(ValueError):
     """A malformed annotation; the message names the file and, where there is one, the line."""
 
 
 def where(path: str | os.PathLike, line: int | None = None) -> str:
     return f"{os.fspath(path)}:{line}" if line is not None else os.fspath(path)
+
+
+def read_lines(path: str | os.PathLike) -> list[bytes]:
+    """The raw lines of an annotation file; decode each with :func:`decode_line`, so that one line
+    that is not UTF-8 is one bad entry, not an unreadable file."""
+    with open(path, "rb") as handle:
+        return handle.read().splitlines()
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, line: int) -> str:
+    """A line as UTF-8 text; other bytes raise ``AnnotationError`` naming the file and line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise AnnotationError(f"{where(path, line)}: not UTF-8 text (byte {error.start} of the line: {error.reason})") from None
 
 
 def parse_floats(tokens: Sequence[str], path: str | os.PathLike, line: int | None, what: str) -> np.ndarray:
@@ -32,6 +52,8 @@ def parse_floats(tokens: Sequence[str], path: str | os.PathLike, line: int | Non
             ) from None
         if not math.isfinite(value):
             raise AnnotationError(f"{where(path, line)}: {what} value {position} is {token!r}")
+        if abs(value) > MAX_VALUE:
+            raise AnnotationError(f"{where(path, line)}: {what} value {position} is {token!r}, beyond ±{MAX_VALUE:g}: not a pixel position")
         values[position] = value
     return values
 

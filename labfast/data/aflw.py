@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._parse import AnnotationError, Skipper, check_image, parse_floats, where
+from ._parse import AnnotationError, Skipper, check_image, decode_line, parse_floats, read_lines, where
 from .sample import Sample
 
 AFLW_SPLITS = {
@@ -61,31 +61,30 @@ def read_aflw(
     images = Path(image_root) if image_root is not None else Path(root) / "images"
     skipper = Skipper(strict, path)
     samples = []
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline()
-        if not header.startswith("image_name"):
-            raise AnnotationError(f"{where(path, 1)}: expected the header line 'image_name,scale,box_size,...'")
-        for number, line in enumerate(handle, start=2):
-            if not line.strip():
-                continue
-            fields = [field.strip() for field in line.rstrip("\n").split(",")]
-            try:
-                if len(fields) != _FIELDS:
-                    raise AnnotationError(f"{where(path, number)}: expected {_FIELDS} values, got {len(fields)}")
-                _scale, box_size, center_x, center_y = parse_floats(fields[1:5], path, number, "box")
-                if box_size <= 0:
-                    raise AnnotationError(f"{where(path, number)}: box_size must be positive, got {box_size}")
-                landmarks = parse_floats(fields[5:], path, number, "coordinate").reshape(NUM_POINTS_AFLW, 2)
-                image_path = str(images / fields[0])
-                if check_images:
-                    check_image(image_path, path, number)
-                half = box_size / 2.0
-                samples.append(Sample(
-                    image_path=image_path,
-                    landmarks=landmarks,
-                    box=np.array([center_x - half, center_y - half, center_x + half, center_y + half]),
-                ))
-            except AnnotationError as error:
-                skipper.skip(error)
+    lines = read_lines(path)
+    if not lines or not lines[0].startswith(b"image_name"):
+        raise AnnotationError(f"{where(path, 1)}: expected the header line 'image_name,scale,box_size,...'")
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        try:
+            fields = [field.strip() for field in decode_line(raw, path, number).split(",")]
+            if len(fields) != _FIELDS:
+                raise AnnotationError(f"{where(path, number)}: expected {_FIELDS} values, got {len(fields)}")
+            _scale, box_size, center_x, center_y = parse_floats(fields[1:5], path, number, "box")
+            if box_size <= 0:
+                raise AnnotationError(f"{where(path, number)}: box_size must be positive, got {box_size}")
+            landmarks = parse_floats(fields[5:], path, number, "coordinate").reshape(NUM_POINTS_AFLW, 2)
+            image_path = str(images / fields[0])
+            if check_images:
+                check_image(image_path, path, number)
+            half = box_size / 2.0
+            samples.append(Sample(
+                image_path=image_path,
+                landmarks=landmarks,
+                box=np.array([center_x - half, center_y - half, center_x + half, center_y + half]),
+            ))
+        except AnnotationError as error:
+            skipper.skip(error)
     skipper.report()
     return samples

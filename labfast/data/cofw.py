@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ._parse import AnnotationError, Skipper
+from ._parse import MAX_VALUE, AnnotationError, Skipper
 from .sample import Sample
 
 NUM_POINTS_COFW = 29
@@ -47,12 +47,9 @@ def read_cofw(mat_path: str | os.PathLike, strict: bool = True) -> list[Sample]:
         if split is None:
             raise AnnotationError(f"{mat_path}: has neither 'IsTr' nor 'IsT'; keys: {sorted(handle.keys())}")
         images_key, phis_key, boxes_key = _KEYS[split]
-        for key in (phis_key, boxes_key):
-            if key not in handle:
-                raise AnnotationError(f"{mat_path}: missing {key!r}")
-        references = np.asarray(handle[images_key]).reshape(-1)
-        phis = _as_rows(np.asarray(handle[phis_key], dtype=np.float64), 3 * NUM_POINTS_COFW, mat_path, phis_key)
-        boxes = _as_rows(np.asarray(handle[boxes_key], dtype=np.float64), 4, mat_path, boxes_key)
+        references = _array(handle, images_key, mat_path).reshape(-1)
+        phis = _as_rows(_array(handle, phis_key, mat_path, np.float64), 3 * NUM_POINTS_COFW, mat_path, phis_key)
+        boxes = _as_rows(_array(handle, boxes_key, mat_path, np.float64), 4, mat_path, boxes_key)
         if not len(references) == len(phis) == len(boxes):
             raise AnnotationError(
                 f"{mat_path}: {images_key} has {len(references)} faces, {phis_key} {len(phis)}, "
@@ -69,6 +66,34 @@ def read_cofw(mat_path: str | os.PathLike, strict: bool = True) -> list[Sample]:
     return samples
 
 
+def _array(handle, key: str, path: str, dtype=None) -> np.ndarray:
+    """``handle[key]`` as an array; a missing key, a group or data that is not numbers raise
+    ``AnnotationError`` (h5py raises OSError, TypeError or ValueError for each of those)."""
+    import h5py
+
+    item = handle.get(key)
+    if not isinstance(item, h5py.Dataset):
+        raise AnnotationError(f"{path}: {'missing' if item is None else 'not an array:'} {key!r}")
+    try:
+        return np.asarray(item, dtype=dtype)
+    except (OSError, TypeError, ValueError) as error:
+        raise AnnotationError(f"{path}: {key!r} cannot be read as {np.dtype(dtype).name if dtype else 'an array'} ({error})") from None
+
+
+def _image(handle, reference, name: str) -> np.ndarray:
+    """The image an ``IsT`` / ``IsTr`` cell refers to; anything but an object reference to an array
+    raises ``AnnotationError``."""
+    import h5py
+
+    try:
+        stored = handle[reference]
+    except (OSError, TypeError, ValueError, KeyError) as error:
+        raise AnnotationError(f"{name}: the image cell is not a reference to an image ({error})") from None
+    if not isinstance(stored, h5py.Dataset):
+        raise AnnotationError(f"{name}: the image cell refers to a group, not an image")
+    return np.asarray(stored)
+
+
 def _as_rows(array: np.ndarray, width: int, path: str, key: str) -> np.ndarray:
     """MATLAB ``N x width`` arrives as ``(width, N)``; accept either orientation."""
     if array.ndim == 2 and array.shape[0] == width:
@@ -82,6 +107,8 @@ def _face(handle, reference, phis: np.ndarray, box: np.ndarray, path: str, face:
     name = f"{path}: face {face}"
     if not np.all(np.isfinite(phis)):
         raise AnnotationError(f"{name}: non-finite coordinate or flag in {phis.tolist()}")
+    if np.abs(phis).max() > MAX_VALUE or np.abs(box).max() > MAX_VALUE:
+        raise AnnotationError(f"{name}: a coordinate beyond ±{MAX_VALUE:g} is not a pixel position")
     if not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
         raise AnnotationError(f"{name}: bad box x y w h {box.tolist()}")
     flags = phis[2 * NUM_POINTS_COFW:]
@@ -89,7 +116,7 @@ def _face(handle, reference, phis: np.ndarray, box: np.ndarray, path: str, face:
         raise AnnotationError(f"{name}: occlusion flags must be 0 or 1, got {flags.tolist()}")
     landmarks = np.stack([phis[:NUM_POINTS_COFW], phis[NUM_POINTS_COFW:2 * NUM_POINTS_COFW]], axis=1) - 1.0
     x0, y0 = box[0] - 1.0, box[1] - 1.0  # MATLAB 1-based corner
-    image = np.asarray(handle[reference])
+    image = _image(handle, reference, name)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[0] != 3):
         raise AnnotationError(f"{name}: image must be uint8 (W, H) or (3, W, H) as stored, got {image.dtype} {image.shape}")
     if image.ndim == 2:

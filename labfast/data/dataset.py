@@ -105,7 +105,7 @@ def _bgr_to_rgb_float(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: int,
                      margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The inference crop as pixels: square around the box centre, side ``max(w, h) * (1 + 2 * margin)``.
 
@@ -122,10 +122,13 @@ def crop_face_pixels(image_bgr: np.ndarray, box: Sequence[float], input_size: in
     return warp_crop(image_bgr, matrix, input_size), matrix
 
 
-def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int = 256,
+def crop_face(image_bgr: np.ndarray, box: Sequence[float], input_size: int,
               margin: float = DEFAULT_MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """The model's input for one face: :func:`crop_face_pixels` as ``(input_size, input_size, 3)``
-    float32 RGB in [0, 1], and its affine as float32."""
+    float32 RGB in [0, 1], and its affine as float32.
+
+    ``input_size`` has no default: it is the model's (``model.config.input_size``, an exported
+    file's ``input_size`` contract entry; the shipped weights take 128), never a guess."""
     crop, matrix = crop_face_pixels(image_bgr, box, input_size, margin)
     return _bgr_to_rgb_float(crop), matrix.astype(np.float32)
 
@@ -150,7 +153,10 @@ class FaceDataset(torch.utils.data.Dataset):
     most half a grey level); without it the crop is the warp's own uint8 pixels.
 
     Training augmentation is drawn from per-item generators seeded by ``(seed, epoch, index)``:
-    the same triple gives the same crop in any worker process and any order. Call
+    the same triple gives the same crop in any worker process and any order. ``dataset[(i, c)]`` is
+    face ``i``'s ``c``-th copy in an epoch (``labfast.train.sampling.BalancedSampler`` draws faces
+    more than once), seeded by ``(seed, epoch, index, c)``: each copy is augmented anew; copy 0 is
+    ``dataset[i]``. Call
     ``set_epoch(epoch)`` each epoch (with ``DataLoader`` workers that persist, before the
     iterator is created).
     """
@@ -188,7 +194,8 @@ class FaceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, copy = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
         try:
             image = sample_image(sample)
@@ -196,7 +203,7 @@ class FaceDataset(torch.utils.data.Dataset):
             if not self.skip_unreadable:
                 raise
             return {"index": index, "unreadable": f"item {index}: {error}"}
-        streams = self.augmentation_streams(index) if self.train else {}
+        streams = self.augmentation_streams(index, copy) if self.train else {}
         box = sample.box
         if self.train and (self.augment.box_shift_std > 0 or self.augment.box_scale_std > 0):
             box = jitter_box(box, streams["box"], self.augment.box_shift_std, self.augment.box_scale_std)
@@ -229,9 +236,11 @@ class FaceDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
-    def augmentation_streams(self, index: int) -> dict[str, np.random.Generator]:
-        """The random streams of item ``index`` this epoch, one per augmentation (``AUGMENTATION_STREAMS``)."""
-        children = np.random.SeedSequence([self.seed, self.epoch, index]).spawn(len(AUGMENTATION_STREAMS))
+    def augmentation_streams(self, index: int, copy: int = 0) -> dict[str, np.random.Generator]:
+        """The random streams of item ``index`` (its ``copy``-th draw) this epoch, one per augmentation
+        (``AUGMENTATION_STREAMS``)."""
+        entropy = [self.seed, self.epoch, index] + ([copy] if copy else [])
+        children = np.random.SeedSequence(entropy).spawn(len(AUGMENTATION_STREAMS))
         return dict(zip(AUGMENTATION_STREAMS, (np.random.default_rng(child) for child in children)))
 
     def photometric(self, crop: np.ndarray, streams: dict[str, np.random.Generator]) -> np.ndarray:

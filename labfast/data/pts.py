@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ._parse import AnnotationError, parse_floats, where
+from ._parse import AnnotationError, decode_line, parse_floats, read_lines, where
 
 
 def read_pts(path: str | os.PathLike) -> np.ndarray:
@@ -29,12 +29,7 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
     is not two numbers, a NaN / infinite value, a header whose ``n_points`` disagrees with the point lines, a missing
     ``}``, or text after it.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except UnicodeDecodeError as error:
-        line = (error.object[:error.start].count(b"\n") + 1) if isinstance(error.object, bytes) else None
-        raise AnnotationError(f"{where(path, line)}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    lines = [decode_line(raw, path, number) for number, raw in enumerate(read_lines(path), start=1)]
     numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise AnnotationError(f"{where(path)}: empty .pts file")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._parse import AnnotationError, Skipper, check_image, parse_flag, parse_floats, where
+from ._parse import AnnotationError, Skipper, check_image, parse_flag, parse_floats, decode_line, read_lines, where
 from .sample import Sample, box_from_landmarks
 
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -104,31 +104,30 @@ def _read_list(path: Path, images: Path, with_rect_and_attributes: bool, strict:
     expected = coordinates + (4 + len(WFLW_ATTRIBUTES) if with_rect_and_attributes else 0) + 1
     skipper = Skipper(strict, path)
     samples = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                if len(tokens) != expected:
-                    raise AnnotationError(f"{where(path, number)}: expected {expected} values, got {len(tokens)}")
-                landmarks = parse_floats(tokens[:coordinates], path, number, "coordinate").reshape(-1, 2)
-                attributes: dict[str, bool] = {}
-                if with_rect_and_attributes:
-                    box = parse_floats(tokens[coordinates:coordinates + 4], path, number, "rectangle")
-                    if box[2] <= box[0] or box[3] <= box[1]:
-                        raise AnnotationError(f"{where(path, number)}: empty rectangle {box.tolist()}")
-                    flags = tokens[coordinates + 4:coordinates + 4 + len(WFLW_ATTRIBUTES)]
-                    attributes = {name: parse_flag(flag, path, number, name)
-                                  for name, flag in zip(WFLW_ATTRIBUTES, flags)}
-                else:
-                    box = box_from_landmarks(landmarks)
-                image_path = str(images / tokens[-1])
-                if check_images:
-                    check_image(image_path, path, number)
-                samples.append(Sample(image_path=image_path, landmarks=landmarks.astype(np.float32),
-                                      box=box, attributes=attributes))
-            except AnnotationError as error:
-                skipper.skip(error)
+    for number, raw in enumerate(read_lines(path), start=1):
+        if not raw.strip():
+            continue
+        try:
+            tokens = decode_line(raw, path, number).split()
+            if len(tokens) != expected:
+                raise AnnotationError(f"{where(path, number)}: expected {expected} values, got {len(tokens)}")
+            landmarks = parse_floats(tokens[:coordinates], path, number, "coordinate").reshape(-1, 2)
+            attributes: dict[str, bool] = {}
+            if with_rect_and_attributes:
+                box = parse_floats(tokens[coordinates:coordinates + 4], path, number, "rectangle")
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    raise AnnotationError(f"{where(path, number)}: empty rectangle {box.tolist()}")
+                flags = tokens[coordinates + 4:coordinates + 4 + len(WFLW_ATTRIBUTES)]
+                attributes = {name: parse_flag(flag, path, number, name)
+                              for name, flag in zip(WFLW_ATTRIBUTES, flags)}
+            else:
+                box = box_from_landmarks(landmarks)
+            image_path = str(images / tokens[-1])
+            if check_images:
+                check_image(image_path, path, number)
+            samples.append(Sample(image_path=image_path, landmarks=landmarks.astype(np.float32),
+                                  box=box, attributes=attributes))
+        except AnnotationError as error:
+            skipper.skip(error)
     skipper.report()
     return samples

@@ -27,17 +27,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from labfast import data, metrics
 from labfast.inference import detect as face_detection
 from labfast.inference.core import InferenceCore
+from labfast.progress import track
 
 logger = logging.getLogger("labfast.evaluation.protocols")
 
@@ -67,7 +65,7 @@ def match_detections(samples: list, detect=detect_landmark_boxes) -> list:
     most (``labfast.inference.detect.match``, the rule the detector's box conversion was fitted
     with), or ``None`` when the detector missed it."""
     matched = []
-    for sample in samples:
+    for sample in track(samples, len(samples), "detect", "face"):
         boxes = np.asarray(detect(data.sample_image(sample)), np.float64).reshape(-1, 4)
         index = face_detection.match(boxes, sample.box.astype(np.float64)) if len(boxes) else None
         matched.append(None if index is None else boxes[index])
@@ -102,8 +100,9 @@ def annotated_landmarks(core: InferenceCore, samples: list, batch_size: int = 32
     """Landmarks ``(N, L, 2)`` float32 of annotated faces, in original image coordinates, each face
     cropped from its ``box`` and run through ``core`` (``labfast.inference.core``)."""
     faces = ((data.sample_image(sample), sample.box) for sample in samples)  # one image read at a time
-    batches = tqdm(core.align(faces, batch_size), total=math.ceil(len(samples) / batch_size), desc="faces",
-                   unit="batch", disable=not progress, leave=False)
+    batches = core.align(faces, batch_size)
+    if progress:
+        batches = track(batches, len(samples), "faces", "face", step=lambda batch: len(batch.landmarks))
     return np.concatenate([batch.landmarks for batch in batches])
 
 

@@ -15,9 +15,11 @@ landmarks mapped back to the original image there.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -32,6 +34,15 @@ from labfast.inference.runtime import DEFAULT_THREADS, RUNTIMES, TorchModel, inf
 from labfast.inference.weights import default_weights
 
 logger = logging.getLogger("labfast.inference.aligner")
+
+#: The face-or-not threshold on ``Face.confidence`` fitted for the shipped weights, with its provenance
+#: and rates (``python -m labfast.tools.face_confidence_fit``).
+FACE_CONFIDENCE_FILE = Path(__file__).resolve().parents[1] / "detectors" / "face_confidence.json"
+
+
+def default_min_confidence() -> float:
+    """The fitted face-or-not threshold of ``labfast/detectors/face_confidence.json``."""
+    return float(json.loads(FACE_CONFIDENCE_FILE.read_text(encoding="utf-8"))["min_confidence"])
 
 
 @dataclass
@@ -49,9 +60,13 @@ class Face:
         confidence: how well the regressed landmarks agree with the predicted boundary heatmaps, in
             [0, 1]: the mean over landmarks of the strongest boundary heatmap at the landmark
             (:func:`labfast.inference.core.landmark_confidence`). Low when the crop holds no face or a
-            badly placed one; ``labfast.inference.track`` re-detects below a threshold fitted on
-            held-out training faces.
-        score: the face detector's score for this face, ``None`` when the caller gave the box.
+            badly placed one: detections below ``FaceAligner.min_confidence`` are dropped as
+            non-faces, and ``labfast.inference.track`` re-detects when a tracked face falls below it.
+        score: the face detector's score for this face, ``None`` when the caller gave the box; for a
+            face followed by ``labfast.inference.track.FaceTracker``, the score of the detection
+            that started or last refreshed its track.
+        track_id: ``FaceTracker``'s id of the face, the same on every frame while it is followed;
+            ``None`` outside a tracker.
     """
 
     landmarks: np.ndarray
@@ -60,6 +75,7 @@ class Face:
     heatmap_to_image: np.ndarray
     confidence: float = float("nan")
     score: float | None = None
+    track_id: int | None = None
 
 
 class FaceAligner:
@@ -79,6 +95,14 @@ class FaceAligner:
             else eager PyTorch), ``"torch"`` or ``"onnxruntime"``; ``labfast.inference.runtime``.
         detector: the face detector used when no boxes are given: ``"yunet"`` (default, shipped in
             ``labfast/detectors/``) or ``"haar"`` (OpenCV's frontal-face cascade).
+        min_score: the detector's score a detection needs (``None``: YuNet's 0.6, every Haar
+            detection; ``labfast.inference.detect.detect_faces``).
+        min_confidence: detections whose landmark confidence (``Face.confidence``) falls below it are
+            dropped as non-faces; ``None`` takes the threshold fitted for the shipped weights
+            (``labfast/detectors/face_confidence.json``: 1 of 98 real faces fell below it) when they
+            are the ones loaded, else 0 (a threshold fitted for other weights means nothing; fit
+            yours with ``python -m labfast.tools.face_confidence_fit --checkpoint CKPT --out FILE``);
+            0 keeps every detection. Boxes the caller gives are never dropped.
         cuda_graphs: on CUDA, replay each batch size's forward from a CUDA graph captured on first
             use (batches padded to powers of two up to ``batch_size``): the low-latency path for small
             batches, where launching kernels one by one costs more than the GPU work
@@ -87,7 +111,8 @@ class FaceAligner:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  batch_size: int = 64, threads: int | None = None, flip: bool = False, runtime: str = "auto",
-                 detector: str = detect.DEFAULT_DETECTOR, cuda_graphs: bool = False):
+                 detector: str = detect.DEFAULT_DETECTOR, cuda_graphs: bool = False, min_score: float | None = None,
+                 min_confidence: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if runtime not in RUNTIMES:
@@ -103,6 +128,10 @@ class FaceAligner:
         self.batch_size = batch_size
         self.flip = bool(flip)
         self.detector = detector
+        self.min_score = min_score
+        if min_confidence is None:
+            min_confidence = default_min_confidence() if checkpoint is None else 0.0
+        self.min_confidence = float(min_confidence)
         self.threads = set_threads(threads) if self.device.type == "cpu" else None
         self.model, self.info = load_model(self.checkpoint, self.device)
         self.scheme = schemes.get(self.info["scheme"])
@@ -128,8 +157,8 @@ class FaceAligner:
         """Landmarks of every face in one image or in a list of images.
 
         Args:
-            image_or_batch: one ``(H, W, 3)`` uint8 BGR image (as ``cv2.imread`` gives) or an image
-                file path, or a list of them (sizes may differ).
+            image_or_batch: one ``(H, W, 3)`` uint8 BGR image (as ``cv2.imread`` gives; BGRA and
+                grey are accepted too) or an image file path, or a list of them (sizes may differ).
             boxes: ``None`` to detect faces (``self.detector``, its boxes converted to landmark-extent
                 boxes with :func:`labfast.inference.detect.to_landmark_box`); else the face boxes ``x0, y0, x1, y1``
                 in the landmark-extent convention LAB was trained on: an ``(F, 4)`` array for one
@@ -138,7 +167,7 @@ class FaceAligner:
 
         Returns:
             For one image, a list of :class:`Face` (empty if no face); for a list of images, a list
-            of such lists in the same order.
+            of such lists in the same order. Detections below ``min_confidence`` are left out.
         """
         if image_or_batch is None:
             raise ValueError(_NONE_IMAGE.format(index=0))
@@ -146,15 +175,17 @@ class FaceAligner:
             isinstance(image_or_batch, (str, os.PathLike))
         images = [_as_bgr(image, index) for index, image in enumerate([image_or_batch] if single else image_or_batch)]
         if boxes is None:
-            found = [detect.detect_landmark_boxes(image, self.detector) for image in images]
+            found = [detect.detect_landmark_boxes(image, self.detector, self.min_score) for image in images]
             face_boxes = [detections.boxes for detections in found]
             scores = [detections.scores for detections in found]
-        else:
-            face_boxes = [boxes] if single else list(boxes)
-            if len(face_boxes) != len(images):
-                raise ValueError(f"got {len(face_boxes)} box lists for {len(images)} images")
-            face_boxes = [_check_boxes(image_boxes, index, image.shape) for index, (image_boxes, image) in enumerate(zip(face_boxes, images))]
-            scores = [[None] * len(image_boxes) for image_boxes in face_boxes]
+            results = self._align(images, face_boxes, scores, heatmaps)
+            results = [[face for face in faces if face.confidence >= self.min_confidence] for faces in results]
+            return results[0] if single else results
+        face_boxes = [boxes] if single else list(boxes)
+        if len(face_boxes) != len(images):
+            raise ValueError(f"got {len(face_boxes)} box lists for {len(images)} images")
+        face_boxes = [check_boxes(image_boxes, index, image.shape) for index, (image_boxes, image) in enumerate(zip(face_boxes, images))]
+        scores = [[None] * len(image_boxes) for image_boxes in face_boxes]
         results = self._align(images, face_boxes, scores, heatmaps)
         return results[0] if single else results
 
@@ -180,11 +211,15 @@ _NONE_IMAGE = ("image {index} is None, not an image: cv2.imread returns None for
 
 
 def _as_bgr(image, index: int) -> np.ndarray:
-    """Accept ``(H, W, 3)`` BGR or ``(H, W)`` grey uint8, or an image path; name the image in the error otherwise."""
+    """Accept ``(H, W, 3)`` BGR, ``(H, W, 4)`` BGRA (alpha dropped, as ``cv2.imread`` drops an RGBA
+    file's) or ``(H, W)`` grey uint8, or an image path; name the image in the error otherwise."""
     if image is None:
         raise ValueError(_NONE_IMAGE.format(index=index))
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
+        if os.path.isdir(path):
+            raise ValueError(f"image {index}: {path} is a folder; pass its image files (a list of paths), "
+                             "or run `labfast predict FOLDER` for every image in it")
         pixels = cv2.imread(path, cv2.IMREAD_COLOR)
         if pixels is None:
             reason = "no such file" if not os.path.isfile(path) else "OpenCV cannot decode it"
@@ -193,14 +228,27 @@ def _as_bgr(image, index: int) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"image {index}: expected uint8 pixels (as cv2.imread gives), got {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"image {index}: expected an (H, W, 3) BGR, (H, W, 4) BGRA or (H, W) grey image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image {index} is empty: {image.shape[1]}x{image.shape[0]} pixels")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {index}: expected an (H, W, 3) BGR or (H, W) grey image, got shape {image.shape}")
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
 
 
-def _check_boxes(boxes, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
+#: A face box's longer side may be at most this many times the image's longer side: a face cut by
+#: the frame reaches beyond it, but a box larger than this holds the whole image as a sliver and its
+#: crop would smooth the image away (a 1e9 px box asked OpenCV for a blur kernel it cannot allocate).
+MAX_BOX_TO_IMAGE = 4.0
+
+
+def check_boxes(boxes, index: int, image_shape: tuple[int, ...], warn: bool = True) -> np.ndarray:
+    """``boxes`` as ``(F, 4)`` float32, or a ``ValueError`` naming image ``index`` and the box: malformed,
+    wholly outside the image, or over :data:`MAX_BOX_TO_IMAGE` times its size. A box partly outside
+    is kept with a warning (a face cut by the frame)."""
     boxes = np.asarray(boxes, np.float32)
     if boxes.size == 0:
         return np.zeros((0, 4), np.float32)
@@ -211,10 +259,18 @@ def _check_boxes(boxes, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"image {index}: box {int(np.argmax(bad))} {boxes[bad][0].tolist()} needs x1 > x0, y1 > y0, finite values")
     height, width = image_shape[:2]
     for number, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        where = f"image {index}: box {number} [{x0:g}, {y0:g}, {x1:g}, {y1:g}]"
+        if max(x1 - x0, y1 - y0) > MAX_BOX_TO_IMAGE * max(width, height):
+            raise ValueError(f"{where} is over {MAX_BOX_TO_IMAGE:g} times the {width}x{height} image's size; "
+                             "boxes are x0, y0, x1, y1 around one face, in 0-based pixels of that image")
         # Landmark-extent boxes lie inside the image (the landmarks do); half a pixel is rounding.
         if x0 < -0.5 or y0 < -0.5 or x1 > width - 0.5 or y1 > height - 0.5:
             inside = max(0.0, min(x1, width - 0.5) - max(x0, -0.5)) * max(0.0, min(y1, height - 0.5) - max(y0, -0.5))
-            logger.warning("image %d: box %d [%.1f, %.1f, %.1f, %.1f] lies %s the %dx%d image (%.0f %% of it inside); "
-                           "boxes are x0, y0, x1, y1 in 0-based pixels of that image", index, number, x0, y0, x1, y1,
-                           "outside" if inside == 0 else "partly outside", width, height, 100 * inside / ((x1 - x0) * (y1 - y0)))
+            if inside == 0:
+                raise ValueError(f"{where} lies wholly outside the {width}x{height} image; "
+                                 "boxes are x0, y0, x1, y1 in 0-based pixels of that image")
+            if warn:
+                logger.warning("%s lies partly outside the %dx%d image (%.0f %% of it inside); "
+                               "boxes are x0, y0, x1, y1 in 0-based pixels of that image", where, width, height,
+                               100 * inside / ((x1 - x0) * (y1 - y0)))
     return boxes

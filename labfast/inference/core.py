@@ -40,10 +40,22 @@ Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given, or a ``ValueError`` saying
+    why it cannot run here (not a device name; CUDA asked of a torch without it or a GPU it lacks)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is usable"
+            raise ValueError(f"device {device!r} asked for, but this torch {torch.__version__} is {build}; "
+                             "use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 def model_input(crops: torch.Tensor) -> torch.Tensor:

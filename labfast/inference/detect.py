@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,8 @@ import cv2
 import numpy as np
 
 from labfast.data.transforms import rescale_pixel_coordinates
+
+log = logging.getLogger(__name__)
 
 DETECTORS = ("yunet", "haar")
 DEFAULT_DETECTOR = "yunet"
@@ -42,6 +45,12 @@ CONVERSION_FILE = "box_conversion.json"
 YUNET_SCORE_THRESHOLD = 0.6
 YUNET_NMS_THRESHOLD = 0.3
 MAX_SIDE = 640
+#: What a face's detector ``score`` means, per detector (written beside predictions).
+SCORE_MEANING = {
+    "yunet": f"YuNet's face confidence in [0, 1]; faces below {YUNET_SCORE_THRESHOLD} are not reported",
+    "haar": "the Haar cascade's level weight (its last stage's summed response): unbounded, not a probability, "
+            "larger is surer (a few units on clear faces); not comparable with YuNet's",
+}
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,7 @@ def _as_bgr_uint8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"face detection expects an (H, W, 3) BGR or (H, W) grey image, got shape {image.shape}")
 
 
-def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+def _detect_yunet(image_bgr: np.ndarray, max_side: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     image = _as_bgr_uint8(image_bgr)
     scale = min(1.0, max_side / max(image.shape[:2]))
     if scale < 1.0:
@@ -148,6 +157,7 @@ def _detect_yunet(image_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, np.
                            interpolation=cv2.INTER_AREA)
     model = _yunet()
     model.setInputSize((image.shape[1], image.shape[0]))
+    model.setScoreThreshold(min_score)
     _, found = model.detect(image)
     if found is None or len(found) == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
@@ -176,8 +186,18 @@ def _detect_haar(image_bgr: np.ndarray, min_face_fraction: float) -> tuple[np.nd
     return np.concatenate([found[:, :2], found[:, :2] + found[:, 2:]], axis=1), np.asarray(weights, np.float32).reshape(-1)
 
 
+def _drop_degenerate(boxes: np.ndarray, scores: np.ndarray, detector: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes that are not finite or have no area are dropped: on some corrupt images YuNet returns
+    NaN or huge negative coordinates, which are no face and would break every crop downstream."""
+    keep = (np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+            & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    if not keep.all():
+        log.warning("%s returned %d degenerate box(es) (not finite or empty); dropped", detector, int((~keep).sum()))
+    return boxes[keep], scores[keep]
+
+
 def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_side: int = MAX_SIDE,
-                 min_face_fraction: float = 0.05) -> Detections:
+                 min_face_fraction: float = 0.05, min_score: float | None = None) -> Detections:
     """Every face in a BGR (or grey) ``uint8`` image, largest box first.
 
     Args:
@@ -186,13 +206,21 @@ def detect_faces(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR, max_si
         max_side: YuNet: a longer image side above this is detected on a copy downscaled to it.
         min_face_fraction: Haar: the smallest face searched for, as a fraction of the shorter image
             side (never below the cascade's 24 px window).
+        min_score: keep detections of at least this score; ``None``: YuNet's
+            ``YUNET_SCORE_THRESHOLD``, every Haar detection.
 
     Returns:
         :class:`Detections` in the detector's own box convention; scores are YuNet's confidence in
         [0, 1], or Haar's level weight (unbounded). Convert with :func:`to_landmark_box`.
     """
     _check_detector(detector)
-    boxes, scores = _detect_yunet(image_bgr, max_side) if detector == "yunet" else _detect_haar(image_bgr, min_face_fraction)
+    if detector == "yunet":
+        boxes, scores = _detect_yunet(image_bgr, max_side, YUNET_SCORE_THRESHOLD if min_score is None else min_score)
+    else:
+        boxes, scores = _detect_haar(image_bgr, min_face_fraction)
+        if min_score is not None:
+            boxes, scores = boxes[scores >= min_score], scores[scores >= min_score]
+    boxes, scores = _drop_degenerate(boxes, scores, detector)
     order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
     return Detections(boxes=boxes[order].astype(np.float32), scores=scores[order].astype(np.float32))
 
@@ -214,9 +242,10 @@ def convert_boxes(boxes: np.ndarray, fitted: BoxConversion) -> np.ndarray:
                     axis=1).astype(np.float32)
 
 
-def detect_landmark_boxes(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Detections:
+def detect_landmark_boxes(image_bgr: np.ndarray, detector: str = DEFAULT_DETECTOR,
+                          min_score: float | None = None) -> Detections:
     """:func:`detect_faces` with the boxes already converted by :func:`to_landmark_box`."""
-    found = detect_faces(image_bgr, detector)
+    found = detect_faces(image_bgr, detector, min_score=min_score)
     return Detections(boxes=to_landmark_box(found.boxes, detector), scores=found.scores)
 
 

@@ -1,10 +1,17 @@
 """``labfast export``: a checkpoint's inference model as TorchScript or ONNX, checked against eager,
-or as the weights-only labfast checkpoint that ships (``--format checkpoint [--half]``).
+with its contract inside, or as the weights-only labfast checkpoint that ships (``--format checkpoint [--half]``).
 
 The exported graph maps ``images (N, 3, S, S)`` float32 RGB in [0, 1] (the crops of
 ``labfast.data.crop_face``) to ``landmarks (N, L, 2)`` in crop pixel coordinates and
 ``boundary_heatmaps (N, K, S/4, S/4)`` of the last estimator stack; the discriminator and the
 earlier stacks' heatmaps are training-time parts and are left out.
+
+Both files carry their contract (:func:`contract`): the input size, dtype, range, layout and channel
+order, where normalisation happens, the crop, the landmark scheme and the coordinate convention, as
+ONNX ``metadata_props`` (``session.get_modelmeta().custom_metadata_map`` in onnxruntime) and as the
+TorchScript extra file ``labfast_contract.json`` (``torch.jit.load(path, _extra_files=...)``), so a
+file that travels without labfast still says how to feed it. The README shows the ONNX file run
+with onnxruntime, OpenCV and numpy alone.
 
 The graph is recorded with every labfast op on its plain PyTorch reference
 (``LABFAST_BACKEND=reference`` for the duration of the export), so no Triton or CUDA-extension
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -75,6 +83,41 @@ class InferenceModel(torch.nn.Module):
         return output.landmarks, output.heatmaps[-1]
 
 
+#: The TorchScript extra file holding :func:`contract`.
+CONTRACT_FILE = "labfast_contract.json"
+
+
+def contract(model: torch.nn.Module) -> dict[str, str]:
+    """What an exported file of ``model`` (a ``labfast.model.LAB``) expects and returns, as strings (ONNX
+    metadata is string to string): everything needed to crop, feed it and map its landmarks back."""
+    from labfast.data import DEFAULT_MARGIN
+
+    size = int(model.config.input_size)
+    scheme = model.scheme
+    return {
+        "labfast.contract": "1",
+        "input_name": "images",
+        "input_shape": f"N,3,{size},{size}",
+        "input_size": str(size),
+        "input_dtype": "float32",
+        "input_range": "0..1 (uint8 pixel / 255)",
+        "input_layout": "NCHW",
+        "channel_order": "RGB",
+        "normalisation": ("inside the graph: (x - mean) / std with ImageNet mean 0.485,0.456,0.406 and std 0.229,0.224,0.225"
+                          if model.config.normalization == "imagenet" else "inside the graph: each image's own mean and std"),
+        "crop": (f"square of side max(w, h) * (1 + 2 * {DEFAULT_MARGIN}) around the centre of the landmark-extent face box "
+                 f"(x0, y0, x1, y1), scaled to {size}x{size} with the box centre at pixel ({size - 1}/2, {size - 1}/2), "
+                 "Gaussian-smoothed with sigma (1/scale - 1)/2 source px first when scale < 1, bilinear, black outside"),
+        "crop_margin": str(DEFAULT_MARGIN),
+        "landmark_scheme": scheme.name,
+        "num_landmarks": str(scheme.num_points),
+        "outputs": f"landmarks (N,{scheme.num_points},2) x,y in crop pixels; boundary_heatmaps (N,K,{size // 4},{size // 4}) "
+                   "of the last stack, in [0, 1]",
+        "coordinate_convention": "0-based pixel centres: pixel (row i, column j) has its centre at (x=j, y=i), in the crop "
+                                 "for the outputs; map back to the image through the inverse of the crop's affine",
+    }
+
+
 @contextlib.contextmanager
 def reference_ops() -> Iterator[None]:
     """Force every labfast op onto its reference path (``labfast.ops.backend``'s switch) for a block."""
@@ -113,7 +156,7 @@ def export(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int
     with reference_ops(), torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, example, check_trace=False)
-            traced.save(str(path))
+            traced.save(str(path), _extra_files={CONTRACT_FILE: json.dumps(contract(model), indent=2)})
         else:
             _require("onnx", "onnxscript")
             import onnx
@@ -126,7 +169,10 @@ def export(model: torch.nn.Module, fmt: str, path: str | os.PathLike, batch: int
                 input_names=["images"], output_names=["landmarks", "boundary_heatmaps"],
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             )
-            onnx.checker.check_model(onnx.load(str(path)))
+            graph = onnx.load(str(path))
+            onnx.helper.set_model_props(graph, contract(model))
+            onnx.checker.check_model(graph)
+            onnx.save(graph, str(path))
     return path
 
 

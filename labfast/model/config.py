@@ -60,6 +60,17 @@ from labfast.ops.fusion import RESIZE_MODES
 
 _NORMALIZATIONS = ("imagenet", "per_image")
 _DISCRIMINATOR_DISTANCES = ("boundary", "landmark")
+#: ``LABConfig.landmark_loss`` values (``labfast.model.losses.landmark_loss``).
+LANDMARK_LOSSES = ("l2", "l1", "smooth_l1", "wing")
+
+
+#: Each structural size's largest sane value: far past any model worth building, and small enough
+#: that checking a config (``2 ** hourglass_depth``) or building it on the meta device stays cheap,
+#: so a damaged checkpoint's config fails here instead of exhausting memory.
+_STRUCTURE_LIMITS = {"input_size": 4096, "stacks": 64, "hourglass_channels": 4096, "hourglass_depth": 10,
+                     "boundary_channels": 1024, "message_kernel": 63, "regressor_width": 4096,
+                     "regressor_stem_kernel": 63, "transform_channels": 4096, "transform_depth": 10,
+                     "discriminator_channels": 4096}
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,14 @@ class LABConfig:
         discriminator_channels: width of its first layer.
         normalization: ``"imagenet"`` (mean/std) or ``"per_image"`` (each image's own mean/std).
         heatmap_weight / landmark_weight / adversarial_weight: loss weights.
+        landmark_loss: loss on the regressed coordinates (``labfast.model.losses.landmark_loss``):
+            ``"l2"`` (our reading of the paper; what a config without the field loads as), ``"l1"``,
+            ``"smooth_l1"`` or ``"wing"`` (Feng et al., CVPR 2018).
+        landmark_loss_width: Wing's ``w`` (and smooth L1's ``β``) as a fraction of the crop side.
+        landmark_loss_curvature: Wing's ``ε``, a fraction of the crop side. The defaults keep
+            Feng et al.'s ratio ``w/ε = 10/2`` and put ``w`` at 0.05 of the crop: about a tenth of
+            the inter-ocular distance of a 300-W training crop (the 10 % failure threshold, so every
+            error short of a failure is in the log region and only failures are treated as L1).
         discriminator_distance: ``Dist`` of the fake label: ``"boundary"`` (predicted landmark to
             its ground-truth boundary curve, the paper's reading) or ``"landmark"`` (to its
             ground-truth point over the NME normaliser; checkpoints saved before the field load so).
@@ -122,6 +141,9 @@ class LABConfig:
     heatmap_weight: float = 1.0
     landmark_weight: float = 1.0
     adversarial_weight: float = 0.01
+    landmark_loss: str = "l2"
+    landmark_loss_width: float = 0.05
+    landmark_loss_curvature: float = 0.01
     discriminator_distance: str = "boundary"
     fake_boundary_threshold: float = 1.5
     fake_distance_threshold: float = 0.05
@@ -130,12 +152,10 @@ class LABConfig:
     def __post_init__(self) -> None:
         config_fields.check(self)  # a bool is a bool: the string 'False' must not switch a part on
         object.__setattr__(self, "fusion_stages", tuple(sorted(set(self.fusion_stages))))
-        for key in ("input_size", "stacks", "hourglass_channels", "hourglass_depth",
-                    "boundary_channels", "message_kernel", "regressor_width", "regressor_stem_kernel",
-                    "transform_channels", "transform_depth", "discriminator_channels"):
+        for key, most in _STRUCTURE_LIMITS.items():
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"LABConfig.{key} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(f"LABConfig.{key} must be an integer from 1 to {most}, got {value!r}")
         heatmap_size = self.input_size // 4
         if self.input_size % 4 or heatmap_size % (2 ** self.hourglass_depth):
             raise ValueError(
@@ -165,6 +185,10 @@ class LABConfig:
                 f"LABConfig.discriminator_distance={self.discriminator_distance!r} is not one of "
                 f"{_DISCRIMINATOR_DISTANCES}"
             )
+        if self.landmark_loss not in LANDMARK_LOSSES:
+            raise ValueError(f"LABConfig.landmark_loss={self.landmark_loss!r} is not one of {LANDMARK_LOSSES}")
+        if self.landmark_loss_width <= 0 or self.landmark_loss_curvature <= 0:
+            raise ValueError("LABConfig.landmark_loss_width and landmark_loss_curvature must be positive")
         if not 0.0 <= self.fake_fraction_threshold <= 1.0:
             raise ValueError(
                 f"LABConfig.fake_fraction_threshold (δ) must be in [0, 1], got {self.fake_fraction_threshold}"

@@ -1,4 +1,5 @@
-"""LAB's training losses (Sec. 3): heatmap MSE with intermediate supervision, landmark L2,
+"""LAB's training losses (Sec. 3): heatmap MSE with intermediate supervision, the landmark loss
+(L2, or Wing and its kin),
 the boundary effectiveness discriminator's loss and the estimator's adversarial loss.
 
 Discriminator and adversarial losses (Sec. 3.3)::
@@ -13,13 +14,14 @@ same fixed point with useful gradients while ``D`` still rejects the estimates.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from labfast.data.transforms import rescale_pixel_coordinates
-from labfast.model.config import LABConfig
+from labfast.model.config import LANDMARK_LOSSES, LABConfig
 from labfast.ops.boundary_heatmaps import dense_curves, index_table
 from labfast.schemes import Scheme
 
@@ -32,16 +34,38 @@ def heatmap_loss(predicted: Sequence[torch.Tensor], target: torch.Tensor) -> tor
     return sum(F.mse_loss(stack.float(), target) for stack in predicted)
 
 
-def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, input_size: int) -> torch.Tensor:
-    """L2 loss on ``(N, L, 2)`` pixel coordinates measured in crop-normalised units.
+def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, input_size: int, kind: str = "l2",
+                  width: float = 0.05, curvature: float = 0.01) -> torch.Tensor:
+    """Loss on ``(N, L, 2)`` pixel coordinates measured in crop-normalised units (divided by
+    ``input_size``, so that the value does not depend on the crop resolution).
 
-    The mean over faces of ``Σ_l ||p_l - g_l||² / L`` with coordinates divided by ``input_size``, so
-    that the value does not depend on the crop resolution.
+    ``kind`` (``LABConfig.landmark_loss``), on each coordinate difference ``x``:
+
+    - ``"l2"``: the mean over faces of ``Σ_l ||p_l - g_l||² / L`` (squared point distance);
+    - ``"l1"``: ``|x|``; ``"smooth_l1"``: ``x²/2w`` inside ``±w`` (``w = width``), ``|x| - w/2`` outside;
+    - ``"wing"`` (Feng et al., CVPR 2018, Eq. 5): ``w·ln(1 + |x|/ε)`` inside ``±w``, ``|x| - C``
+      outside, ``C = w - w·ln(1 + w/ε)`` (continuous at ``±w``), ``w = width``, ``ε = curvature``:
+      the log amplifies small and medium errors, L1 keeps outliers from dominating.
+
+    The per-coordinate kinds are summed over x and y and averaged over landmarks and faces, as
+    ``"l2"`` is.
     """
     if predicted.shape != target.shape:
         raise ValueError(f"landmark_loss: predicted {tuple(predicted.shape)} vs target {tuple(target.shape)}")
     difference = (predicted.float() - target.float()) / input_size
-    return difference.pow(2).sum(dim=-1).mean()
+    if kind == "l2":
+        per_coordinate = difference.pow(2)
+    elif kind == "l1":
+        per_coordinate = difference.abs()
+    elif kind == "smooth_l1":
+        per_coordinate = F.smooth_l1_loss(difference, torch.zeros_like(difference), reduction="none", beta=width)
+    elif kind == "wing":
+        size = difference.abs()
+        offset = width - width * math.log1p(width / curvature)
+        per_coordinate = torch.where(size < width, width * torch.log1p(size / curvature), size - offset)
+    else:
+        raise ValueError(f"landmark_loss: kind={kind!r} is not one of {LANDMARK_LOSSES}")
+    return per_coordinate.sum(dim=-1).mean()
 
 
 def landmark_normalizer(landmarks: torch.Tensor, scheme: Scheme) -> torch.Tensor:

@@ -28,6 +28,17 @@ from labfast.ops.boundary_heatmaps import index_table
 
 OP = "message_passing"
 FAST_PATHS = ("triton",)
+# Device types that have an autocast mode, found once at import. ``torch.is_autocast_enabled``
+# raises for a device type without one (the meta device ``labfast.perf.roofline`` traces on), and torch
+# 2.11's Dynamo cannot trace ``torch.amp.is_autocast_available`` (a graph break at every message
+# passing: 16 graphs for the paper model; 2.13 traces it), whereas a set of constant strings is
+# traced on every version.
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    device_type
+    for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "maia", "xla", "ipu",
+                        torch._C._get_privateuse1_backend_name())
+    if torch.amp.is_autocast_available(device_type)
+)
 
 
 def message_passing_ref(
@@ -165,7 +176,7 @@ def _autocast(features: torch.Tensor, weights: torch.Tensor,
               bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The three in the autocast dtype inside an autocast region, else unchanged."""
     device = features.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+    if not (device in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device)):
         return features, weights, bias
     dtype = torch.get_autocast_dtype(device)
     return features.to(dtype), weights.to(dtype), None if bias is None else bias.to(dtype)

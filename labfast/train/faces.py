@@ -16,6 +16,7 @@ from labfast.evaluation.protocols import predict_faces
 from labfast.model import LAB
 from labfast.train.build import set_training_mode
 from labfast.train.presets import TrainConfig
+from labfast.train.sampling import BalancedSampler
 
 logger = logging.getLogger("labfast.train.faces")
 
@@ -54,9 +55,9 @@ def readable_faces(samples: list, role: str) -> list:
 
 
 class ResumeSampler(Sampler[int]):
-    """The distributed sampler's order for this epoch, less the samples already trained on."""
+    """The distributed (or balanced) sampler's order for this epoch, less the samples already trained on."""
 
-    def __init__(self, sampler: DistributedSampler, skip: int):
+    def __init__(self, sampler: DistributedSampler | BalancedSampler, skip: int):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self) -> Iterator[int]:
@@ -66,7 +67,7 @@ class ResumeSampler(Sampler[int]):
         return len(self.sampler) - self.skip
 
 
-def epoch_loader(train_set: data.FaceDataset, sampler: DistributedSampler, config: TrainConfig, epoch: int,
+def epoch_loader(train_set: data.FaceDataset, sampler: DistributedSampler | BalancedSampler, config: TrainConfig, epoch: int,
                  batches_done: int, device: torch.device) -> DataLoader:
     """The batches of ``epoch`` after the first ``batches_done``; unreadable images are listed, not raised.
 

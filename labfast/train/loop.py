@@ -35,8 +35,9 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from labfast import data
-from labfast.train import build, faces, presets, schedule, state, step
-from labfast.train.runtime import Runtime, barrier, close_runtime, count_unreadable, init_runtime, past_deadline
+from labfast.train import build, faces, presets, sampling, schedule, state, step
+from labfast.train.runtime import (Runtime, barrier, close_runtime, count_unreadable, init_runtime, main_says,
+                                   past_deadline)
 from labfast.train.scalars import ScalarLog
 
 logger = logging.getLogger("labfast.train.loop")
@@ -65,7 +66,7 @@ class _Run:
     trainer: step.Trainer
     position: state.Position
     train_set: data.FaceDataset
-    sampler: DistributedSampler
+    sampler: DistributedSampler | sampling.BalancedSampler
     val_faces: list
     steps_per_epoch: int
     total_steps: int
@@ -108,10 +109,15 @@ def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
         if runtime.is_main:
             logger.info("resumed %s at epoch %d, batch %d (step %d)", out / "last.pt", position.epoch,
                         position.batches_done, position.step)
+        if position.fitted_epochs:  # the schedule a time budget sized before the stop
+            config = trainer.config = dataclasses.replace(config, epochs=position.fitted_epochs,
+                                                          lr_milestones=position.fitted_milestones)
     train_set = data.FaceDataset(train_faces, model.scheme, input_size=config.input_size, train=True,
                                  augment=config.augment, seed=config.seed, skip_unreadable=True)
-    sampler = DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
-                                 shuffle=True, seed=config.seed, drop_last=True)
+    sampler = (sampling.BalancedSampler(sampling.pose_weights(train_faces, model.scheme.name, config),
+                                        runtime.world_size, runtime.rank, config.seed) if config.pose_balance_bins else
+               DistributedSampler(train_set, num_replicas=runtime.world_size, rank=runtime.rank,
+                                  shuffle=True, seed=config.seed, drop_last=True))
     steps_per_epoch = len(sampler) // config.batch_size
     total_steps = schedule.planned_steps(config, steps_per_epoch)
     # under a time limit the step count is unknown (a time budget fixes it after two epochs): show the
@@ -120,7 +126,8 @@ def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     progress = tqdm(total=None if length_unknown else total_steps, initial=position.step,
                     disable=not runtime.is_main, unit="step", dynamic_ncols=True)
     deadline = time.monotonic() + 60 * config.time_limit_minutes if config.time_limit_minutes > 0 else math.inf
-    budget = schedule.TimeBudget(config) if config.time_budget_minutes > 0 else None
+    budget = (schedule.TimeBudget(config, used_seconds=position.budget_seconds_used,
+                                  decided=position.fitted_epochs > 0) if config.time_budget_minutes > 0 else None)
     if budget is not None:
         deadline = min(deadline, budget.deadline)
     return _Run(out, runtime, trainer, position, train_set, sampler, val_faces, steps_per_epoch, total_steps,
@@ -190,7 +197,8 @@ def _log_step(run: _Run, terms: dict[str, float], images_per_second: float) -> N
 
 
 def _end_epoch(run: _Run, epoch_done: bool) -> None:
-    """Validate, keep ``best.pt``, write ``last.pt`` at the next position, size a budgeted schedule."""
+    """Validate, keep ``best.pt``, stop early where due, write ``last.pt`` at the next position, size a
+    budgeted schedule."""
     position, epoch = run.position, run.position.epoch
     if run.runtime.is_main:
         val_nme = math.nan
@@ -202,25 +210,37 @@ def _end_epoch(run: _Run, epoch_done: bool) -> None:
         if epoch_done and position.unreadable_in_epoch:
             run.writer.add(position.step, epoch, {"unreadable_images": position.unreadable_in_epoch})
         if not math.isnan(val_nme) and val_nme < position.best_nme:
-            position.best_nme = val_nme
+            position.best_nme, position.best_epoch = val_nme, epoch
             state.save_best(run.out / "best.pt", run.trainer, epoch, position.step, val_nme)
     if epoch_done:
         position.epoch, position.batches_done, position.unreadable_in_epoch = epoch + 1, 0, 0
+        if main_says(schedule.early_stop_due(run.config, epoch + 1, position.best_epoch), run.runtime):
+            logger.info("early stop after epoch %d: validation last improved at epoch %d", epoch, position.best_epoch)
+            run.finished = True
+    if run.budget is not None and epoch_done:
+        _size_to_budget(run, epoch)
     if run.runtime.is_main:
         _save_last(run)
     barrier(run.runtime)
-    if run.budget is not None and epoch_done:
-        images = run.steps_per_epoch * run.config.batch_size * run.runtime.world_size
-        sized = run.budget.epoch_finished(run.config, epoch, images)
-        if sized is not None:
-            run.trainer.config = sized
-            run.total_steps = schedule.planned_steps(sized, run.steps_per_epoch)
-            run.progress.total = run.total_steps if sized.time_limit_minutes <= 0 else None
-            if run.runtime.is_main:
-                _write_config(run.out, sized)
+
+
+def _size_to_budget(run: _Run, epoch: int) -> None:
+    """Size the schedule once the budget has measured an epoch; ``last.pt`` then records it."""
+    images = run.steps_per_epoch * run.config.batch_size * run.runtime.world_size
+    sized = run.budget.epoch_finished(run.config, epoch, images)
+    if sized is None:
+        return
+    run.trainer.config = sized
+    run.position.fitted_epochs, run.position.fitted_milestones = sized.epochs, sized.lr_milestones
+    run.total_steps = schedule.planned_steps(sized, run.steps_per_epoch)
+    run.progress.total = run.total_steps if sized.time_limit_minutes <= 0 else None
+    if run.runtime.is_main:
+        _write_config(run.out, sized)
 
 
 def _save_last(run: _Run) -> None:
+    if run.budget is not None:
+        run.position.budget_seconds_used = run.budget.used_seconds()
     state.save_last(run.out / "last.pt", run.trainer, run.position)
     run.last_written = time.monotonic()
 

@@ -87,6 +87,15 @@ def count_unreadable(batch: dict[str, Any], runtime: Runtime) -> tuple[int, bool
     return int(counts[0]), bool(counts[1])
 
 
+def main_says(flag: bool, runtime: Runtime) -> bool:
+    """The main process's ``flag`` on every process (only the main process validates)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([int(flag and runtime.is_main)], device=runtime.device)
+    dist.all_reduce(value)
+    return bool(value)
+
+
 def past_deadline(deadline: float, runtime: Runtime) -> bool:
     """Whether the clock has passed ``deadline`` on any process (each reads its own clock)."""
     past = time.monotonic() > deadline

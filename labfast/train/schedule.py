@@ -59,17 +59,25 @@ def scaled_milestones(milestones: tuple[int, ...], preset_epochs: int, epochs: i
 class TimeBudget:
     """Sizes ``config``'s schedule to ``config.time_budget_minutes`` counted from construction.
 
-    ``epoch_finished`` is called at the end of each whole epoch (after its validation and
-    checkpoint); at the second one it returns the sized config (else ``None``).
+    ``epoch_finished`` is called at the end of each whole epoch (after its validation); at the
+    second one it returns the sized config (else ``None``). A resumed run passes the seconds of the
+    budget its earlier processes used and whether they sized the schedule already (``last.pt``
+    records both), so that it goes on with the same schedule and the rest of the same budget.
     """
 
-    def __init__(self, config: presets.TrainConfig, now: float | None = None):
+    def __init__(self, config: presets.TrainConfig, now: float | None = None, used_seconds: float = 0.0,
+                 decided: bool = False):
         if config.time_budget_minutes <= 0:
             raise ValueError(f"time_budget_minutes must be positive, got {config.time_budget_minutes}")
         self.start = time.monotonic() if now is None else now
-        self.deadline = self.start + 60.0 * config.time_budget_minutes
+        self.used_before = used_seconds
+        self.deadline = self.start + 60.0 * config.time_budget_minutes - used_seconds
         self.epoch_ends: list[float] = []
-        self.decided = False
+        self.decided = decided
+
+    def used_seconds(self, now: float | None = None) -> float:
+        """Seconds of the budget used so far, by this process and the ones it resumed."""
+        return self.used_before + (time.monotonic() if now is None else now) - self.start
 
     def epoch_finished(self, config: presets.TrainConfig, epoch: int, images: int,
                        now: float | None = None) -> presets.TrainConfig | None:
@@ -94,3 +102,13 @@ class TimeBudget:
             (self.deadline - self.start) / 60, epoch, seconds_per_epoch, images / seconds_per_epoch,
             self.deadline - now, epochs, config.epochs, milestones, config.lr_milestones)
         return dataclasses.replace(config, epochs=epochs, lr_milestones=milestones)
+
+
+def early_stop_due(config: presets.TrainConfig, epochs_done: int, best_epoch: int) -> bool:
+    """Whether validation has not improved for ``config.early_stop_fraction`` of the ``epochs_done``
+    epochs so far (the best was at 0-based ``best_epoch``; -1: none yet), counted only from the first
+    learning-rate milestone on: a plateau at the starting rate is what the decay is for, and a run
+    stopped there would never see it. ``early_stop_fraction = 0`` never stops."""
+    if config.early_stop_fraction <= 0 or epochs_done < min(config.lr_milestones, default=0):
+        return False
+    return epochs_done - (best_epoch + 1) >= max(1.0, config.early_stop_fraction * epochs_done)

@@ -33,6 +33,10 @@ class Position:
     step: int = 0  # optimiser steps so far
     best_nme: float = math.inf  # the best validation NME so far
     unreadable_in_epoch: int = 0  # training images of this epoch that could not be read
+    best_epoch: int = -1  # the epoch of best_nme (-1: none yet), for the early-stopping rule
+    budget_seconds_used: float = 0.0  # of a time budget (TrainConfig.time_budget_minutes), by all processes
+    fitted_epochs: int = 0  # the schedule a time budget sized (0: not sized yet)
+    fitted_milestones: tuple[int, ...] = ()
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -82,9 +86,11 @@ def restore_training_state(path: Path, trainer: Trainer) -> Position:
     if trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(state["grad_scaler"])
     set_rng_state(state["rng"], trainer.device)
-    # checkpoints from before the best NME and the unreadable count were saved lack them
+    # checkpoints from before the best NME, the unreadable count and the budget were saved lack them
     return Position(state["epoch"], state["batches_done"], state["step"], state.get("best_nme", math.inf),
-                    state.get("unreadable_in_epoch", 0))
+                    state.get("unreadable_in_epoch", 0), state.get("best_epoch", -1),
+                    state.get("budget_seconds_used", 0.0), state.get("fitted_epochs", 0),
+                    tuple(state.get("fitted_milestones", ())))
 
 
 def resumed_model_config(path: Path, config: presets.TrainConfig) -> LABConfig:

@@ -83,7 +83,9 @@ def training_losses(forward_model, weights: LABConfig, judge, images: torch.Tens
         if targets is None:
             targets = boundary_targets(landmarks, boundary_scheme, input_size, weights.heatmap_size, sigma)
         terms["heatmap"] = weights.heatmap_weight * losses.heatmap_loss(output.heatmaps, targets.heatmaps)
-    terms["landmark"] = weights.landmark_weight * losses.landmark_loss(output.landmarks, landmarks, input_size)
+    terms["landmark"] = weights.landmark_weight * losses.landmark_loss(
+        output.landmarks, landmarks, input_size, weights.landmark_loss, weights.landmark_loss_width,
+        weights.landmark_loss_curvature)
     if judge is not None and heatmaps_trained:
         terms["adversarial"] = weights.adversarial_weight * losses.adversarial_loss(judge(output.heatmaps[-1]))
     return terms, output, targets

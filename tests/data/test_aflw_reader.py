@@ -64,6 +64,8 @@ def _corrupt(root, line_index, transform):
         (lambda f: f[:2] + ["big"] + f[3:], "box value 1 is not a number: 'big'"),
         (lambda f: f[:2] + ["-3"] + f[3:], "box_size must be positive"),
         (lambda f: ["0/gone.jpg"] + f[1:], "gone.jpg does not exist"),
+        # finite in float64, infinite in the float32 landmarks (found by tests/fuzz)
+        (lambda f: f[:5] + ["-3.5e38"] + f[6:], r"coordinate value 0 is '-3.5e38', beyond ±1e\+08"),
     ],
 )
 def test_bad_line_raises_naming_file_and_line(aflw, transform, message):
@@ -80,6 +82,18 @@ def test_non_strict_skips_and_logs(aflw, caplog):
     with caplog.at_level(logging.WARNING, logger="labfast.data"):
         assert len(read_aflw(root, "train", strict=False)) == 2
     assert "skipped 1 bad entries" in caplog.text
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_entry_naming_its_line(aflw):
+    # found by tests/fuzz: a UnicodeDecodeError escaped the reader
+    root, _ = aflw
+    path = root / "face_landmarks_aflw_train.csv"
+    lines = path.read_bytes().splitlines()
+    lines[2] = b"0/\xe9" + lines[2][1:]
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(AnnotationError, match=f"{path}:3: not UTF-8 text"):
+        read_aflw(root, "train")
+    assert len(read_aflw(root, "train", strict=False)) == 2
 
 
 def test_missing_header_is_an_error(aflw):

@@ -59,6 +59,7 @@ def test_reads_points_occlusion_box_and_images(tmp_path, faces, split):
         ("phis", (1, 3), np.nan, "face 2: non-finite"),
         ("phis", (0, 60), 2.0, "face 1: occlusion flags must be 0 or 1"),
         ("boxes", (1, 2), 0.0, "face 2: bad box"),
+        ("phis", (1, 3), 3.5e38, "face 2: a coordinate beyond"),  # infinite in float32 (found by tests/fuzz)
     ],
 )
 def test_bad_face_raises_naming_file_and_face(tmp_path, faces, array, position, value, message):
@@ -88,4 +89,21 @@ def test_non_hdf5_file_is_a_clear_error(tmp_path):
     path = tmp_path / "COFW_test.mat"
     path.write_bytes(b"MATLAB 5.0 MAT-file, not v7.3")
     with pytest.raises(AnnotationError, match="not a MATLAB v7.3"):
+        read_cofw(path)
+
+
+def test_arrays_that_are_groups_or_text_are_annotation_errors(tmp_path, faces):
+    # found by tests/fuzz: h5py's OSError (text read as numbers) and a group read as an array escaped
+    images, phis, boxes = faces
+    path = tmp_path / "COFW_test_color.mat"
+    _write_mat(path, images, phis, boxes)
+    with h5py.File(path, "a") as handle:
+        del handle["bboxesT"]
+        handle.create_dataset("bboxesT", data=np.array([b"text"]))
+    with pytest.raises(AnnotationError, match="'bboxesT' cannot be read as float64"):
+        read_cofw(path)
+    with h5py.File(path, "a") as handle:
+        del handle["phisT"]
+        handle.create_group("phisT")
+    with pytest.raises(AnnotationError, match="not an array: 'phisT'"):
         read_cofw(path)

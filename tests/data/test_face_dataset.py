@@ -299,7 +299,7 @@ def test_unit_scale_crop_is_an_exact_pixel_slice_and_outside_is_black():
     rng = np.random.default_rng(12)
     image = rng.integers(1, 256, size=(200, 300, 3), dtype=np.uint8)
     half = 256 / 1.25 / 2
-    crop, affine = crop_face(image, [150.5 - half, 100.5 - half, 150.5 + half, 100.5 + half], margin=0.125)
+    crop, affine = crop_face(image, [150.5 - half, 100.5 - half, 150.5 + half, 100.5 + half], input_size=256, margin=0.125)
     np.testing.assert_allclose(affine, [[1, 0, -23], [0, 1, 27]], atol=1e-5)
     expected = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[:, 23:279].astype(np.float32) / 255
     np.testing.assert_allclose(crop[27:227], expected, atol=1e-6)

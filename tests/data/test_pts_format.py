@@ -35,6 +35,7 @@ def test_values_are_returned_as_written_not_shifted(tmp_path):
         ("1 2\n3 inf\n", 2, "'inf'"),
         ("1 2 3\n", 1, "expected 2 values"),
         ("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\nextra\n", 7, "after '}'"),
+        ("1 2\n3.4028235677973366e+38 4\n", 2, "beyond"),  # infinite as float32 (found by tests/fuzz)
     ],
 )
 def test_bad_lines_raise_naming_file_and_line(tmp_path, text, line, message):

@@ -89,6 +89,8 @@ def _corrupt(root, line_index, transform):
         (lambda t: " ".join(t[:200] + ["2"] + t[201:]), "attribute 'pose' must be 0 or 1, got '2'"),
         (lambda t: " ".join(t[:196] + ["300"] + t[197:]), "empty rectangle"),
         (lambda t: " ".join(t[:-1] + ["0--Parade/absent.jpg"]), "absent.jpg does not exist"),
+        # finite in float64, infinite in the float32 landmarks (found by tests/fuzz)
+        (lambda t: " ".join(["3.5e38"] + t[1:]), r"coordinate value 0 is '3.5e38', beyond ±1e\+08"),
     ],
 )
 def test_bad_line_raises_naming_file_and_line(wflw, transform, message):
@@ -107,6 +109,18 @@ def test_non_strict_skips_bad_lines_and_logs_the_count(wflw, caplog):
         samples = read_wflw(root, "test", strict=False)
     assert [s.image_path.rsplit("/", 1)[1] for s in samples] == ["face_1.jpg", "face_2.jpg"]
     assert "skipped 2 bad entries" in caplog.text
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_entry_naming_its_line(wflw):
+    # found by tests/fuzz: a UnicodeDecodeError escaped the reader
+    root, _ = wflw
+    path = _annotation_file(root)
+    lines = path.read_bytes().splitlines()
+    lines[1] = lines[1][:-4] + b"\xff.jpg"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(AnnotationError, match=f"{path}:2: not UTF-8 text"):
+        read_wflw(root, "test")
+    assert len(read_wflw(root, "test", strict=False)) == len(FLAGS) - 1
 
 
 def test_missing_annotation_file_is_named(tmp_path):

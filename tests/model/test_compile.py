@@ -11,6 +11,7 @@ runs under ``TRITON_INTERPRET=1`` (tests/conftest.py).
 import pytest
 import torch
 from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.testing import CompileCounter
 
 from labfast.model import LAB, config_by_name
 from labfast.train.step import training_losses
@@ -84,6 +85,19 @@ def test_inference_forward_compiles_whole(forced):
     torch.testing.assert_close(got.landmarks, expected.landmarks, rtol=1e-5, atol=5e-6)
     for mine, theirs in zip(got.heatmaps, expected.heatmaps, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=5e-6)
+
+
+@pytest.mark.parametrize("forced", ["reference"], indirect=True)
+def test_inference_forward_under_autocast_compiles_whole(forced):
+    """The message passings read the autocast state to cast their inputs (torch 2.11's Dynamo broke
+    the graph there at every message passing): one graph under bf16 autocast too."""
+    model = _model().eval()
+    images, _ = _inputs(model)
+    counter = CompileCounter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        heatmaps = torch.compile(model, fullgraph=True, backend=counter)(images).heatmaps
+    assert counter.frame_count == 1
+    assert heatmaps[-1].dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("forced", BACKENDS, indirect=True)

@@ -85,3 +85,10 @@ def test_neighbour_graph_links_shared_landmarks_and_face_structure():
     assert (index["nose_bridge"], index["nose_boundary"]) in edges
     # far-apart boundaries are not linked
     assert (index["contour"], index["nose_bridge"]) not in edges
+
+
+@pytest.mark.parametrize("key", ["hourglass_depth", "transform_depth", "stacks"])
+def test_absurd_structural_sizes_are_refused_before_any_work(key):
+    """A damaged checkpoint's config (depth 10**12: 2**depth alone would exhaust memory) fails at once."""
+    with pytest.raises(ValueError, match=f"LABConfig.{key} must be an integer from 1 to"):
+        LABConfig(**{key: 10**12})

@@ -139,6 +139,47 @@ def test_landmark_loss_is_squared_distance_in_crop_units():
     assert losses.landmark_loss(predicted, target, 100).item() == pytest.approx(expected)
 
 
+def _one_error(size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One face, one landmark, off by ``size`` of a 100-px crop in x only (y exact)."""
+    predicted = torch.zeros(1, 1, 2)
+    predicted[0, 0, 0] = 100 * size
+    return predicted, torch.zeros(1, 1, 2)
+
+
+@pytest.mark.parametrize("size", [0.0, 0.01, 0.049, 0.051, 0.3])
+def test_wing_loss_by_hand_inside_and_outside_its_width(size):
+    w, eps = 0.05, 0.01  # the defaults, fractions of the crop
+    expected = w * math.log(1 + size / eps) if size < w else size - (w - w * math.log(1 + w / eps))
+    assert losses.landmark_loss(*_one_error(size), 100, "wing", w, eps).item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_wing_loss_is_continuous_at_its_width_and_steeper_than_l1_for_small_errors():
+    inside = losses.landmark_loss(*_one_error(0.05 - 1e-6), 100, "wing")
+    outside = losses.landmark_loss(*_one_error(0.05 + 1e-6), 100, "wing")
+    assert abs(inside - outside).item() < 1e-5
+    predicted, target = _one_error(0.005)
+    predicted.requires_grad_(True)
+    losses.landmark_loss(predicted, target, 100, "wing").backward()
+    # d/dx w·ln(1 + x/ε) = w / (ε + x) per crop unit = 0.05 / 0.015 ≈ 3.3, L1's is 1 (both / 100 px)
+    assert predicted.grad[0, 0, 0].item() * 100 == pytest.approx(0.05 / 0.015, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind, size, expected", [
+    ("l1", 0.02, 0.02), ("smooth_l1", 0.02, 0.02 ** 2 / (2 * 0.05)), ("smooth_l1", 0.2, 0.2 - 0.05 / 2),
+    ("l2", 0.02, 0.02 ** 2)])
+def test_l1_and_smooth_l1_by_hand(kind, size, expected):
+    assert losses.landmark_loss(*_one_error(size), 100, kind).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_landmark_loss_refuses_an_unknown_kind_and_config_an_unknown_name():
+    with pytest.raises(ValueError, match="huber"):
+        losses.landmark_loss(*_one_error(0.1), 100, "huber")
+    with pytest.raises(ValueError, match="landmark_loss"):
+        LABConfig(landmark_loss="huber")
+    assert LABConfig.from_dict({k: v for k, v in LABConfig().to_dict().items()
+                                if not k.startswith("landmark_loss")}).landmark_loss == "l2"
+
+
 def test_discriminator_and_adversarial_losses_by_hand():
     zero = torch.zeros(4)
     # D = 1/2 everywhere: each BCE term is log 2

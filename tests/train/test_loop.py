@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import labfast.train.faces
 import labfast.train.step
 from labfast import checkpoint
 from labfast.commands.demo import BUNDLED_DATA
@@ -187,6 +188,20 @@ def test_time_budget_run_trains_the_sized_schedule_and_records_it(tmp_path):
     assert (run / "best.pt").is_file()
 
 
+def test_a_resumed_time_budget_run_goes_on_with_its_sized_schedule_not_the_presets(tmp_path):
+    """``--resume`` with the preset's 1000 epochs given again: last.pt's sized schedule and budget
+    used win, so a run that had finished its sized schedule trains no further step."""
+    config = tiny_config("epochs=1000", "lr_milestones=600,900", "time_budget_minutes=0.2",
+                         "val_fraction=0.2", "train_limit=10", "batch_size=8")
+    run = tmp_path / "run"
+    first = train(config, run)
+    sized = presets.from_dict(json.loads((run / "config.json").read_text()))
+    last = checkpoint.load(run / "last.pt")
+    assert (last["fitted_epochs"], tuple(last["fitted_milestones"])) == (sized.epochs, sized.lr_milestones)
+    assert last["budget_seconds_used"] > 0
+    assert train(config, run, resume=True)["steps"] == first["steps"]
+
+
 def test_a_run_stopped_by_the_clock_mid_epoch_still_validates_and_keeps_a_best_checkpoint(tmp_path):
     # 0.0001 min: the deadline passes during the first step, in the middle of a 2-step epoch
     config = tiny_config("time_limit_minutes=0.0001", "val_fraction=0.2", "train_limit=10")
@@ -229,3 +244,14 @@ def test_fp32_channels_last_cpu_training_of_the_tiny_model_is_refused_before_it_
     4 -> 8 1x1 stride-2 projection (the process aborted with "free(): invalid next size")."""
     with pytest.raises(ValueError, match=r"regressor\..*1x1 stride-2 convolution of 4 input channels.*channels_last"):
         train(tiny_config("channels_last=true", "max_steps=1"), tmp_path / "run")
+
+
+def test_training_stops_early_when_validation_stops_improving(tmp_path, monkeypatch):
+    nmes = iter([0.5, 0.4, 0.45, 0.46, 0.3, 0.2])
+    monkeypatch.setattr(labfast.train.faces, "validation_nme", lambda *args: next(nmes))
+    config = tiny_config("val_fraction=0.2", "train_limit=10", "epochs=6", "early_stop_fraction=0.5")
+    summary = train(config, tmp_path / "run")
+    # best at epoch 1 (0.4); after epoch 3, 2 stale epochs >= 0.5 * 4 epochs: stop, epoch 4 next
+    assert summary["best_val_nme"] == pytest.approx(0.4)
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 4
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["best_epoch"] == 1

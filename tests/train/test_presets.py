@@ -107,3 +107,14 @@ def test_train_config_checks_field_types():
         presets.TrainConfig(model_overrides={"stackz": 2})
     with pytest.raises(TypeError, match="AugmentConfig.zoom_range must be"):
         presets.TrainConfig(augment=presets.AugmentConfig(zoom_range="0.9,1.1"))
+
+
+def test_the_wild_cpu_preset_is_300w_cpu_with_the_chosen_levers():
+    wild, cpu = presets.get("300w_cpu_wild"), presets.get("300w_cpu")
+    assert (wild.model, wild.input_size, wild.batch_size, wild.lr) == (cpu.model, cpu.input_size, cpu.batch_size, cpu.lr)
+    assert wild.model_overrides == {} and (wild.pose_balance_bins, wild.pose_balance_cap) == (5, 4.0)
+    assert (wild.time_budget_minutes, wild.early_stop_fraction) == (480.0, 0.1)
+    # the milestones at the fractions of 300w_cpu's 30-epoch schedule
+    assert [m / wild.epochs for m in wild.lr_milestones] == [m / cpu.epochs for m in cpu.lr_milestones]
+    # the shipped preset keeps today's behaviour
+    assert (cpu.pose_balance_bins, cpu.early_stop_fraction, cpu.model_overrides) == (0, 0.0, {})

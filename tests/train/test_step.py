@@ -14,7 +14,7 @@ from labfast.ops.boundary_heatmaps import dense_curves
 from labfast.train import faces
 from labfast.train.build import build_model, to_training_device
 from labfast.train.runtime import Runtime
-from labfast.train.step import build_trainer, train_step
+from labfast.train.step import build_trainer, train_step, training_losses
 from tiny_runs import tiny_config
 
 #: every module that calls the curve function by a name of its own (labfast.ops exports a function
@@ -134,3 +134,17 @@ def test_training_batches_reach_the_step_as_uint8():
     sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     batch = next(iter(faces.epoch_loader(train_set, sampler, config, 0, 0, torch.device("cpu"))))
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, 256, 256)
+
+
+def test_the_step_uses_the_configured_landmark_loss():
+    torch.manual_seed(0)
+    config = tiny_config("input_size=64")
+    model = build_model(config).eval()
+    images, landmarks = torch.rand(2, 3, 64, 64), torch.rand(2, 68, 2) * 64
+    for kind in ("l2", "wing"):
+        weights = model.config.replace(landmark_loss=kind)
+        terms, output, _ = training_losses(model, weights, None, images, landmarks, model.boundary_scheme, 64,
+                                           config.sigma, True)
+        expected = losses.landmark_loss(output.landmarks, landmarks, 64, kind)
+        assert terms["landmark"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_model(tiny_config("model.landmark_loss=wing")).config.landmark_loss == "wing"
