@@ -186,6 +186,19 @@ def test_a_box_partly_outside_the_image_is_warned_about_and_one_wholly_outside_i
         aligner.predict(image, boxes=[[20, 20, 80, 80], [300, 20, 360, 80]])
 
 
+def test_only_the_first_box_partly_outside_is_a_warning_later_ones_are_debug_lines(tiny_checkpoint, caplog):
+    """A tracked face at the frame's edge passes a box partly outside on every frame."""
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    image = np.zeros((100, 200, 3), np.uint8)
+    with caplog.at_level("DEBUG", logger="labfast.inference.aligner"):
+        for left in (150, 160, 170):
+            aligner.predict(image, boxes=[[left, 20, left + 100, 80]])
+    records = [record for record in caplog.records if "partly outside" in record.getMessage()]
+    assert [record.levelname for record in records] == ["WARNING", "DEBUG", "DEBUG"]
+    assert "further such boxes are logged at debug level" in records[0].getMessage()
+    assert "box 0 [170, 20, 270, 80]" in records[2].getMessage()
+
+
 def test_confidence_is_the_mean_boundary_response_under_the_landmarks():
     # Heatmaps 8x8 over a 32 px crop (4 crop px per heatmap px, centres aligned): heatmap pixel
     # (row 2, col 3) has its centre at crop (x, y) = (4 * 3 + 1.5, 4 * 2 + 1.5) = (13.5, 9.5).
