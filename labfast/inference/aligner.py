@@ -277,8 +277,10 @@ def check_boxes(boxes, index: int, image_shape: tuple[int, ...]) -> tuple[np.nda
         if max(x1 - x0, y1 - y0) > MAX_BOX_TO_IMAGE * max(width, height):
             raise ValueError(f"{where} is over {MAX_BOX_TO_IMAGE:g} times the {width}x{height} image's size; "
                              "boxes are x0, y0, x1, y1 around one face, in 0-based pixels of that image")
-        # Landmark-extent boxes lie inside the image (the landmarks do); half a pixel is rounding.
-        if x0 < -0.5 or y0 < -0.5 or x1 > width - 0.5 or y1 > height - 0.5:
+        # Landmark-extent boxes lie inside the image (the landmarks do): half a pixel is rounding,
+        # and a thousandth more the float32 arithmetic of a converted detector box
+        edge = 0.5 + 1e-3
+        if x0 < -edge or y0 < -edge or x1 > width - 1 + edge or y1 > height - 1 + edge:
             inside = max(0.0, min(x1, width - 0.5) - max(x0, -0.5)) * max(0.0, min(y1, height - 0.5) - max(y0, -0.5))
             if inside == 0:
                 raise ValueError(f"{where} lies wholly outside the {width}x{height} image; "
