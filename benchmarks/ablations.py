@@ -1,7 +1,7 @@
 """Short ablations of the CPU recipe: candidates trained on one wall-clock budget, judged two ways.
 
     python benchmarks/ablations.py train [NAME ...] [--budget 30] [--parallel 2]
-    python benchmarks/ablations.py evaluate [NAME ...] [--latency 60]
+    python benchmarks/ablations.py evaluate [NAME | NAME=RUN_FOLDER ...] [--latency 60]
     python benchmarks/ablations.py table
 
 Each candidate is a list of overrides of the ``300w_cpu`` preset. ``train`` runs ``labfast train``
@@ -13,7 +13,8 @@ to and the rest of its budget (``elapsed.json`` counts its training seconds); a 
 ``finished.json`` is skipped. A killed driver loses nothing but the minute since its last count.
 
 ``evaluate`` judges each finished run's ``best.pt`` (the best validation NME) and the shipped
-weights as a reference row:
+weights as a reference row; ``NAME=RUN_FOLDER`` judges any training run's folder (such as the long
+run of ``labfast train --config 300w_cpu_wild``) on its ``best.pt`` so far, finished or not:
 
 - the 300-W validation split (the 5 % of the training faces held out by seed 0; 101 faces) with
   annotated boxes (the run's best validation NME, recomputed) and with YuNet boxes (a missed face
@@ -172,8 +173,15 @@ def wild(checkpoint: Path, latency_rounds: int) -> dict:
     return protocol.to_json(report)
 
 
-def evaluate(names: list[str], latency_rounds: int, out: Path) -> None:
-    """Judges the finished runs and the shipped weights; merges into ``out`` (one JSON per day)."""
+def _named_folder(name: str) -> tuple[str, Path, bool]:
+    """``NAME`` (a candidate of ``RUNS``) or ``NAME=FOLDER`` (any training run's folder, judged on its
+    ``best.pt`` so far even while it trains) -> (name, folder, whether it must have finished)."""
+    name, _, folder = name.partition("=")
+    return (name, Path(folder).expanduser(), False) if folder else (name, run_folder(name), True)
+
+
+def evaluate(names: list[str], latency_rounds: int, out: Path, reference: str) -> None:
+    """Judges the runs and the shipped weights; merges into ``out`` (one JSON per day)."""
     import torch
 
     from labfast import checkpoint as checkpoints
@@ -181,17 +189,18 @@ def evaluate(names: list[str], latency_rounds: int, out: Path) -> None:
     torch.set_num_threads(1)
     report = json.loads(out.read_text()) if out.exists() else {"rows": {}}
     faces = validation_faces()
-    for name in names:
-        folder = run_folder(name)
+    for name, folder, must_finish in map(_named_folder, names):
         path = ROOT / "labfast" / "weights" / "lab_300w.pt" if name == SHIPPED else folder / "best.pt"
-        if name != SHIPPED and not (folder / "finished.json").exists():
+        if name != SHIPPED and must_finish and not (folder / "finished.json").exists():
             print(f"{name}: not finished, skipped", flush=True)
             continue
         state = checkpoints.load(path)
-        config = json.loads((folder / "config.json").read_text()) if name != SHIPPED else None
+        # best.pt's own config holds the schedule a time budget sized; config.json the one asked for
+        config = state.get("train_config") or json.loads((folder / "config.json").read_text()) if name != SHIPPED else None
         print(f"== {name}: {path}", flush=True)
+        what = "lab_300w.pt as shipped" if name == SHIPPED else f"{folder}/best.pt"
         row = {"checkpoint": str(path), "overrides": CANDIDATES[name][0] if name in CANDIDATES else [],
-               "what": CANDIDATES[name][1] if name in CANDIDATES else "lab_300w.pt as shipped",
+               "what": CANDIDATES[name][1] if name in CANDIDATES else what,
                "epoch_of_best": state.get("epoch"), "epochs": config and config["epochs"],
                "lr_milestones": config and config["lr_milestones"],
                "training_minutes": _elapsed(folder) / 60 if name != SHIPPED else None,
@@ -200,7 +209,7 @@ def evaluate(names: list[str], latency_rounds: int, out: Path) -> None:
         report["rows"][name] = row
         report["date"] = datetime.date.today().isoformat()
         out.write_text(json.dumps(report, indent=1) + "\n")
-    print(table(report))
+    print(table(report, reference))
 
 
 def _cell(value, digits: int = 2) -> str:
@@ -286,20 +295,22 @@ def main() -> None:
     global DATA
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("train", "evaluate", "table"))
-    parser.add_argument("names", nargs="*", help=f"candidates (default: all; evaluate also knows {SHIPPED!r})")
+    parser.add_argument("names", nargs="*", help=f"candidates (default: all; evaluate also knows {SHIPPED!r} "
+                        "and NAME=RUN_FOLDER for any run's folder)")
     parser.add_argument("--budget", type=float, default=30.0, help="training minutes per candidate")
     parser.add_argument("--parallel", type=int, default=2, help="training processes at once")
     parser.add_argument("--latency", type=int, default=60, help="latency rounds against dlib (0: off)")
     parser.add_argument("--data", type=Path, default=DATA, help="the folder holding 300w/ and wflw_wild_dev/")
     parser.add_argument("--out", type=Path, default=RESULTS / f"ablations-{datetime.date.today().isoformat()}.json")
+    parser.add_argument("--reference", default="baseline", help="the row the table's differences are taken to")
     args = parser.parse_args()
     DATA = args.data
     if args.what == "train":
         train(args.names or list(CANDIDATES), args.budget, args.parallel)
     elif args.what == "evaluate":
-        evaluate(args.names or [SHIPPED, *CANDIDATES], args.latency, args.out)
+        evaluate(args.names or [SHIPPED, *CANDIDATES], args.latency, args.out, args.reference)
     else:
-        print(table(json.loads(args.out.read_text())))
+        print(table(json.loads(args.out.read_text()), args.reference))
 
 
 if __name__ == "__main__":

@@ -42,21 +42,15 @@ FAMILY = ROOT.parent / "shared" / "data" / "300w_fullres_samples" / "helen" / "t
 def pan_zoom_clip(image: np.ndarray, landmarks: np.ndarray, frames: int, size: int) -> tuple[list[np.ndarray], np.ndarray]:
     """A square window panning left-right-left across the photo (one period) while its side swings
     between 45 % and 85 % of the photo's shorter side (two periods), resized to ``size``; returns
-    ``(frames, landmarks)`` like ``moving_crop_clip``."""
+    ``(frames, landmarks)`` like ``labfast.inference.track.window_clip``."""
     height, width = image.shape[:2]
-    landmarks = np.asarray(landmarks, np.float64)
-    clip, truth = [], []
+    windows = []
     for index in range(frames):
         angle = 2 * np.pi * index / frames
         side = min(height, width) * (0.65 + 0.2 * np.sin(2 * angle))
-        centre = np.array([width / 2 - (width - side) / 2 * np.cos(angle), height / 2 + 0.1 * (height - side) * np.sin(angle)])
-        scale = size / side
-        offset = (size - 1) / 2 - centre * scale
-        matrix = np.array([[scale, 0, offset[0]], [0, scale, offset[1]]])
-        clip.append(cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE))
-        truth.append(landmarks @ matrix[:, :2].T + matrix[:, 2])
-    return clip, np.asarray(truth, np.float32)
+        windows.append((np.array([width / 2 - (width - side) / 2 * np.cos(angle),
+                                  height / 2 + 0.1 * (height - side) * np.sin(angle)]), side))
+    return track.window_clip(image, landmarks, windows, size)
 
 
 def annotated_face_nme(faces, truth: np.ndarray) -> float:
@@ -85,7 +79,7 @@ def run_mode(aligner, frames, truth, redetect_every: int, repeats: int) -> dict:
         detections = tracker.detections
     nmes = np.asarray(nmes)
     return {"ms_per_frame": round(1e3 * float(np.median(seconds)) / len(frames), 1), "detector_frames": detections,
-            "detector_share": round(detections / len(frames), 3), "frames_scored": int(len(nmes)),
+            "detector_share": round(detections / len(frames), 3), "frames_scored": len(nmes),
             "nme": round(100 * float(nmes[np.isfinite(nmes)].mean()), 3), "max_nme": round(100 * float(nmes[np.isfinite(nmes)].max()), 3),
             "frames_missed": int((~np.isfinite(nmes)).sum()), "track_ids": len(ids)}
 

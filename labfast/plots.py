@@ -1,4 +1,4 @@
-"""Figures: CED curves of several methods.
+"""Figures: CED curves of several methods, a training run's learning curve.
 
 Figures are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas — no ``pyplot`` and
 no global backend switch, so importing labfast never changes a user's matplotlib state and works
@@ -6,8 +6,10 @@ without a display.
 """
 from __future__ import annotations
 
+import csv
+from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -56,5 +58,59 @@ def ced_figure(curves: Mapping[str, object], threshold: float = 0.10, title: str
     axes.grid(alpha=0.3)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     axes.set_title(title if title is not None else f"Cumulative error distribution (threshold {100 * threshold:g} %)")
+    figure.tight_layout()
+    return figure
+
+
+#: The training losses a learning curve draws, where a run logged them (``labfast.train.step``).
+CURVE_LOSSES = ("landmark", "heatmap", "adversarial", "discriminator")
+
+
+def plot_learning_curve(metrics_csv, path, title: str | None = None) -> Path:
+    """Write a PNG of the learning curve of a run's ``metrics.csv`` (:func:`learning_curve_figure`).
+    Returns the path written."""
+    path = Path(path)
+    learning_curve_figure(metrics_csv, title).savefig(path, bbox_inches="tight")
+    return path
+
+
+def learning_curve_figure(metrics_csv, title: str | None = None) -> Figure:
+    """Two panels over the epochs of a run's ``metrics.csv`` (``step,epoch,name,value`` rows, as
+    ``labfast.train.scalars.ScalarLog`` writes them): above, each training loss's mean over the
+    epoch's logged steps (log scale); below, the validation NME with its best epoch marked. Dotted
+    lines mark the epochs where the learning rate changed."""
+    epochs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with Path(metrics_csv).open(newline="") as stream:
+        for row in csv.DictReader(stream):
+            epochs[row["name"]][int(row["epoch"])].append(float(row["value"]))
+    if not epochs:
+        raise ValueError(f"{metrics_csv} holds no scalars yet")
+    figure = Figure(figsize=(7, 6), dpi=120)
+    FigureCanvasAgg(figure)
+    losses, validation = figure.subplots(2, 1, sharex=True)
+    for name in CURVE_LOSSES:
+        if name in epochs:
+            x = sorted(epochs[name])
+            losses.plot(x, [np.mean(epochs[name][epoch]) for epoch in x], label=name)
+    losses.set_yscale("log")
+    losses.set_ylabel("training loss (epoch mean)")
+    losses.legend(fontsize=8, frameon=False, ncol=len(CURVE_LOSSES), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    if "val_nme" in epochs:
+        x = sorted(epochs["val_nme"])
+        nme = [100 * epochs["val_nme"][epoch][-1] for epoch in x]
+        best = int(np.argmin(nme))
+        validation.plot(x, nme, marker=".", label="validation NME")
+        validation.plot([x[best]], [nme[best]], "r*", markersize=12, label=f"best: {nme[best]:.2f} % (epoch {x[best]})")
+        validation.legend(fontsize=8, frameon=False)
+    validation.set_ylabel("validation NME (%)")
+    validation.set_xlabel("epoch")
+    lr = {epoch: values[-1] for epoch, values in sorted(epochs.get("lr", {}).items())}
+    for before, after in zip(list(lr), list(lr)[1:]):
+        if not np.isclose(lr[before], lr[after]):
+            for axes in (losses, validation):
+                axes.axvline(after, color="grey", linestyle=":", linewidth=1)
+    for axes in (losses, validation):
+        axes.grid(alpha=0.3)
+    figure.suptitle(title if title is not None else "Learning curve (dotted: learning-rate changes)")
     figure.tight_layout()
     return figure

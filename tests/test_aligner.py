@@ -177,6 +177,8 @@ def test_a_box_partly_outside_the_image_is_warned_about_and_one_wholly_outside_i
     image = np.zeros((100, 200, 3), np.uint8)
     with caplog.at_level("WARNING", logger="labfast.inference.aligner"):
         aligner.predict(image, boxes=[[20, 20, 80, 80]])
+        # a converted detector box at the last pixel's edge, float32 rounding past it: inside too
+        aligner.predict(image, boxes=np.array([[150, 20, np.nextafter(np.float32(199.5), np.float32(300)), 80]], np.float32))
         assert not [r for r in caplog.records if r.name == "labfast.inference.aligner"]  # inside: silent
         aligner.predict(image, boxes=[[150, 20, 250, 80]])
     messages = [record.getMessage() for record in caplog.records if record.name == "labfast.inference.aligner"]
@@ -184,6 +186,19 @@ def test_a_box_partly_outside_the_image_is_warned_about_and_one_wholly_outside_i
     assert len(messages) == 1 and "box 0 [150, 20, 250, 80] lies partly outside" in messages[0] and "(50 % of it inside)" in messages[0]
     with pytest.raises(ValueError, match=re.escape("image 0: box 1 [300, 20, 360, 80] lies wholly outside the 200x100 image")):
         aligner.predict(image, boxes=[[20, 20, 80, 80], [300, 20, 360, 80]])
+
+
+def test_only_the_first_box_partly_outside_is_a_warning_later_ones_are_debug_lines(tiny_checkpoint, caplog):
+    """A tracked face at the frame's edge passes a box partly outside on every frame."""
+    aligner = FaceAligner(tiny_checkpoint, device="cpu")
+    image = np.zeros((100, 200, 3), np.uint8)
+    with caplog.at_level("DEBUG", logger="labfast.inference.aligner"):
+        for left in (150, 160, 170):
+            aligner.predict(image, boxes=[[left, 20, left + 100, 80]])
+    records = [record for record in caplog.records if "partly outside" in record.getMessage()]
+    assert [record.levelname for record in records] == ["WARNING", "DEBUG", "DEBUG"]
+    assert "further such boxes are logged at debug level" in records[0].getMessage()
+    assert "box 0 [170, 20, 270, 80]" in records[2].getMessage()
 
 
 def test_confidence_is_the_mean_boundary_response_under_the_landmarks():

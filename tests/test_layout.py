@@ -3,6 +3,7 @@
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ def _library_files():
 
 def test_import_layers_hold():
     """commands > perf > train > evaluation > inference > checkpoint > model > ops > kernels > foundations; no circles."""
-    lint = shutil.which("lint-imports")
+    # the interpreter's own environment first: a venv's python may run without the venv on PATH
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     if lint is None:
         pytest.fail("import-linter is not installed (requirements.txt lists it): pip install import-linter")
     result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -90,8 +90,20 @@ def test_face_or_not_threshold_record_says_what_it_was_fitted_on_and_its_rates()
     from labfast.inference.aligner import FACE_CONFIDENCE_FILE
 
     record = json.loads(FACE_CONFIDENCE_FILE.read_text())
-    assert "wflw_wild_dev faces" in record["fitted_on"] and record["faces"] >= 90
+    # fitted on faces training held out, never on the in-the-wild faces that judge it
+    assert "held-out 300-W validation faces" in record["fitted_on"] and "wild" not in record["fitted_on"]
+    assert record["faces"] == 101 and record["checkpoint"] == "lab_300w.pt"
     assert 0 < record["min_confidence"] < 1 and record["false_drop"] <= 0.02 and record["non_faces_dropped"] > 0.5
+
+
+def test_face_or_not_threshold_drops_four_fifths_of_non_faces_unless_that_drops_over_2_percent_of_faces():
+    from labfast.tools.face_confidence_fit import fit
+
+    non_faces = np.arange(100) / 100  # 0.00 ... 0.99: 80 % lie under 0.792
+    assert fit(np.full(50, 0.9), non_faces) == {"min_confidence": 0.792, "false_drop": 0.0, "non_faces_dropped": 0.8}
+    faces = np.linspace(0.5, 0.99, 50)  # 1 of 50 faces may drop: the threshold is the second face's, 0.51
+    record = fit(faces, non_faces)
+    assert record["min_confidence"] == 0.51 and record["false_drop"] == 0.02 and record["non_faces_dropped"] == 0.51
 
 
 def test_redetect_every_must_be_positive():

@@ -282,7 +282,7 @@ def accepted_boxes(items: list[Item], pixels: list[np.ndarray], chunk_boxes: lis
     for index, (item, image, found) in enumerate(zip(items, pixels, chunk_boxes)):
         try:
             if found is not None:
-                check_boxes(found, index, image.shape, warn=False)  # the aligner warns once, below
+                check_boxes(found, index, image.shape)  # the aligner warns of a box partly outside, below
         except ValueError as error:
             message = f"{item.path}: --boxes entry skipped: {str(error).split(': ', 1)[1]}"
             logger.error(message)

@@ -132,6 +132,7 @@ class FaceAligner:
         if min_confidence is None:
             min_confidence = default_min_confidence() if checkpoint is None else 0.0
         self.min_confidence = float(min_confidence)
+        self._warned_partly_outside = False
         self.threads = set_threads(threads) if self.device.type == "cpu" else None
         self.model, self.info = load_model(self.checkpoint, self.device)
         self.scheme = schemes.get(self.info["scheme"])
@@ -184,10 +185,22 @@ class FaceAligner:
         face_boxes = [boxes] if single else list(boxes)
         if len(face_boxes) != len(images):
             raise ValueError(f"got {len(face_boxes)} box lists for {len(images)} images")
-        face_boxes = [check_boxes(image_boxes, index, image.shape) for index, (image_boxes, image) in enumerate(zip(face_boxes, images))]
+        face_boxes = [self._checked_boxes(image_boxes, index, image.shape)
+                      for index, (image_boxes, image) in enumerate(zip(face_boxes, images))]
         scores = [[None] * len(image_boxes) for image_boxes in face_boxes]
         results = self._align(images, face_boxes, scores, heatmaps)
         return results[0] if single else results
+
+    def _checked_boxes(self, boxes, index: int, image_shape: tuple[int, ...]) -> np.ndarray:
+        """:func:`check_boxes`, with a warning for the first box partly outside the image and debug lines
+        after it: a tracked face at the frame's edge would otherwise warn on every frame."""
+        boxes, partly_outside = check_boxes(boxes, index, image_shape)
+        for message in partly_outside:
+            level = logging.DEBUG if self._warned_partly_outside else logging.WARNING
+            logger.log(level, "%s; boxes are x0, y0, x1, y1 in 0-based pixels of that image%s", message,
+                       "" if self._warned_partly_outside else " (further such boxes are logged at debug level)")
+            self._warned_partly_outside = True
+        return boxes
 
     def _align(self, images: list[np.ndarray], face_boxes: list[np.ndarray], scores: list, heatmaps: bool) -> list[list[Face]]:
         owners = [(index, box, score) for index, boxes in enumerate(face_boxes) for box, score in zip(boxes, scores[index])]
@@ -245,13 +258,14 @@ def _as_bgr(image, index: int) -> np.ndarray:
 MAX_BOX_TO_IMAGE = 4.0
 
 
-def check_boxes(boxes, index: int, image_shape: tuple[int, ...], warn: bool = True) -> np.ndarray:
-    """``boxes`` as ``(F, 4)`` float32, or a ``ValueError`` naming image ``index`` and the box: malformed,
-    wholly outside the image, or over :data:`MAX_BOX_TO_IMAGE` times its size. A box partly outside
-    is kept with a warning (a face cut by the frame)."""
+def check_boxes(boxes, index: int, image_shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """``boxes`` as ``(F, 4)`` float32 and a description of each box partly outside the image (kept: a
+    face cut by the frame), or a ``ValueError`` naming image ``index`` and the box: malformed, wholly
+    outside the image, or over :data:`MAX_BOX_TO_IMAGE` times its size."""
     boxes = np.asarray(boxes, np.float32)
+    partly_outside: list[str] = []
     if boxes.size == 0:
-        return np.zeros((0, 4), np.float32)
+        return np.zeros((0, 4), np.float32), partly_outside
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"image {index}: boxes must be (F, 4) x0, y0, x1, y1, got shape {boxes.shape}")
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
@@ -263,14 +277,14 @@ def check_boxes(boxes, index: int, image_shape: tuple[int, ...], warn: bool = Tr
         if max(x1 - x0, y1 - y0) > MAX_BOX_TO_IMAGE * max(width, height):
             raise ValueError(f"{where} is over {MAX_BOX_TO_IMAGE:g} times the {width}x{height} image's size; "
                              "boxes are x0, y0, x1, y1 around one face, in 0-based pixels of that image")
-        # Landmark-extent boxes lie inside the image (the landmarks do); half a pixel is rounding.
-        if x0 < -0.5 or y0 < -0.5 or x1 > width - 0.5 or y1 > height - 0.5:
+        # Landmark-extent boxes lie inside the image (the landmarks do): half a pixel is rounding,
+        # and a thousandth more the float32 arithmetic of a converted detector box
+        edge = 0.5 + 1e-3
+        if x0 < -edge or y0 < -edge or x1 > width - 1 + edge or y1 > height - 1 + edge:
             inside = max(0.0, min(x1, width - 0.5) - max(x0, -0.5)) * max(0.0, min(y1, height - 0.5) - max(y0, -0.5))
             if inside == 0:
                 raise ValueError(f"{where} lies wholly outside the {width}x{height} image; "
                                  "boxes are x0, y0, x1, y1 in 0-based pixels of that image")
-            if warn:
-                logger.warning("%s lies partly outside the %dx%d image (%.0f %% of it inside); "
-                               "boxes are x0, y0, x1, y1 in 0-based pixels of that image", where, width, height,
-                               100 * inside / ((x1 - x0) * (y1 - y0)))
-    return boxes
+            partly_outside.append(f"{where} lies partly outside the {width}x{height} image "
+                                  f"({100 * inside / ((x1 - x0) * (y1 - y0)):.0f} % of it inside)")
+    return boxes, partly_outside

@@ -169,23 +169,32 @@ def moving_crop_clip(image: np.ndarray, landmarks: np.ndarray, frames: int = 60,
 
     The window's side swings between 2.0 and 3.2 face sizes and its centre circles up to 0.2 window
     sides around the face (one period over the clip, with a random phase), so the face moves by up
-    to ~20 % of the frame and changes size by ~1.6x. Returns ``(frames, landmarks)``: ``frames``
-    ``(size, size, 3)`` uint8 BGR, ``landmarks`` ``(frames, L, 2)`` float32 through the same affines.
+    to ~20 % of the frame and changes size by ~1.6x. Returns ``(frames, landmarks)`` as
+    :func:`window_clip` does.
     """
-    import cv2
-
-    landmarks = np.asarray(landmarks, np.float64)
-    box = box_from_landmarks(landmarks).astype(np.float64)
+    box = box_from_landmarks(np.asarray(landmarks, np.float64)).astype(np.float64)
     centre, face = (box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max())
     phase = np.random.default_rng(seed).uniform(0, 2 * np.pi)
-    clip, truth = [], []
+    windows = []
     for index in range(frames):
         angle = 2 * np.pi * index / frames + phase
         side = face * (2.6 + 0.6 * np.sin(angle))
-        window_centre = centre + 0.2 * side * np.array([np.cos(angle), np.sin(2 * angle)])
+        windows.append((centre + 0.2 * side * np.array([np.cos(angle), np.sin(2 * angle)]), side))
+    return window_clip(image, landmarks, windows, size)
+
+
+def window_clip(image: np.ndarray, landmarks: np.ndarray, windows, size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """One frame per square window ``(centre (2,), side)`` of ``image``, resized to ``size`` x ``size``
+    (beyond the photo, its edge pixels repeat). Returns ``(frames, landmarks)``: ``frames``
+    ``(size, size, 3)`` uint8 BGR, ``landmarks`` ``(frames, L, 2)`` float32 through the same affines."""
+    import cv2
+
+    landmarks = np.asarray(landmarks, np.float64)
+    clip, truth = [], []
+    for centre, side in windows:
         scale = size / side
         # the window's centre onto the frame's centre; warpAffine and the landmarks share the matrix
-        offset = (size - 1) / 2 - window_centre * scale
+        offset = (size - 1) / 2 - np.asarray(centre, np.float64) * scale
         matrix = np.array([[scale, 0, offset[0]], [0, scale, offset[1]]])
         clip.append(cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_REPLICATE))

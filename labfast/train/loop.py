@@ -9,7 +9,7 @@ The step itself (LAB Sec. 3: losses, ground truth on the device, both optimiser 
 ``labfast.train.faces``; the processes of a ``torchrun`` run are ``labfast.train.runtime``.
 
 Run folder: ``config.json`` (the resolved configuration), ``metrics.csv`` and ``tensorboard/``
-(scalars), ``last.pt`` and ``best.pt`` (atomic writes; best by validation NME). ``last.pt`` is
+(scalars), ``learning_curve.png`` (drawn after each validation), ``last.pt`` and ``best.pt`` (atomic writes; best by validation NME). ``last.pt`` is
 written at each epoch's end and inside an epoch every ``checkpoint_every_steps`` steps or
 ``checkpoint_every_minutes`` minutes. ``--resume`` continues from ``last.pt`` exactly: weights,
 optimiser states, epoch, the position inside the epoch and the RNG, so a killed run ends with the
@@ -205,6 +205,7 @@ def _end_epoch(run: _Run, epoch_done: bool) -> None:
         if (epoch_done or run.timed_out) and run.val_faces:  # a run stopped by the clock keeps its best
             val_nme = faces.validation_nme(run.trainer.model, run.val_faces, run.runtime.device, run.config.batch_size)
             run.writer.add(position.step, epoch, {"val_nme": val_nme})
+            run.writer.plot_learning_curve()
             run.progress.write(f"epoch {epoch}: validation NME {100 * val_nme:.2f}% on {len(run.val_faces)} "
                                "held-out faces")
         if epoch_done and position.unreadable_in_epoch:

@@ -1,9 +1,12 @@
-"""The run's scalars: ``metrics.csv`` in long format and, where tensorboard is installed, TensorBoard."""
+"""The run's scalars: ``metrics.csv`` in long format, ``learning_curve.png`` drawn from it after each
+validation, and, where tensorboard is installed, TensorBoard."""
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
+
+from labfast import plots
 
 logger = logging.getLogger("labfast.train.scalars")
 
@@ -32,6 +35,10 @@ class ScalarLog:
         if self.tensorboard is not None:
             for name, value in scalars.items():
                 self.tensorboard.add_scalar(name, value, step)
+
+    def plot_learning_curve(self) -> None:
+        """``learning_curve.png`` beside ``metrics.csv`` (:func:`labfast.plots.learning_curve_figure`)."""
+        plots.plot_learning_curve(self.path, self.path.with_name("learning_curve.png"))
 
     def close(self) -> None:
         if self.tensorboard is not None:

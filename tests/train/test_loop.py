@@ -100,6 +100,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(tmp_path):
     assert len(scalars(run, "loss")) == 4 and len(scalars(run, "images_per_second")) == 4
     assert len(scalars(run, "val_nme")) == 2  # once per epoch, on the 2 held-out faces
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+    assert (run / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
     model, info = checkpoint.load_model(run / "best.pt")
     assert info["scheme"] == "300w"
 
