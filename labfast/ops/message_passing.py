@@ -94,11 +94,11 @@ def message_passing_dense(
 
     The same as the reference in exact arithmetic (a zero block adds exact zeros; edges repeated
     between one pair add up); in floating point the terms are summed in another order, so the two
-    agree to rounding (``tests/ops/test_message_passing.py``). Why: oneDNN runs a grouped
+    agree to rounding (``tests/ops/test_message_passing_dense.py``). Why: oneDNN runs a grouped
     convolution of C = 4 channel groups far below the rate of a dense one, so on a dense graph
     the dense convolution wins although it does ``|S|·|D| / E`` times the multiply-adds (4.4x on
     the intra-level graph of 300-W: 13 branches, 38 edges); on a sparse graph (inter-level
-    passing: one edge per destination, 13x) it loses (``benchmarks/test_train_step_cpu.py``).
+    passing: one edge per destination, 13x) it loses (``benchmarks/test_message_passing.py``).
     Plain PyTorch: no fast path, no operator; ``(N, K*C, H, W)`` -> ``(N, K*C, H, W)``.
     """
     features, weights, bias = _autocast(features, weights, bias)
