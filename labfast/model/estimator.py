@@ -185,9 +185,10 @@ class BoundaryHeatmapEstimator(nn.Module):
 
     def use_dense_message_passing(self, enabled: bool = True) -> None:
         """Intra-level message passing as one dense convolution (``MessagePassing.dense``): the same
-        sums in another order, three times faster forward and backward on the CPU at the small
-        preset's shapes. Inter-level passing keeps the op: one edge per destination, where the dense
-        form does 13x the multiply-adds and is slower (``labfast.ops.message_passing_dense``)."""
+        sums in another order, about 3x faster forward and backward on one CPU thread at the small
+        preset's training shapes. Inter-level passing keeps the op: one edge per destination, where
+        the dense form does 13x the multiply-adds and is slower (``benchmarks/test_message_passing.py``).
+        """
         for passing in getattr(self, "intra", ()):
             passing.dense = enabled
 
