@@ -9,7 +9,8 @@ training loader makes them), on the CPU, from the same initial weights:
 - ``plain, 1 thread``: the ``threads`` switch alone;
 - ``dense message passing``, ``fused Adam``, ``compiled step``: one switch each, on one thread;
 - ``shipped``: the preset as it ships (every switch on); ``shipped, torch's threads``: the same on
-  torch's default threads, for the preset's choice of one.
+  torch's default threads, for the preset's choice of one; ``shipped, 2 threads, Inductor loops 1``:
+  the convolutions and eager operators on 2 threads, the compiled step's generated loops on 1.
 
 Measured **interleaved**: each round runs one step of every case (threads set per case), so a
 neighbour's load on a shared CPU falls on all of them alike. Per case: images/s from the median
@@ -52,6 +53,7 @@ CASES = {
     "compiled step": PLAIN + ["threads=1", "compile_step=true"],
     "shipped": [],
     "shipped, torch's threads": ["threads=0"],
+    "shipped, 2 threads, Inductor loops 1": ["threads=2", "inductor_threads=1"],
 }
 
 

@@ -66,6 +66,7 @@ class TrainConfig:
     # the step's speed switches (labfast.train.speed; benchmarks/test_train_step_cpu.py measures them)
     threads: int = 0  # torch intra-op threads of the training process (0: torch's default, one per core)
     compile_step: bool = False  # Inductor compiles the step's losses whole, forward and backward (one process)
+    inductor_threads: int = 0  # threads of the compiled step's generated loops (0: torch's threads)
     dense_message_passing: bool = False  # intra-level message passing as one dense convolution
     fused_adam: bool = False  # both Adam optimisers as one fused kernel each
 
@@ -83,6 +84,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.threads < 0:
             raise ValueError(f"TrainConfig.threads must be 0 (torch's default) or positive, got {self.threads}")
+        if self.inductor_threads < 0:
+            raise ValueError(f"TrainConfig.inductor_threads must be 0 (torch's threads) or positive, got "
+                             f"{self.inductor_threads}")
 
 
 PRESETS: dict[str, TrainConfig] = {

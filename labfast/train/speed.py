@@ -13,6 +13,10 @@ error); ``benchmarks/test_train_step_cpu.py`` measures each against the plain st
   process only (``DistributedDataParallel`` splits a compiled graph at its buckets; ``compile``
   compiles the model's forward for ``torchrun``). The first step compiles: minutes on a 2-core
   CPU, then Inductor's on-disk cache serves later runs.
+- ``inductor_threads``: threads of the compiled step's generated loops (Inductor's ``cpp.threads``),
+  apart from ``threads``, which oneDNN's convolutions and the eager operators use. On an idle
+  2-core CPU the batch norm and element-wise loops gain nothing from a second thread while the
+  convolutions do (``benchmarks/RESULTS.md``).
 - ``dense_message_passing``: intra-level message passing as one dense convolution
   (``BoundaryHeatmapEstimator.use_dense_message_passing``).
 - ``fused_adam``: ``torch.optim.Adam(fused=True)``, one kernel over all parameters instead of
@@ -45,7 +49,8 @@ def apply(model: LAB, config: TrainConfig, runtime: Runtime, training_losses: Ca
     if runtime.distributed:
         raise ValueError("compile_step=true compiles a single process's step; for torchrun use compile=true")
     logger.info("compile_step: the first step compiles the training step (minutes on a small CPU)")
-    compiled = torch.compile(training_losses, fullgraph=True)
+    options = {"cpp.threads": config.inductor_threads} if config.inductor_threads else None
+    compiled = torch.compile(training_losses, fullgraph=True, options=options)
 
     def step_losses(forward_model, weights, judge, images, landmarks, boundary_scheme, input_size: int,
                     sigma: float, heatmaps_trained: bool):

@@ -154,3 +154,15 @@ def test_compile_step_refuses_a_multi_process_run_before_anything_is_built():
     config = tiny_config("compile_step=true")
     with pytest.raises(ValueError, match="compile_step"):
         build_trainer(build_model(config), config, Runtime(world_size=2))
+
+
+def test_inductor_threads_reach_the_compiled_steps_options(monkeypatch):
+    compiled_with = {}
+
+    def record(function, **arguments):
+        compiled_with.update(arguments)
+        return function
+
+    monkeypatch.setattr(torch, "compile", record)
+    _trainer("compile_step=true", "inductor_threads=1")
+    assert compiled_with["options"] == {"cpp.threads": 1}
