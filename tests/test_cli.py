@@ -53,3 +53,15 @@ def test_checkpoint_load_names_a_foreign_file(tmp_path):
     text.write_text("hello")
     with pytest.raises(checkpoint.CheckpointError, match="notes.txt is not a torch checkpoint"):
         checkpoint.load(text)
+
+
+@pytest.mark.parametrize("stopped_by, code", [(None, 0), ("SIGINT", 130), ("SIGTERM", 143),
+                                              ("another process's signal", 1)])
+def test_train_exits_as_the_shell_reports_a_signal_when_a_signal_stopped_the_run(monkeypatch, tmp_path, stopped_by, code):
+    from labfast.commands import train as command
+
+    summary = {"run": str(tmp_path), "steps": 2, "best_val_nme": 0.1}
+    if stopped_by:
+        summary["stopped_by"] = stopped_by
+    monkeypatch.setattr(command, "train", lambda config, out, resume: summary)
+    assert cli.main(["train", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == code

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 from labfast.train import presets, train
@@ -47,4 +48,7 @@ def run(args) -> int:
     summary = train(config, out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
-    return 0
+    if "stopped_by" not in summary:
+        return 0
+    # a run stopped by a signal exits as the shell reports one (128 + its number): not finished
+    return 128 + signal.Signals[summary["stopped_by"]].value if summary["stopped_by"] in signal.Signals.__members__ else 1

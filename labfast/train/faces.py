@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from labfast import data, metrics
 from labfast.evaluation.protocols import predict_faces
 from labfast.model import LAB
+from labfast.train import stopping
 from labfast.train.build import set_training_mode
 from labfast.train.presets import TrainConfig
 from labfast.train.sampling import BalancedSampler
@@ -77,7 +78,8 @@ def epoch_loader(train_set: data.FaceDataset, sampler: DistributedSampler | Bala
     train_set.set_epoch(epoch)
     return DataLoader(train_set, batch_size=config.batch_size, drop_last=True, num_workers=config.num_workers,
                       sampler=ResumeSampler(sampler, batches_done * config.batch_size),
-                      collate_fn=data.collate_readable, pin_memory=device.type == "cuda")
+                      collate_fn=data.collate_readable, pin_memory=device.type == "cuda",
+                      worker_init_fn=stopping.ignore_in_worker if config.num_workers else None)
 
 
 def validation_nme(model: LAB, faces: list, device: torch.device, batch_size: int) -> float:

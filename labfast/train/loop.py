@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from labfast import data
-from labfast.train import build, faces, presets, sampling, schedule, state, step
+from labfast.train import build, faces, presets, sampling, schedule, state, step, stopping
 from labfast.train.runtime import (Runtime, barrier, close_runtime, count_unreadable, init_runtime, main_says,
                                    past_deadline)
 from labfast.train.scalars import ScalarLog
@@ -47,12 +48,17 @@ def train(config: presets.TrainConfig, out_dir: str | os.PathLike, resume: bool 
     """Train LAB; returns the final summary (best validation NME, steps, run folder)."""
     runtime = init_runtime()
     try:
-        run = _start(config, Path(out_dir), resume, runtime)
-        while not run.finished and run.position.epoch < run.config.epochs:
-            epoch_done = _train_epoch(run)
-            _end_epoch(run, epoch_done)
+        with stopping.stop_on_signals() as stop:
+            run = _start(config, Path(out_dir), resume, runtime, stop)
+            while not run.finished and not run.stopped and run.position.epoch < run.config.epochs:
+                epoch_done = _train_epoch(run)
+                if not run.stopped:
+                    _end_epoch(run, epoch_done)
         run.close()
-        return {"run": str(run.out), "steps": run.position.step, "best_val_nme": run.position.best_nme}
+        summary = {"run": str(run.out), "steps": run.position.step, "best_val_nme": run.position.best_nme}
+        if run.stopped:
+            summary["stopped_by"] = signal.Signals(stop.signal).name if stop.signal else "another process's signal"
+        return summary
     finally:
         close_runtime(runtime)
 
@@ -74,7 +80,9 @@ class _Run:
     progress: tqdm
     deadline: float  # time.monotonic() at which the run stops (time limit or budget)
     budget: schedule.TimeBudget | None
+    stop: stopping.StopRequest
     finished: bool = False
+    stopped: bool = False  # by a signal: last.pt holds the step it stopped at
     timed_out: bool = False
     last_written: float = dataclasses.field(default_factory=time.monotonic)  # of last.pt
 
@@ -88,7 +96,7 @@ class _Run:
             self.writer.close()
 
 
-def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtime) -> _Run:
+def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtime, stop: stopping.StopRequest) -> _Run:
     """Faces, model, optimisers (restored from ``last.pt`` with ``resume``), sampler, clock and logs."""
     torch.manual_seed(config.seed + runtime.rank)
     if runtime.is_main:
@@ -131,7 +139,7 @@ def _start(config: presets.TrainConfig, out: Path, resume: bool, runtime: Runtim
     if budget is not None:
         deadline = min(deadline, budget.deadline)
     return _Run(out, runtime, trainer, position, train_set, sampler, val_faces, steps_per_epoch, total_steps,
-                ScalarLog(out) if runtime.is_main else None, progress, deadline, budget,
+                ScalarLog(out) if runtime.is_main else None, progress, deadline, budget, stop,
                 finished=position.step >= total_steps)
 
 
@@ -159,6 +167,12 @@ def _train_epoch(run: _Run) -> bool:
         run.timed_out = past_deadline(run.deadline, run.runtime)
         if position.step >= run.total_steps or run.timed_out:
             run.finished = True
+            break
+        if run.stop.any_process(run.runtime):
+            run.stopped = True
+            if run.runtime.is_main:
+                _save_last(run)
+                logger.info("stopped at step %d; last.pt written: --resume continues from it", position.step)
             break
         if (run.runtime.is_main and position.batches_done < run.steps_per_epoch
                 and state.checkpoint_due(config, position.step, time.monotonic() - run.last_written)):

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,33 @@ def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert summary["steps"] == 4
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_step_writes_last_pt_and_resume_continues_exactly(tmp_path, monkeypatch, number):
+    """The signal arrives during step 2 of 4, with no periodic checkpoint: last.pt must hold step 2
+    (not nothing), validation must not run, and the resumed run must end with the uninterrupted run's
+    weights. A data loader worker must neither die of the signal nor stop the main process."""
+    config = tiny_config("num_workers=1", "checkpoint_every_minutes=0")
+    train(config, tmp_path / "straight")
+    real_step, calls = labfast.train.step.train_step, []
+
+    def step_with_a_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), number)  # the handler only sets a flag: the step goes on
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(labfast.train.step, "train_step", step_with_a_signal)
+    summary = train(config, tmp_path / "stopped")
+    assert summary["stopped_by"] == signal.Signals(number).name and summary["steps"] == 2
+    assert checkpoint.load(tmp_path / "stopped" / "last.pt")["step"] == 2
+    assert signal.getsignal(number) in (signal.default_int_handler, signal.SIG_DFL)  # handlers restored
+    monkeypatch.setattr(labfast.train.step, "train_step", real_step)
+    assert train(config, tmp_path / "stopped", resume=True)["steps"] == 4
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
