@@ -114,6 +114,8 @@ def test_the_wild_cpu_preset_is_300w_cpu_with_the_chosen_levers():
     assert (wild.model, wild.input_size, wild.batch_size, wild.lr) == (cpu.model, cpu.input_size, cpu.batch_size, cpu.lr)
     assert wild.model_overrides == {} and (wild.pose_balance_bins, wild.pose_balance_cap) == (5, 4.0)
     assert (wild.time_budget_minutes, wild.early_stop_fraction) == (480.0, 0.1)
+    speed = ("threads", "compile_step", "dense_message_passing", "fused_adam", "inductor_threads")
+    assert [getattr(wild, name) for name in speed] == [getattr(cpu, name) for name in speed]
     # the milestones at the fractions of 300w_cpu's 30-epoch schedule
     assert [m / wild.epochs for m in wild.lr_milestones] == [m / cpu.epochs for m in cpu.lr_milestones]
     # the shipped preset keeps today's behaviour
