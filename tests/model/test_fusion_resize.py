@@ -11,7 +11,8 @@ from labfast import checkpoint, ops
 from labfast.model import LAB, LABConfig, config_by_name
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "labfast" / "weights" / "lab_300w.pt"
+# the weights shipped until 2026-12-06, trained before fusion_resize existed (the same git blob they shipped as)
+BILINEAR_WEIGHTS = Path(__file__).resolve().parent / "data" / "lab_300w_2026-11-25.pt"
 RECORDED = Path(__file__).resolve().parent / "data" / "lab_300w_bilinear_landmarks.json"
 
 
@@ -55,15 +56,15 @@ def _bundled_face(name: str) -> torch.Tensor:
     return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
 
 
-def test_the_shipped_weights_load_as_bilinear_and_predict_as_before():
-    """``lab_300w.pt`` was trained with bilinear resizing and its saved config has no
+def test_weights_saved_before_the_field_load_as_bilinear_and_predict_as_before():
+    """The previous ``lab_300w.pt`` was trained with bilinear resizing and its saved config has no
     ``fusion_resize``: it must load as bilinear and give the landmarks recorded before the field
     existed. Tolerance 1e-3 crop pixels: the recording is rounded to 1e-4 and the same float32 CPU
     ops run again (reduction order may differ by a few ulp, ~1e-5 px). The area mode moves these
     landmarks by 0.024 px at most (measured: this small model leans little on feature fusion);
     asserting more than 10x the tolerance shows the tolerance tells the two modes apart."""
     recorded = json.loads(RECORDED.read_text())
-    model, info = checkpoint.load_model(WEIGHTS)
+    model, info = checkpoint.load_model(BILINEAR_WEIGHTS)
     assert info["config"].fusion_resize == "bilinear"
     assert {fusion.resize for fusion in model.regressor.fusions.values()} == {"bilinear"}
     image = _bundled_face(recorded["image"])
