@@ -196,7 +196,7 @@ def evaluate(names: list[str], latency_rounds: int, out: Path, reference: str) -
             continue
         state = checkpoints.load(path)
         # best.pt's own config holds the schedule a time budget sized; config.json the one asked for
-        config = state.get("train_config") or json.loads((folder / "config.json").read_text()) if name != SHIPPED else None
+        config = state.get("train_config") or (json.loads((folder / "config.json").read_text()) if name != SHIPPED else None)
         print(f"== {name}: {path}", flush=True)
         what = "lab_300w.pt as shipped" if name == SHIPPED else f"{folder}/best.pt"
         row = {"checkpoint": str(path), "overrides": CANDIDATES[name][0] if name in CANDIDATES else [],
@@ -275,7 +275,7 @@ def table(report: dict, reference: str = "baseline") -> str:
         latency = wild_row.get("latency") or {}
         timing = latency.get("rows", {})
         minimum = timing["labfast"]["min_ms"] / timing["dlib"]["min_ms"] if "dlib" in timing else None
-        epochs = f"{row['epochs']} ({row['epoch_of_best'] + 1})" if row["epochs"] else "30 (30)"
+        epochs = f"{row['epochs']} ({row['epoch_of_best'] + 1})" if row["epochs"] else "—"
         versus_val = versus_fr = "—"
         if base is not None and name != reference:
             versus_val = _versus(row["validation"]["nmes_annotated"], base["validation"]["nmes_annotated"])
