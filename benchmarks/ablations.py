@@ -127,11 +127,9 @@ def train(names: list[str], budget_minutes: float, parallel: int) -> None:
 
 
 def validation_faces():
-    from labfast.train import presets
-    from labfast.train.faces import read_training_faces
+    from labfast.train.faces import held_out_faces
 
-    config = presets.override(presets.get(PRESET), [f"data_root={DATA / '300w'}"])
-    return read_training_faces(config)[1]
+    return held_out_faces(PRESET, DATA / "300w")
 
 
 def validation_nmes(checkpoint: Path, faces: list) -> dict:

@@ -45,14 +45,6 @@ NON_FACE_DROP = 0.8
 LOW_SCORE = 0.3
 
 
-def validation_faces(data_root: Path) -> list:
-    """The 300-W training faces ``labfast train --config 300w_cpu`` holds out for validation."""
-    from labfast.train import presets
-    from labfast.train.faces import read_training_faces
-
-    return read_training_faces(presets.override(presets.get(PRESET), [f"data_root={data_root}"]))[1]
-
-
 def face_confidences(aligner, faces: list) -> tuple[np.ndarray, int]:
     """Confidences of the annotated ``faces`` (``labfast.data.Sample``) from their matching YuNet
     boxes, and how many faces YuNet missed."""
@@ -131,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # small batches: a second thread only spin-waits on a shared CPU
     root = Path(args.data_root)
     aligner = FaceAligner(args.checkpoint, device="cpu")
-    faces, missed = face_confidences(aligner, validation_faces(root / "300w"))
+    from labfast.train.faces import held_out_faces
+
+    faces, missed = face_confidences(aligner, held_out_faces(PRESET, root / "300w"))
     photos = sorted((root / "300w_fullres_samples").glob("*/testset/*.[jp][pn]g")) + \
         sorted((root / "300w" / "afw").glob("*.jpg"))[: args.afw_photos]
     random_boxes, low_scores = non_face_confidences(aligner, photos, args.per_photo, seed=0)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from labfast import data, metrics
 from labfast.evaluation.protocols import predict_faces
 from labfast.model import LAB
-from labfast.train import stopping
+from labfast.train import presets, stopping
 from labfast.train.build import set_training_mode
 from labfast.train.presets import TrainConfig
 from labfast.train.sampling import BalancedSampler
@@ -35,6 +35,11 @@ def read_training_faces(config: TrainConfig) -> tuple[list, list]:
     val = readable_faces([samples[i] for i in sorted(order[:num_val])], "validation")
     train = [samples[i] for i in sorted(order[num_val:])]
     return train, val
+
+
+def held_out_faces(preset: str, data_root) -> list:
+    """The validation faces ``labfast train --config PRESET --data-root DATA_ROOT`` holds out."""
+    return read_training_faces(presets.override(presets.get(preset), [f"data_root={data_root}"]))[1]
 
 
 def readable_faces(samples: list, role: str) -> list:
