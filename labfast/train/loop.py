@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from labfast import data
 from labfast.train import build, faces, presets, sampling, schedule, state, step, stopping
-from labfast.train.runtime import (Runtime, barrier, close_runtime, count_unreadable, init_runtime, main_says,
-                                   past_deadline)
+from labfast.train.runtime import (Runtime, any_process, barrier, close_runtime, count_unreadable, init_runtime,
+                                   main_says)
 from labfast.train.scalars import ScalarLog
 
 logger = logging.getLogger("labfast.train.loop")
@@ -164,11 +164,13 @@ def _train_epoch(run: _Run) -> bool:
         images_per_second = len(images) * run.runtime.world_size / max(now - tick, 1e-9)
         tick = now
         _log_step(run, terms, images_per_second)
-        run.timed_out = past_deadline(run.deadline, run.runtime)
+        # each process reads its own clock and receives its own signals: all act on any one's
+        run.timed_out, stop_requested = any_process(
+            [time.monotonic() > run.deadline, run.stop.signal is not None], run.runtime)
         if position.step >= run.total_steps or run.timed_out:
             run.finished = True
             break
-        if run.stop.any_process(run.runtime):
+        if stop_requested:
             run.stopped = True
             if run.runtime.is_main:
                 _save_last(run)

@@ -7,9 +7,8 @@ went on would leave the other waiting in DistributedDataParallel's gradient all-
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -96,11 +95,12 @@ def main_says(flag: bool, runtime: Runtime) -> bool:
     return bool(value)
 
 
-def past_deadline(deadline: float, runtime: Runtime) -> bool:
-    """Whether the clock has passed ``deadline`` on any process (each reads its own clock)."""
-    past = time.monotonic() > deadline
-    if not runtime.distributed or deadline == math.inf:  # every process has the same configuration
-        return past
-    flag = torch.tensor([int(past)], device=runtime.device)
-    dist.all_reduce(flag)
-    return bool(flag)
+def any_process(flags: Sequence[bool], runtime: Runtime) -> list[bool]:
+    """Each of ``flags``, true on every process where it is true on any one: one all-reduce for
+    all of them, since the training loop asks after every step. A process that stopped while another
+    went on to its next step would leave that one waiting in the gradient all-reduce forever."""
+    if not runtime.distributed:
+        return list(flags)
+    values = torch.tensor([int(flag) for flag in flags], device=runtime.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]

@@ -4,7 +4,7 @@ written at it, and ``--resume`` continues exactly from there; a second signal st
 Without this a stop lost everything since the last periodic ``last.pt`` (up to
 ``checkpoint_every_minutes``). The data loader's workers ignore both signals (a Ctrl-C reaches the
 whole process group), so that they keep serving until the main process shuts them down; under
-``torchrun`` every process stops at the same step (``any_process``).
+``torchrun`` every process stops at the same step (``labfast.train.runtime.any_process``).
 """
 from __future__ import annotations
 
@@ -13,11 +13,6 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
-
-import torch
-import torch.distributed as dist
-
-from labfast.train.runtime import Runtime
 
 logger = logging.getLogger("labfast.train.stopping")
 
@@ -29,15 +24,6 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-
-    def any_process(self, runtime: Runtime) -> bool:
-        """Whether any process of the run has had a stop signal."""
-        requested = self.signal is not None
-        if not runtime.distributed:
-            return requested
-        flag = torch.tensor([int(requested)], device=runtime.device)
-        dist.all_reduce(flag)
-        return bool(flag)
 
 
 @contextlib.contextmanager
