@@ -21,6 +21,7 @@ and after, versions, CPU and date. The compiled cases compile in their warm-up s
 Inductor caches them on disk), timed apart.
 
     python benchmarks/test_train_step_cpu.py --rounds 20 --json benchmarks/results/train-step-cpu-<date>.json
+    python benchmarks/test_train_step_cpu.py --profile "shipped, 2 threads, Inductor loops 1"   # where the time goes
     pytest benchmarks/test_train_step_cpu.py --benchmark-json out.json   # 6 rounds; shipped faster than plain, ratios in extra_info
 """
 from __future__ import annotations
@@ -164,13 +165,48 @@ def test_shipped_step_against_the_plain_one(benchmark):
     assert report["cases"]["shipped"]["wall_speedup_vs_plain"] > 1
 
 
+def profile(name: str, data_root: Path, steps: int = 8, top: int = 12) -> str:
+    """Where one case's step spends its time: ``steps`` steps under ``torch.profiler``, each of
+    Inductor's generated loops recorded as its own event (``cpp.enable_kernel_profile``); milliseconds
+    per step of the main thread's self time, grouped (oneDNN convolutions forward and backward,
+    Inductor's loops, the rest), then the ``top`` events."""
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    inductor_config.cpp.enable_kernel_profile = True
+    measured = Interleaved([name], data_root)
+    trainer, threads = measured.cases[name]
+    torch.set_num_threads(threads)
+    with profiler(activities=[ProfilerActivity.CPU]) as recorded:
+        for index in range(steps):
+            train_step(trainer, *measured.steps[index % len(measured.steps)])
+    events = sorted(recorded.key_averages(), key=lambda event: -event.self_cpu_time_total)
+
+    def per_step(chosen) -> float:
+        return sum(event.self_cpu_time_total for event in chosen) / 1e3 / steps
+
+    convolutions = [event for event in events if event.key in ("aten::mkldnn_convolution", "aten::convolution_backward")]
+    loops = [event for event in events if event.key.startswith("graph_")]
+    lines = [f"{name}: {per_step(events):.1f} ms per step: convolutions {per_step(convolutions):.1f}, "
+             f"Inductor loops {per_step(loops):.1f}, the rest {per_step(events) - per_step(convolutions + loops):.1f} "
+             f"(load average {os.getloadavg()[0]:.2f})"]
+    lines += [f"{per_step([event]):8.1f}  {event.key[:110]}" for event in events[:top]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile", choices=list(CASES), default=None,
+                        help="profile this case instead of timing the cases (labfast.train.speed's levers: where the time goes)")
     args = parser.parse_args()
+    if args.profile:
+        print(profile(args.profile, args.data_root))
+        return
     measured = Interleaved(args.cases, args.data_root)
     for _ in range(args.rounds):
         measured.round()
