@@ -8,9 +8,10 @@ training loader makes them), on the CPU, from the same initial weights:
 - ``plain``: every switch off, torch's default threads (one per core): the step before;
 - ``plain, 1 thread``: the ``threads`` switch alone;
 - ``dense message passing``, ``fused Adam``, ``compiled step``: one switch each, on one thread;
-- ``shipped``: the preset as it ships (every switch on); ``shipped, torch's threads``: the same on
-  torch's default threads, for the preset's choice of one; ``shipped, 2 threads, Inductor loops 1``:
-  the convolutions and eager operators on 2 threads, the compiled step's generated loops on 1.
+- ``shipped``: the preset as it ships (every switch on: the convolutions and eager operators on
+  torch's default threads, the compiled step's generated loops on one); ``shipped, loops on torch's
+  threads``: the loops on torch's threads too; ``shipped, 1 thread``: everything on one thread (the
+  preset before 2026-12-06, for a CPU shared with other work).
 
 Measured **interleaved**: each round runs one step of every case (threads set per case), so a
 neighbour's load on a shared CPU falls on all of them alike. Per case: images/s from the median
@@ -21,7 +22,7 @@ and after, versions, CPU and date. The compiled cases compile in their warm-up s
 Inductor caches them on disk), timed apart.
 
     python benchmarks/test_train_step_cpu.py --rounds 20 --json benchmarks/results/train-step-cpu-<date>.json
-    python benchmarks/test_train_step_cpu.py --profile "shipped, 2 threads, Inductor loops 1"   # where the time goes
+    python benchmarks/test_train_step_cpu.py --profile shipped   # where the time goes
     pytest benchmarks/test_train_step_cpu.py --benchmark-json out.json   # 6 rounds; shipped faster than plain, ratios in extra_info
 """
 from __future__ import annotations
@@ -53,8 +54,8 @@ CASES = {
     "fused Adam": PLAIN + ["threads=1", "fused_adam=true"],
     "compiled step": PLAIN + ["threads=1", "compile_step=true"],
     "shipped": [],
-    "shipped, torch's threads": ["threads=0"],
-    "shipped, 2 threads, Inductor loops 1": ["threads=2", "inductor_threads=1"],
+    "shipped, loops on torch's threads": ["inductor_threads=0"],
+    "shipped, 1 thread": ["threads=1", "inductor_threads=0"],
 }
 
 

@@ -98,10 +98,11 @@ PRESETS: dict[str, TrainConfig] = {
     "cofw_300w_boundaries": TrainConfig(dataset="cofw", boundary_dataset="300w", epochs=100, lr_milestones=(70, 90)),
     "aflw_300w_boundaries": TrainConfig(dataset="aflw", boundary_dataset="300w"),
     # CPU-sized: the small model, used for the CPU-trained shipped weights and the demo.
-    # 128x128 crops (32x32 heatmaps): 4x cheaper than 256. The step's speed switches on: one thread
-    # beside the loader's worker on a 2-core CPU (benchmarks/test_train_step_cpu.py measures each).
+    # 128x128 crops (32x32 heatmaps): 4x cheaper than 256. The step's speed switches on: the convolutions
+    # on torch's threads, the compiled step's generated loops on one (a second gains them nothing);
+    # benchmarks/test_train_step_cpu.py measures each switch, benchmarks/train_end_to_end_cpu.py the run.
     "300w_cpu": TrainConfig(dataset="300w", model="small", input_size=128, epochs=30, batch_size=16, lr=1e-3,
-                            lr_milestones=(20, 26), num_workers=1, threads=1, compile_step=True,
+                            lr_milestones=(20, 26), num_workers=1, compile_step=True, inductor_threads=1,
                             dense_message_passing=True, fused_adam=True),
     # 300w_cpu for faces in the wild (benchmarks/RESULTS.md, "Ablations of the CPU recipe"): pose-based data
     # balancing (the lever that helped in the two-epoch ablations; Wing loss did not), an 8-hour wall-clock
@@ -109,8 +110,8 @@ PRESETS: dict[str, TrainConfig] = {
     # once validation stalls for a tenth of its epochs after the first milestone; the speed switches of 300w_cpu.
     "300w_cpu_wild": TrainConfig(dataset="300w", model="small", input_size=128, epochs=300, batch_size=16, lr=1e-3,
                                  lr_milestones=(200, 260), num_workers=1, time_budget_minutes=480.0,
-                                 early_stop_fraction=0.1, pose_balance_bins=5, threads=1, compile_step=True,
-                                 dense_message_passing=True, fused_adam=True),
+                                 early_stop_fraction=0.1, pose_balance_bins=5, compile_step=True,
+                                 inductor_threads=1, dense_message_passing=True, fused_adam=True),
 }
 
 

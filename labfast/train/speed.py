@@ -5,7 +5,9 @@ rounding (``tests/train/test_speed.py`` bounds the difference by the plain step'
 error); ``benchmarks/test_train_step_cpu.py`` measures each against the plain step in one run.
 
 - ``threads``: torch's intra-op threads. On a CPU shared with other work, OpenMP threads that
-  spin-wait at every operator for a descheduled partner cost far more than a second thread gains.
+  spin-wait at every operator for a descheduled partner cost far more than a second thread gains
+  (on 2 cores beside another busy process, 2 threads made the step 34x slower than 1); a run that
+  starts on a busy CPU with more than one thread says so, once.
 - ``compile_step``: Inductor compiles the step's pure parts, each a single graph:
   ``training_losses`` (forward, losses and backward: batch norm, ReLU and the element-wise work
   fused into generated loops, every convolution in oneDNN's channels-last layout) and the ground
@@ -25,6 +27,7 @@ error); ``benchmarks/test_train_step_cpu.py`` measures each against the plain st
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -43,6 +46,7 @@ def apply(model: LAB, config: TrainConfig, runtime: Runtime, training_losses: Ca
     (``labfast.train.targets.boundary_targets_compiled``)."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    _warn_if_busy(torch.get_num_threads())
     model.estimator.use_dense_message_passing(config.dense_message_passing)
     if not config.compile_step:
         return training_losses
@@ -60,6 +64,16 @@ def apply(model: LAB, config: TrainConfig, runtime: Runtime, training_losses: Ca
                         heatmaps_trained, targets)
 
     return step_losses
+
+
+def _warn_if_busy(threads: int) -> None:
+    """One warning where other work already keeps a core busy (1-minute load average of at least 1)
+    and the step runs on more than one thread."""
+    load = os.getloadavg()[0]
+    if threads > 1 and load >= 1.0:
+        logger.warning("the CPU is busy (load average %.1f on %d cores) and the step runs on %d threads, which "
+                       "wait for each other whenever one is descheduled: if steps are slow, --set threads=1",
+                       load, len(os.sched_getaffinity(0)), threads)
 
 
 def adam(parameters, config: TrainConfig, **arguments) -> torch.optim.Adam:

@@ -150,6 +150,22 @@ def test_threads_sets_torchs_intra_op_threads():
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads, load, warned", [(2, 1.2, True), (1, 1.2, False), (2, 0.4, False)])
+def test_a_busy_cpu_gets_one_warning_when_the_step_runs_on_more_than_one_thread(monkeypatch, caplog, threads,
+                                                                                load, warned):
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="labfast.train.speed"):
+            _trainer(f"threads={threads}")
+    finally:
+        torch.set_num_threads(before)
+    busy = [record for record in caplog.records if "the CPU is busy" in record.getMessage()]
+    assert len(busy) == int(warned)
+    if warned:
+        assert f"load average {load:.1f}" in busy[0].getMessage() and "--set threads=1" in busy[0].getMessage()
+
+
 def test_compile_step_refuses_a_multi_process_run_before_anything_is_built():
     config = tiny_config("compile_step=true")
     with pytest.raises(ValueError, match="compile_step"):
