@@ -1,7 +1,8 @@
 """End-to-end training speed of the ``300w_cpu`` preset on the CPU: ``labfast train`` as a user runs
 it (the loader's worker decoding and augmenting crops on the same cores as the step), with the
 plain step (every speed switch off), as the preset ships (the convolutions on torch's threads, the
-compiled step's generated loops on one) and as it shipped before, on one thread, alternated run by run.
+compiled step's generated loops on one), as it shipped before (on one thread) and with the loops on
+torch's threads too, alternated run by run.
 
 Each run is ``python -m labfast train --config 300w_cpu --set max_steps=<steps> --set log_every=1``
 in a fresh folder; its figure is the median of the loop's own per-step images/s (``metrics.csv``,
@@ -37,6 +38,7 @@ CONFIGURATIONS = {
     "plain": ["threads=0", "compile_step=false", "dense_message_passing=false", "fused_adam=false"],
     "shipped": [],
     "shipped, 1 thread": ["threads=1", "inductor_threads=0"],
+    "shipped, loops on torch's threads": ["inductor_threads=0"],
 }
 
 

@@ -16,9 +16,9 @@ error); ``benchmarks/test_train_step_cpu.py`` measures each against the plain st
   compiles the model's forward for ``torchrun``). The first step compiles: minutes on a 2-core
   CPU, then Inductor's on-disk cache serves later runs.
 - ``inductor_threads``: threads of the compiled step's generated loops (Inductor's ``cpp.threads``),
-  apart from ``threads``, which oneDNN's convolutions and the eager operators use. On an idle
-  2-core CPU the batch norm and element-wise loops gain nothing from a second thread while the
-  convolutions do (``benchmarks/RESULTS.md``).
+  apart from ``threads``, which oneDNN's convolutions and the eager operators use. End to end on an
+  idle 2-core CPU, the loops on one thread or on both make no measurable difference
+  (``benchmarks/RESULTS.md``); the CPU presets keep them on one.
 - ``dense_message_passing``: intra-level message passing as one dense convolution
   (``BoundaryHeatmapEstimator.use_dense_message_passing``).
 - ``fused_adam``: ``torch.optim.Adam(fused=True)``, one kernel over all parameters instead of
