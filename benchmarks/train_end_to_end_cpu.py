@@ -82,7 +82,7 @@ def main() -> None:
               "cpu": devices.describe(torch.device("cpu"))["name"], "cores": len(os.sched_getaffinity(0)),
               "versions": devices.versions(), "steps": args.steps, "skip": args.skip, "runs": runs,
               "images_per_second": medians,
-              "over_plain": {name: rate / medians["plain"] for name, rate in medians.items() if "plain" in medians}}
+              "over_plain": {name: rate / medians["plain"] for name, rate in medians.items()} if "plain" in medians else {}}
     print(json.dumps({key: report[key] for key in ("images_per_second", "over_plain")}))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -99,7 +99,7 @@ PRESETS: dict[str, TrainConfig] = {
     "aflw_300w_boundaries": TrainConfig(dataset="aflw", boundary_dataset="300w"),
     # CPU-sized: the small model, used for the CPU-trained shipped weights and the demo.
     # 128x128 crops (32x32 heatmaps): 4x cheaper than 256. The step's speed switches on: the convolutions
-    # on torch's threads, the compiled step's generated loops on one (a second gains them nothing);
+    # on torch's threads, the compiled step's generated loops on one (a second made no measurable difference);
     # benchmarks/test_train_step_cpu.py measures each switch, benchmarks/train_end_to_end_cpu.py the run.
     "300w_cpu": TrainConfig(dataset="300w", model="small", input_size=128, epochs=30, batch_size=16, lr=1e-3,
                             lr_milestones=(20, 26), num_workers=1, compile_step=True, inductor_threads=1,

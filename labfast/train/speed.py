@@ -6,8 +6,8 @@ error); ``benchmarks/test_train_step_cpu.py`` measures each against the plain st
 
 - ``threads``: torch's intra-op threads. On a CPU shared with other work, OpenMP threads that
   spin-wait at every operator for a descheduled partner cost far more than a second thread gains
-  (on 2 cores beside another busy process, 2 threads made the step 34x slower than 1); a run that
-  starts on a busy CPU with more than one thread says so, once.
+  (on 2 cores beside another busy process, 2 threads made the step 34x slower than 1); a CPU run
+  whose threads and the work already running outnumber the cores says so, once.
 - ``compile_step``: Inductor compiles the step's pure parts, each a single graph:
   ``training_losses`` (forward, losses and backward: batch norm, ReLU and the element-wise work
   fused into generated loops, every convolution in oneDNN's channels-last layout) and the ground
@@ -46,7 +46,8 @@ def apply(model: LAB, config: TrainConfig, runtime: Runtime, training_losses: Ca
     (``labfast.train.targets.boundary_targets_compiled``)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    _warn_if_busy(torch.get_num_threads())
+    if runtime.device.type == "cpu":
+        _warn_if_oversubscribed(torch.get_num_threads())
     model.estimator.use_dense_message_passing(config.dense_message_passing)
     if not config.compile_step:
         return training_losses
@@ -66,14 +67,14 @@ def apply(model: LAB, config: TrainConfig, runtime: Runtime, training_losses: Ca
     return step_losses
 
 
-def _warn_if_busy(threads: int) -> None:
-    """One warning where other work already keeps a core busy (1-minute load average of at least 1)
-    and the step runs on more than one thread."""
-    load = os.getloadavg()[0]
-    if threads > 1 and load >= 1.0:
+def _warn_if_oversubscribed(threads: int) -> None:
+    """One warning where the step's threads and the work already running (the 1-minute load
+    average, rounded) outnumber the cores: some thread will be descheduled while the others wait."""
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if threads > 1 and round(load) + threads > cores:
         logger.warning("the CPU is busy (load average %.1f on %d cores) and the step runs on %d threads, which "
                        "wait for each other whenever one is descheduled: if steps are slow, --set threads=1",
-                       load, len(os.sched_getaffinity(0)), threads)
+                       load, cores, threads)
 
 
 def adam(parameters, config: TrainConfig, **arguments) -> torch.optim.Adam:

@@ -150,10 +150,12 @@ def test_threads_sets_torchs_intra_op_threads():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads, load, warned", [(2, 1.2, True), (1, 1.2, False), (2, 0.4, False)])
-def test_a_busy_cpu_gets_one_warning_when_the_step_runs_on_more_than_one_thread(monkeypatch, caplog, threads,
-                                                                                load, warned):
+@pytest.mark.parametrize("cores, threads, load, warned", [(2, 2, 1.2, True), (2, 1, 1.2, False), (2, 2, 0.4, False),
+                                                          (16, 2, 1.2, False), (16, 16, 1.2, True)])
+def test_a_cpu_run_warns_once_where_its_threads_and_the_load_outnumber_the_cores(monkeypatch, caplog, cores, threads,
+                                                                                 load, warned):
     monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     before = torch.get_num_threads()
     try:
         with caplog.at_level("WARNING", logger="labfast.train.speed"):
@@ -164,6 +166,19 @@ def test_a_busy_cpu_gets_one_warning_when_the_step_runs_on_more_than_one_thread(
     assert len(busy) == int(warned)
     if warned:
         assert f"load average {load:.1f}" in busy[0].getMessage() and "--set threads=1" in busy[0].getMessage()
+
+
+def test_a_run_on_a_gpu_never_warns_of_its_cpu_threads(monkeypatch, caplog):
+    from labfast.train import speed
+
+    monkeypatch.setattr("os.getloadavg", lambda: (8.0, 8.0, 8.0))
+    config, before = tiny_config("threads=2"), torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="labfast.train.speed"):
+            speed.apply(build_model(config), config, Runtime(device=torch.device("cuda")), lambda: None)
+    finally:
+        torch.set_num_threads(before)
+    assert not [record for record in caplog.records if "the CPU is busy" in record.getMessage()]
 
 
 def test_compile_step_refuses_a_multi_process_run_before_anything_is_built():
